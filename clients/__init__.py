@@ -1,0 +1,1 @@
+"""The Flower ClientApp: one hospital, translating Flower messages into fl_mia calls."""

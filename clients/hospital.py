@@ -1,0 +1,53 @@
+"""A hospital as a Flower ``NumPyClient``: its private shard, local training, evaluation."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from flwr.client import NumPyClient
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.data import build_hospital, num_classes
+from fl_mia.models import build_model, get_weights, set_weights
+from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
+
+PARTITION_KEY = "partition_id"
+
+
+class HospitalClient(NumPyClient):
+    """Trains the model it receives on its own training shard; never shares data."""
+
+    def __init__(self, cfg: ExperimentConfig, partition_id: int) -> None:
+        self.cfg = cfg
+        self.partition_id = partition_id
+        torch.set_num_threads(cfg.simulation.threads_per_client)
+        self.hospital = build_hospital(cfg, partition_id)
+        self.classes = num_classes(cfg.data.task)
+        self.model = build_model(cfg.model, in_channels=1, classes=self.classes)
+
+    def get_properties(self, config):
+        return {PARTITION_KEY: self.partition_id}
+
+    def fit(self, parameters: list[np.ndarray], config):
+        set_weights(self.model, parameters)
+        server_round = int(config.get("server_round", 0))
+        started = time.perf_counter()
+        result = train_local(
+            self.model, self.hospital.train, self.cfg.training, seed=self.cfg.seed, tags=(server_round, self.partition_id)
+        )
+        metrics = {
+            PARTITION_KEY: self.partition_id,
+            "train_loss": result.train_loss,
+            "first_batch_loss": result.first_batch_loss,
+            "steps": result.steps,
+            "fit_seconds": time.perf_counter() - started,
+        }
+        return get_weights(self.model), result.num_examples, metrics
+
+    def evaluate(self, parameters: list[np.ndarray], config):
+        set_weights(self.model, parameters)
+        scores = evaluate_segmentation(self.model, self.hospital.test, num_classes=self.classes)
+        loss = float(per_image_losses(self.model, self.hospital.test, self.cfg.training).mean())
+        return loss, len(self.hospital.test), {PARTITION_KEY: self.partition_id, **scores}

@@ -1,0 +1,85 @@
+"""``fl-mia`` command line: run an experiment from a config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fl_mia.config import ConfigError, load_config
+from fl_mia.round_log import RoundProgress
+from fl_mia.run_folder import RunFolderError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-learning privacy testbed for segmentation.")
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+# Errors a user can fix: one line, no traceback.
+USER_ERRORS = (ConfigError, RunFolderError)
+
+
+def _fail(message: str) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment file (.toml), e.g. configs/quickstart.toml.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value: dotted.key=value (repeatable).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<name>-<timestamp>/).")] = None,
+) -> None:
+    """Run one experiment: federated training, then the outputs in a new run folder."""
+    from fl_mia.experiment import run_experiment
+    from fl_mia.reporting import render_summary
+    from server.hospital_directory import FederationError
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except ConfigError as error:
+        _fail(str(error))
+
+    def show(progress: RoundProgress) -> None:
+        overall = progress.overall
+        if progress.round == 0:
+            console.print(f"round 0/{progress.total_rounds} · untrained model · Dice {overall['dice']:.3f}")
+            return
+        console.print(
+            f"round {progress.round}/{progress.total_rounds} · hospitals {progress.replies} replied"
+            + (f", {progress.failures} failed" if progress.failures else "")
+            + f" · Dice {overall['dice']:.3f} · IoU {overall['iou']:.3f} · test loss {overall['loss']:.3f}"
+        )
+
+    console.print(
+        f"fl-mia · {cfg.name} · {cfg.federation.num_hospitals} hospitals · {cfg.federation.rounds} rounds · "
+        f"{cfg.model.arch}/{cfg.model.encoder} · seed {cfg.seed}"
+    )
+    try:
+        result = run_experiment(cfg, out=out, on_round_end=show)
+    except (*USER_ERRORS, FederationError) as error:
+        _fail(str(error))
+    typer.echo(render_summary(result.metrics), nl=False)
+    console.print(f"run folder: {result.run_dir}")
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+    """Print the summary table of a finished run."""
+    from fl_mia.reporting import read_metrics, render_summary
+    from fl_mia.run_folder import read_status
+
+    if not (run_dir / "metrics.json").is_file():
+        _fail(f"{run_dir}: no metrics.json (state: {read_status(run_dir)['state']}); is this a finished run folder?")
+    typer.echo(render_summary(read_metrics(run_dir)), nl=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Typed experiment configuration: one TOML file = one experiment.
+
+Everything is validated once, at load, so that a bad value fails with the name of
+its field before any data is generated or any Ray worker is started.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message is one line naming the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where images come from and how they look."""
+
+    source: Literal["phantom"] = Field(
+        "phantom", description="'phantom': the embedded synthetic hospital generator."
+    )
+    task: Literal["lesion", "organ_lesion"] = Field(
+        "lesion",
+        description="'lesion': binary lesion masks; 'organ_lesion': background/organ/lesion classes.",
+    )
+    image_size: int = Field(64, ge=32, le=512, description="Side of the square 2-D slices in pixels.")
+    num_patients: int = Field(
+        400, ge=2, description="Size of the whole data pool (patients) shared out to hospitals and attacker."
+    )
+    slices_per_patient: int = Field(
+        2, ge=1, le=64, description="Neighbouring slices per patient; splits never cut a patient."
+    )
+    shift_strength: float = Field(
+        1.0, ge=0.0, le=3.0, description="Scale of each hospital's acquisition shift (0 = identical scanners)."
+    )
+    normalize: Literal["zscore", "none"] = Field(
+        "zscore",
+        description="'zscore': each image scaled to mean 0, std 1 (as nnU-Net does for MRI); 'none': raw scanner values.",
+    )
+    lesion_probability: float = Field(
+        0.8, ge=0.0, le=1.0, description="Probability that a patient has at least one lesion."
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        # smp encoders downsample 5 times; other sizes crash deep inside the decoder.
+        if value % 32:
+            raise ValueError("must be a multiple of 32 (smp encoders downsample by 32)")
+        return value
+
+
+class FederationConfig(_Section):
+    """Hospitals, their shards and the rounds of federated training."""
+
+    num_hospitals: int = Field(4, ge=1, le=64, description="Number of hospitals (Flower clients).")
+    patients_per_hospital: int | list[int] = Field(
+        24, description="Patients per hospital: one number for all, or one per hospital (size skew)."
+    )
+    train_fraction: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Share of a hospital's patients in its training shard (members)."
+    )
+    heldout_fraction: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="Share kept as a held-out pool (future non-members); the rest is the test split.",
+    )
+    attacker_patients: int = Field(
+        48, ge=0, description="Patients of the attacker's own population data, disjoint from all hospitals."
+    )
+    label_skew: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Spread of lesion prevalence across hospitals (0 = same prevalence everywhere).",
+    )
+    rounds: int = Field(5, ge=1, le=10_000, description="Federated rounds.")
+    fraction_fit: float = Field(1.0, gt=0.0, le=1.0, description="Share of hospitals sampled each round.")
+
+    @field_validator("patients_per_hospital")
+    @classmethod
+    def _positive_sizes(cls, value: int | list[int]) -> int | list[int]:
+        sizes = value if isinstance(value, list) else [value]
+        if not sizes or any(size < 4 for size in sizes):
+            raise ValueError("every hospital needs at least 4 patients (train, held-out and test splits)")
+        return value
+
+    @model_validator(mode="after")
+    def _splits_leave_a_test_set(self) -> "FederationConfig":
+        if self.train_fraction + self.heldout_fraction >= 1.0:
+            raise ValueError(
+                "train_fraction + heldout_fraction must be below 1 so that a test split remains"
+            )
+        if isinstance(self.patients_per_hospital, list) and len(self.patients_per_hospital) != self.num_hospitals:
+            raise ValueError(
+                f"patients_per_hospital lists {len(self.patients_per_hospital)} sizes "
+                f"but num_hospitals is {self.num_hospitals}"
+            )
+        return self
+
+    def hospital_sizes(self) -> list[int]:
+        """Number of patients of every hospital, in partition order."""
+        if isinstance(self.patients_per_hospital, list):
+            return list(self.patients_per_hospital)
+        return [self.patients_per_hospital] * self.num_hospitals
+
+
+class ModelConfig(_Section):
+    """segmentation-models-pytorch architecture, encoder and normalisation."""
+
+    arch: str = Field("Unet", description="smp architecture name, e.g. Unet, UnetPlusPlus, FPN, DeepLabV3Plus.")
+    encoder: str = Field("resnet18", description="Any smp encoder name, e.g. resnet18, mobilenet_v2.")
+    encoder_depth: int = Field(3, ge=3, le=5, description="Encoder stages used (fewer = faster, smaller).")
+    decoder_channels: list[int] | None = Field(
+        None, description="Decoder widths (Unet family); default: 16 at the last stage, doubling towards the bottleneck."
+    )
+    norm: Literal["batchnorm", "groupnorm"] = Field(
+        "batchnorm", description="GroupNorm is needed for DP-SGD and avoids averaging running statistics."
+    )
+    bn_momentum: float = Field(
+        0.1, gt=0.0, le=1.0, description="BatchNorm momentum (some smp encoders ship 0.01, which lags in FL)."
+    )
+    encoder_weights_path: Path | None = Field(
+        None, description="Local file of encoder weights (state dict); nothing is ever downloaded."
+    )
+
+    @model_validator(mode="after")
+    def _smp_knows_it(self) -> "ModelConfig":
+        from fl_mia.models import check_model_config  # smp import is heavy; only when validating
+
+        check_model_config(self)
+        return self
+
+
+class TrainingConfig(_Section):
+    """Local training on each hospital."""
+
+    local_epochs: int = Field(1, ge=1, le=1000, description="Epochs over the training shard per round.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Images per local batch.")
+    optimizer: Literal["adam", "nadam", "sgd"] = Field("adam", description="Local optimiser, fresh each round.")
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="Local learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay.")
+    dice_weight: float = Field(1.0, ge=0.0, description="Weight of the soft Dice term of the loss.")
+    ce_weight: float = Field(1.0, ge=0.0, description="Weight of the BCE/CE term of the loss.")
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "TrainingConfig":
+        if self.dice_weight == 0 and self.ce_weight == 0:
+            raise ValueError("dice_weight and ce_weight are both 0: the loss would be constant")
+        return self
+
+
+class SimulationConfig(_Section):
+    """Flower simulation through the Ray backend."""
+
+    cpus_per_client: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per hospital actor.")
+    gpus_per_client: float = Field(0.0, ge=0.0, description="GPUs Ray reserves per hospital actor.")
+    total_cpus: int | None = Field(
+        None, ge=1, description="CPUs Ray may use in all (default: every core of the machine)."
+    )
+    threads_per_client: int = Field(1, ge=1, le=64, description="torch threads inside each hospital actor.")
+
+
+class ExperimentConfig(_Section):
+    """One experiment: data, federation, model, training and simulation settings."""
+
+    name: str = Field("experiment", min_length=1, description="Run name; the run folder starts with it.")
+    seed: int = Field(0, ge=0, description="Seed of every random choice of the run.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+    @model_validator(mode="after")
+    def _pool_fills_hospitals(self) -> "ExperimentConfig":
+        needed = sum(self.federation.hospital_sizes()) + self.federation.attacker_patients
+        if needed > self.data.num_patients:
+            raise ValueError(
+                f"federation.num_hospitals={self.federation.num_hospitals} hospitals need {needed} patients "
+                f"(with federation.attacker_patients) but data.num_patients is {self.data.num_patients}: "
+                "use fewer or smaller hospitals, or a larger pool"
+            )
+        return self
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """Plain dict with only TOML-representable values (None dropped, paths as text)."""
+        return _drop_none(json.loads(self.model_dump_json()))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _drop_none(item) for key, item in value.items() if item is not None}
+    return value
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key; check the spelling against the config reference in README.md"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    # A model-level error names a section but the message already names the fields.
+    return f"{source}: {field}: {message}"
+
+
+def _parse_override_value(text: str) -> Any:
+    """Read an override value as TOML (numbers, booleans, lists, quoted strings), else as text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to a raw config dict (a copy is returned)."""
+    result = json.loads(json.dumps(raw))
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {override!r}: expected dotted.key=value, e.g. federation.rounds=3")
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {override!r}: {part} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_override_value(value.strip())
+    return result
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a raw dict; raise :class:`ConfigError` with one line naming the field."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load, override and validate an experiment file.
+
+    The experiment ``name`` defaults to the file's stem so that run folders are named
+    after the config that produced them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file; give the path of a .toml experiment file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, overrides or [])
+    return build_config(raw, source=str(path))

@@ -1,0 +1,201 @@
+"""Share a patient pool out to hospitals and the attacker, and split each hospital.
+
+Every hospital gets a training shard (the members), a held-out pool from the same
+distribution (future non-members, never trained on) and a test split for utility. The
+attacker's population is disjoint from all hospitals. Splits group by patient, so that
+neighbouring slices of one patient never straddle member and non-member.
+
+Each piece is a pure function of the config and seed: a Flower client can rebuild its own
+hospital in its own process and get exactly the arrays the server-side evaluation sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.data.phantom import LESION, ORGAN, PatientAnatomy, ScannerProfile, render_patient
+from fl_mia.seeding import rng_for
+
+SPLITS = ("train", "heldout", "test")
+
+
+@dataclass
+class Split:
+    """Images and masks of one split, with the ids that tie them to patients.
+
+    ``masks`` holds class indices: for the binary lesion task 0/1, for organ_lesion 0/1/2.
+    ``image_ids`` are unique across the whole pool (hospitals and attacker).
+    """
+
+    images: np.ndarray  # float32 [N, 1, H, W]
+    masks: np.ndarray  # int64 [N, H, W]
+    patient_ids: np.ndarray  # int64 [N]
+    image_ids: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> "Split":
+        return Split(self.images[index], self.masks[index], self.patient_ids[index], self.image_ids[index])
+
+    @staticmethod
+    def concatenate(parts: list["Split"]) -> "Split":
+        return Split(
+            np.concatenate([p.images for p in parts]),
+            np.concatenate([p.masks for p in parts]),
+            np.concatenate([p.patient_ids for p in parts]),
+            np.concatenate([p.image_ids for p in parts]),
+        )
+
+
+@dataclass
+class HospitalData:
+    index: int
+    scanner: ScannerProfile
+    lesion_probability: float
+    train: Split
+    heldout: Split
+    test: Split
+
+
+@dataclass
+class FederatedData:
+    hospitals: list[HospitalData]
+    attacker: Split
+
+
+def num_classes(task: str) -> int:
+    """Output channels of the model for a task (binary lesion: one logit channel)."""
+    return 1 if task == "lesion" else 3
+
+
+def _task_masks(labels: np.ndarray, task: str) -> np.ndarray:
+    if task == "lesion":
+        return (labels == LESION).astype(np.int64)
+    return labels.astype(np.int64)
+
+
+def patient_assignment(cfg: ExperimentConfig) -> tuple[list[np.ndarray], np.ndarray]:
+    """Patient ids of every hospital (in partition order) and of the attacker."""
+    order = rng_for(cfg.seed, "patient-assignment").permutation(cfg.data.num_patients)
+    sizes = cfg.federation.hospital_sizes()
+    hospitals, start = [], 0
+    for size in sizes:
+        hospitals.append(np.sort(order[start : start + size]))
+        start += size
+    attacker = np.sort(order[start : start + cfg.federation.attacker_patients])
+    return hospitals, attacker
+
+
+def scanner_of(cfg: ExperimentConfig, hospital: int) -> ScannerProfile:
+    return ScannerProfile.sample(rng_for(cfg.seed, "scanner", hospital), strength=cfg.data.shift_strength)
+
+
+def lesion_probability_of(cfg: ExperimentConfig, hospital: int) -> float:
+    """Lesion prevalence of a hospital; ``label_skew`` spreads it evenly around the base."""
+    k = cfg.federation.num_hospitals
+    position = 0.0 if k == 1 else 2 * hospital / (k - 1) - 1  # -1 ... 1
+    base = cfg.data.lesion_probability
+    return float(np.clip(base + cfg.federation.label_skew * position * max(base, 1 - base), 0.0, 1.0))
+
+
+def _render_patients(
+    cfg: ExperimentConfig, patient_ids: np.ndarray, scanner: ScannerProfile, lesion_probability: float
+) -> Split:
+    slices = cfg.data.slices_per_patient
+    images, masks, owners, ids = [], [], [], []
+    for patient in patient_ids:
+        anatomy = PatientAnatomy.sample(
+            rng_for(cfg.seed, "anatomy", int(patient)), lesion_probability=lesion_probability, num_slices=slices
+        )
+        scans, labels = render_patient(
+            anatomy, scanner, num_slices=slices, size=cfg.data.image_size, rng=rng_for(cfg.seed, "render", int(patient))
+        )
+        if cfg.data.normalize == "zscore":
+            mean = scans.mean(axis=(1, 2), keepdims=True)
+            scans = (scans - mean) / (scans.std(axis=(1, 2), keepdims=True) + 1e-6)
+        images.append(scans[:, None].astype(np.float32))
+        masks.append(_task_masks(labels, cfg.data.task))
+        owners.append(np.full(slices, patient, dtype=np.int64))
+        ids.append(patient * slices + np.arange(slices, dtype=np.int64))
+    return Split(np.concatenate(images), np.concatenate(masks), np.concatenate(owners), np.concatenate(ids))
+
+
+def _split_by_patient(cfg: ExperimentConfig, hospital: int, patients: np.ndarray) -> dict[str, np.ndarray]:
+    shuffled = rng_for(cfg.seed, "hospital-split", hospital).permutation(patients)
+    n = len(shuffled)
+    n_train = max(1, int(round(cfg.federation.train_fraction * n)))
+    n_heldout = max(1, int(round(cfg.federation.heldout_fraction * n)))
+    n_heldout = min(n_heldout, n - n_train - 1)
+    return {
+        "train": np.sort(shuffled[:n_train]),
+        "heldout": np.sort(shuffled[n_train : n_train + n_heldout]),
+        "test": np.sort(shuffled[n_train + n_heldout :]),
+    }
+
+
+def build_hospital(cfg: ExperimentConfig, hospital: int) -> HospitalData:
+    """Render one hospital's three splits (what a Flower client builds for itself)."""
+    if not 0 <= hospital < cfg.federation.num_hospitals:
+        raise ValueError(f"hospital {hospital} outside 0..{cfg.federation.num_hospitals - 1}")
+    return _cached_hospital(cfg.model_dump_json(), hospital)
+
+
+@lru_cache(maxsize=64)
+def _cached_hospital(cfg_json: str, hospital: int) -> HospitalData:
+    cfg = ExperimentConfig.model_validate_json(cfg_json)
+    patients = patient_assignment(cfg)[0][hospital]
+    scanner = scanner_of(cfg, hospital)
+    prevalence = lesion_probability_of(cfg, hospital)
+    parts = {
+        split: _render_patients(cfg, ids, scanner, prevalence)
+        for split, ids in _split_by_patient(cfg, hospital, patients).items()
+    }
+    return HospitalData(hospital, scanner, prevalence, **parts)
+
+
+def build_attacker_population(cfg: ExperimentConfig) -> Split:
+    """The attacker's own scans: disjoint patients, imaged by scanners like the hospitals'.
+
+    Patient j of the attacker is imaged with hospital ``j mod K``'s scanner, so shadow
+    models see every acquisition shift the hospitals have.
+    """
+    patients = patient_assignment(cfg)[1]
+    if len(patients) == 0:
+        return Split(
+            np.zeros((0, 1, cfg.data.image_size, cfg.data.image_size), np.float32),
+            np.zeros((0, cfg.data.image_size, cfg.data.image_size), np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
+    k = cfg.federation.num_hospitals
+    parts = [
+        _render_patients(cfg, patients[j : j + 1], scanner_of(cfg, j % k), cfg.data.lesion_probability)
+        for j in range(len(patients))
+    ]
+    return Split.concatenate(parts)
+
+
+def build_federation(cfg: ExperimentConfig) -> FederatedData:
+    return FederatedData(
+        hospitals=[build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)],
+        attacker=build_attacker_population(cfg),
+    )
+
+
+__all__ = [
+    "FederatedData",
+    "HospitalData",
+    "ORGAN",
+    "SPLITS",
+    "Split",
+    "build_attacker_population",
+    "build_federation",
+    "build_hospital",
+    "num_classes",
+    "patient_assignment",
+]

@@ -1,0 +1,98 @@
+"""What a finished run writes: ``metrics.json``, ``rounds.csv``, final weights, summary table."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.models import count_parameters, set_weights
+from fl_mia.round_log import ROUND_COLUMNS, TIMING_COLUMNS, RoundLog
+from fl_mia.run_folder import atomic_write_bytes, write_csv, write_json
+
+UTILITY_KEYS = ("dice", "iou", "dice_pooled", "iou_pooled", "dice_lesion_images", "loss")
+TABLE_KEYS = ("dice", "iou", "dice_pooled", "dice_lesion_images", "loss")
+
+
+def utility_section(round_log: RoundLog, num_hospitals: int) -> dict[str, Any]:
+    final = round_log.evaluation(round_log.last_round)
+    initial = round_log.evaluation(0)
+    return {
+        **{key: final["overall"][key] for key in UTILITY_KEYS},
+        "num_test_images": final["overall"]["num_images"],
+        "per_hospital": {str(k): {key: final[f"hospital_{k}"][key] for key in UTILITY_KEYS} for k in range(num_hospitals)},
+        "initial": {key: initial["overall"][key] for key in UTILITY_KEYS} if initial else None,
+    }
+
+
+def write_federation_outputs(
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    round_log: RoundLog,
+    *,
+    final_weights: list[np.ndarray],
+    model: torch.nn.Module,
+    wall_time_s: float,
+) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    rows = round_log.rows()
+    write_csv(run_dir / "rounds.csv", rows, ROUND_COLUMNS)
+    timings = round_log.timing_rows()
+    write_csv(run_dir / "timings.csv", timings, TIMING_COLUMNS)
+    set_weights(model, final_weights)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write_bytes(run_dir / "global_model.pt", buffer.getvalue())
+    fit_seconds = sum(float(r.get("fit_seconds") or 0) for r in timings)
+    metrics = {
+        "experiment": cfg.name,
+        "seed": cfg.seed,
+        "threat_model": "honest-but-curious",
+        "defences": [],
+        "rounds_completed": round_log.last_round,
+        "utility": utility_section(round_log, cfg.federation.num_hospitals),
+        "wall_time_s": wall_time_s,
+        "cost": {
+            "wall_time_s": wall_time_s,
+            "hospital_fit_seconds": fit_seconds,
+            "model_parameters": count_parameters(model),
+            "update_bytes": int(sum(w.nbytes for w in final_weights)),
+        },
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def summary_table(metrics: dict[str, Any]) -> Table:
+    utility = metrics["utility"]
+    table = Table(title=f"{metrics['experiment']} · seed {metrics['seed']} · {metrics['rounds_completed']} rounds")
+    for column in ("", "Dice", "IoU", "pooled Dice", "lesion-image Dice", "test loss"):
+        table.add_column(column, justify="right" if column else "left")
+
+    def add(label: str, values: dict[str, float] | None) -> None:
+        if values:
+            table.add_row(label, *(f"{values[key]:.3f}" for key in TABLE_KEYS))
+
+    add("untrained model", utility.get("initial"))
+    for hospital, values in utility["per_hospital"].items():
+        add(f"hospital {hospital}", values)
+    add("global model (all)", utility)
+    table.caption = f"wall time {metrics['wall_time_s']:.1f} s · {metrics['cost']['model_parameters']:,} parameters"
+    return table
+
+
+def render_summary(metrics: dict[str, Any]) -> str:
+    console = Console(width=110, record=True, file=io.StringIO())
+    console.print(summary_table(metrics))
+    return console.export_text()

@@ -1,0 +1,1 @@
+"""The Flower ServerApp: builds strategy, evaluation and workflow from the experiment config."""

@@ -1,0 +1,97 @@
+"""Server side of one experiment: directory, strategy, workflow, then the run folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import ServerConfig
+from flwr.server.compat import LegacyContext
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+from flwr.serverapp.grid import Grid
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.data import num_classes
+from fl_mia.global_eval import GlobalModelEvaluator
+from fl_mia.models import build_model, get_weights
+from fl_mia.reporting import write_federation_outputs
+from fl_mia.round_log import RoundLog, RoundProgress
+from fl_mia.seeding import int_seed
+from server.hospital_directory import discover_hospitals
+from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
+
+logger = logging.getLogger("fl_mia")
+
+
+def initial_weights(cfg: ExperimentConfig) -> list[np.ndarray]:
+    """The untrained global model, a function of the seed alone."""
+    torch.manual_seed(int_seed(cfg.seed, "initial-model"))
+    return get_weights(build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)))
+
+
+def build_strategy(cfg: ExperimentConfig, directory: dict[int, int], round_log: RoundLog, evaluator) -> HonestFedAvg:
+    def evaluate_fn(server_round: int, weights, _config):
+        evaluation = evaluator.evaluate(weights)
+        round_log.on_evaluation(server_round, evaluation)
+        return evaluation["overall"]["loss"], {"dice": evaluation["overall"]["dice"]}
+
+    k = cfg.federation.num_hospitals
+    sampled = max(1, int(round(cfg.federation.fraction_fit * k)))
+    return HonestFedAvg(
+        directory=directory,
+        observer=round_log,
+        fraction_fit=cfg.federation.fraction_fit,
+        fraction_evaluate=0.0,  # utility is measured centrally on every hospital's test split
+        min_fit_clients=sampled,
+        min_available_clients=k,
+        evaluate_fn=evaluate_fn,
+        on_fit_config_fn=fit_config_fn(),
+        fit_metrics_aggregation_fn=weighted_train_loss,
+        initial_parameters=ndarrays_to_parameters(initial_weights(cfg)),
+    )
+
+
+def weighted_train_loss(fit_metrics: list[tuple[int, dict]]) -> dict:
+    total = sum(n for n, _ in fit_metrics)
+    return {"train_loss": sum(n * m["train_loss"] for n, m in fit_metrics) / total} if total else {}
+
+
+def log_progress(progress: RoundProgress) -> None:
+    if progress.round == 0:
+        logger.info("round 0 (untrained model): Dice %.3f", progress.overall["dice"])
+        return
+    logger.info(
+        "round %d/%d: %d hospitals replied, %d failed; global Dice %.3f, IoU %.3f",
+        progress.round, progress.total_rounds, progress.replies, progress.failures,
+        progress.overall["dice"], progress.overall["iou"],
+    )
+
+
+def run_federation(grid: Grid, context: Context, cfg: ExperimentConfig, run_dir: Path, on_round_end=None) -> None:
+    """Run every round of FedAvg over the hospitals and write the run folder's outputs."""
+    started = time.perf_counter()
+    k = cfg.federation.num_hospitals
+    directory = discover_hospitals(grid, expected=k)
+    round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
+    evaluator = GlobalModelEvaluator(cfg)
+    strategy = build_strategy(cfg, directory, round_log, evaluator)
+    legacy = LegacyContext(
+        context=context,
+        config=ServerConfig(num_rounds=cfg.federation.rounds),
+        strategy=strategy,
+        client_manager=PartitionSeededClientManager(seed=cfg.seed, directory=directory),
+    )
+    DefaultWorkflow()(grid, legacy)
+    final = parameters_to_ndarrays(
+        compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+    )
+    write_federation_outputs(
+        run_dir, cfg, round_log, final_weights=final, model=evaluator.model, wall_time_s=time.perf_counter() - started
+    )

@@ -1,0 +1,51 @@
+"""Which Flower node is which hospital.
+
+Node ids are random every run; each hospital reports its partition id through
+``get_properties``. One batch of messages before round one fills the directory that
+sampling, aggregation order and per-hospital poisoning are keyed by.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Message
+from flwr.common import GetPropertiesIns
+from flwr.common.constant import MessageTypeLegacy
+from flwr.compat.common import recorddict_compat as compat
+from flwr.serverapp.grid import Grid
+
+from strategies.honest import PARTITION_KEY
+
+
+class FederationError(RuntimeError):
+    """The federation cannot start or go on; the message says why."""
+
+
+def discover_hospitals(grid: Grid, *, expected: int, timeout_s: float = 120.0) -> dict[int, int]:
+    """Return ``{node_id: partition_id}`` for every connected hospital."""
+    deadline = time.monotonic() + timeout_s
+    node_ids = list(grid.get_node_ids())
+    while len(node_ids) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        node_ids = list(grid.get_node_ids())
+    if len(node_ids) < expected:
+        raise FederationError(f"only {len(node_ids)} of {expected} hospitals connected within {timeout_s:.0f}s")
+    content = compat.getpropertiesins_to_recorddict(GetPropertiesIns({}))
+    messages = [
+        Message(content=content, dst_node_id=node_id, message_type=MessageTypeLegacy.GET_PROPERTIES, group_id="0")
+        for node_id in node_ids
+    ]
+    directory: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout_s):
+        if reply.has_error():
+            raise FederationError(
+                f"hospital on node {reply.metadata.src_node_id} failed to start: {reply.error.reason}"
+            )
+        properties = compat.recorddict_to_getpropertiesres(reply.content).properties
+        directory[reply.metadata.src_node_id] = int(properties[PARTITION_KEY])
+    if len(directory) < expected:
+        raise FederationError(f"only {len(directory)} of {expected} hospitals answered within {timeout_s:.0f}s")
+    if sorted(directory.values()) != list(range(expected)):
+        raise FederationError(f"hospitals reported partition ids {sorted(directory.values())}, expected 0..{expected - 1}")
+    return directory

@@ -1,0 +1,43 @@
+"""Flower ServerApp.
+
+``app`` serves ``flwr run .`` (experiment file and run folder from the run config);
+``make_server_app(cfg, run_dir)`` serves ``fl-mia run``, whose simulation hands the
+server an empty run config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.server import ServerApp
+from flwr.serverapp.grid import Grid
+
+from fl_mia.app_config import experiment_from_run_config, run_folder_from_run_config
+from fl_mia.config import ExperimentConfig
+from fl_mia.run_folder import set_status
+from server.federation import run_federation
+
+
+def make_server_app(cfg: ExperimentConfig | None = None, run_dir: Path | None = None, on_round_end=None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if cfg is not None and run_dir is not None:
+            run_federation(grid, context, cfg, run_dir, on_round_end)
+            return
+        # `flwr run .`: this process owns the run folder from start to finish.
+        experiment = experiment_from_run_config(context.run_config)
+        folder = run_folder_from_run_config(context.run_config, experiment)
+        try:
+            run_federation(grid, context, experiment, folder, on_round_end)
+        except BaseException as error:
+            set_status(folder, "failed", error=f"{type(error).__name__}: {error}")
+            raise
+        set_status(folder, "complete")
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,137 @@
+"""Honest-but-curious FedAvg: aggregates faithfully, and records what the server sees.
+
+Flower's node ids are random 64-bit numbers every run, so everything that must be
+reproducible (client sampling, aggregation order, per-hospital bookkeeping) is keyed by the
+partition id each hospital reports instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from flwr.common import FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+from fl_mia.seeding import rng_for
+
+PARTITION_KEY = "partition_id"
+
+
+@dataclass
+class HospitalReply:
+    """What the server holds after one hospital's fit in one round."""
+
+    round: int
+    hospital: int
+    num_examples: int
+    metrics: dict[str, Scalar]
+    weights: list[np.ndarray] | None = field(default=None, repr=False)
+
+
+class RoundObserver(Protocol):
+    """Receives, in partition order, every reply of a round before aggregation."""
+
+    def on_fit_replies(self, server_round: int, replies: list[HospitalReply], failures: int) -> None: ...
+
+
+def partition_of(proxy: ClientProxy, fit_res: FitRes, directory: dict[int, int]) -> int:
+    """The hospital behind a reply: from its metrics, else from the node directory."""
+    if PARTITION_KEY in fit_res.metrics:
+        return int(fit_res.metrics[PARTITION_KEY])
+    return directory[proxy.node_id]
+
+
+class PartitionSeededClientManager(SimpleClientManager):
+    """Samples hospitals by partition id with a seeded stream, not Python's global RNG.
+
+    ``directory`` maps Flower node id to partition id; it is filled before round one.
+    """
+
+    def __init__(self, *, seed: int, directory: dict[int, int]) -> None:
+        super().__init__()
+        self._seed = seed
+        self._directory = directory
+        self._draws = 0
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None) -> list[ClientProxy]:
+        if min_num_clients is None:
+            min_num_clients = num_clients
+        self.wait_for(min_num_clients)
+        available = [
+            proxy
+            for node_id, proxy in self.clients.items()
+            if criterion is None or criterion.select(proxy)
+        ]
+        if num_clients > len(available):
+            return []
+        available.sort(key=lambda proxy: self._directory.get(proxy.node_id, proxy.node_id))
+        rng = rng_for(self._seed, "client-sampling", self._draws)
+        self._draws += 1
+        chosen = np.sort(rng.choice(len(available), size=num_clients, replace=False))
+        return [available[i] for i in chosen]
+
+
+class HonestFedAvg(FedAvg):
+    """FedAvg with replies ordered by hospital (bit-identical averages run after run).
+
+    Parameters
+    ----------
+    directory:
+        Flower node id → partition id, filled by the server app before round one.
+    observer:
+        Told about every round's replies (metrics and returned weights) before aggregation.
+    keep_weights:
+        Hand each hospital's returned weights to the observer (the server's white-box view).
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: dict[int, int],
+        observer: RoundObserver | None = None,
+        keep_weights: bool = False,
+        **fedavg_kwargs,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.directory = directory
+        self.observer = observer
+        self.keep_weights = keep_weights
+
+    def __repr__(self) -> str:
+        return "HonestFedAvg"
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list,
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        # Replies arrive in completion order; a fixed order makes the float sums reproducible.
+        results = sorted(results, key=lambda item: partition_of(item[0], item[1], self.directory))
+        if self.observer is not None:
+            replies = [
+                HospitalReply(
+                    round=server_round,
+                    hospital=partition_of(proxy, res, self.directory),
+                    num_examples=res.num_examples,
+                    metrics=dict(res.metrics),
+                    weights=parameters_to_ndarrays(res.parameters) if self.keep_weights else None,
+                )
+                for proxy, res in results
+            ]
+            self.observer.on_fit_replies(server_round, replies, len(failures))
+        return super().aggregate_fit(server_round, results, failures)
+
+
+def fit_config_fn(extra: dict[str, Scalar] | None = None) -> Callable[[int], dict[str, Scalar]]:
+    """Tell every hospital the round number (it seeds their local shuffling)."""
+
+    def config(server_round: int) -> dict[str, Scalar]:
+        return {"server_round": server_round, **(extra or {})}
+
+    return config

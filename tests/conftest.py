@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny experiments that train in seconds on two CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fl_mia.config import ExperimentConfig, build_config
+
+torch.set_num_threads(1)
+
+
+def tiny_raw(**sections) -> dict:
+    raw = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"image_size": 32, "num_patients": 60, "slices_per_patient": 2},
+        "federation": {"num_hospitals": 2, "patients_per_hospital": 8, "attacker_patients": 8, "rounds": 2},
+        "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 3, "norm": "groupnorm"},
+        "training": {"local_epochs": 1, "batch_size": 4},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return raw
+
+
+@pytest.fixture
+def tiny_cfg() -> ExperimentConfig:
+    return build_config(tiny_raw())

@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+
+from fl_mia.config import ConfigError, apply_overrides, build_config, load_config
+from tests.conftest import tiny_raw
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one_line_error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        build_config(raw, source="exp.toml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_quickstart_loads_and_is_named_after_its_file():
+    cfg = load_config(ROOT / "configs" / "quickstart.toml")
+    assert cfg.name == "quickstart"
+    assert cfg.federation.num_hospitals == 4
+
+
+def test_unknown_key_names_the_field():
+    message = one_line_error(tiny_raw(federation={"roundz": 3}))
+    assert "federation.roundz" in message and "unknown key" in message
+
+
+def test_unknown_top_level_section():
+    assert "attackz" in one_line_error({**tiny_raw(), "attackz": {}})
+
+
+def test_negative_round_count_names_the_field():
+    message = one_line_error(tiny_raw(federation={"rounds": -1}))
+    assert "federation.rounds" in message and "greater than or equal to 1" in message
+
+
+def test_wrong_type_names_the_field():
+    assert "training.batch_size" in one_line_error(tiny_raw(training={"batch_size": "eight"}))
+
+
+def test_unknown_architecture():
+    message = one_line_error(tiny_raw(model={"arch": "Unetz"}))
+    assert "model.arch" in message and "UnetPlusPlus" in message
+
+
+def test_unknown_encoder():
+    message = one_line_error(tiny_raw(model={"encoder": "resnet19"}))
+    assert "model.encoder" in message and "resnet19" in message
+
+
+def test_more_hospitals_than_the_data_can_fill():
+    message = one_line_error(tiny_raw(federation={"num_hospitals": 20}))
+    assert "federation.num_hospitals" in message and "data.num_patients" in message
+
+
+def test_size_list_must_match_hospital_count():
+    message = one_line_error(tiny_raw(federation={"patients_per_hospital": [8, 8, 8]}))
+    assert "patients_per_hospital" in message
+
+
+def test_fractions_must_leave_a_test_split():
+    message = one_line_error(tiny_raw(federation={"train_fraction": 0.7, "heldout_fraction": 0.3}))
+    assert "test split" in message
+
+
+def test_overrides_parse_toml_values_and_create_sections():
+    raw = apply_overrides(tiny_raw(), ["federation.rounds=7", "model.encoder=mobilenet_v2", "training.lr=0.01"])
+    cfg = build_config(raw)
+    assert (cfg.federation.rounds, cfg.model.encoder, cfg.training.lr) == (7, "mobilenet_v2", 0.01)
+
+
+def test_override_without_equals_sign_is_rejected():
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        apply_overrides(tiny_raw(), ["federation.rounds"])
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seed = = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_every_config_in_configs_folder_loads():
+    files = sorted((ROOT / "configs").rglob("*.toml"))
+    assert files
+    for path in files:
+        load_config(path)
+
+
+def test_readme_documents_every_config_key():
+    from fl_mia.config_reference import reference_rows
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key, _, _ in reference_rows() if f"`{key}`" not in readme]
+    assert not missing, f"README config reference lacks {missing}; regenerate with python -m fl_mia.config_reference"

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fl_mia.config import ModelConfig
+from fl_mia.models import build_model, get_weights, set_weights
+
+
+@pytest.mark.parametrize("arch", ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Linknet"])
+def test_factory_builds_smp_architectures_with_the_right_output(arch):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, encoder="resnet18", encoder_depth=5), in_channels=1, classes=3)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 64, 64))
+    assert out.shape == (2, 3, 64, 64)
+
+
+def test_other_encoder_and_shallow_depth():
+    model = build_model(ModelConfig(encoder="mobilenet_v2", encoder_depth=3), in_channels=1, classes=1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_groupnorm_option_removes_every_batchnorm():
+    model = build_model(ModelConfig(norm="groupnorm"), in_channels=1, classes=1)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+
+
+def test_batchnorm_momentum_is_set():
+    model = build_model(ModelConfig(norm="batchnorm", bn_momentum=0.3), in_channels=1, classes=1)
+    momenta = {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert momenta == {0.3}
+
+
+def test_weights_round_trip_including_buffers():
+    torch.manual_seed(0)
+    a = build_model(ModelConfig(), in_channels=1, classes=1)
+    torch.manual_seed(1)
+    b = build_model(ModelConfig(), in_channels=1, classes=1)
+    weights = get_weights(a)
+    weights = [w.astype(np.float64) if w.dtype == np.int64 else w for w in weights]  # as FedAvg returns them
+    set_weights(b, weights)
+    for (key, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), key
+
+
+def test_set_weights_rejects_wrong_shapes():
+    model = build_model(ModelConfig(), in_channels=1, classes=1)
+    weights = get_weights(model)
+    with pytest.raises(ValueError, match="arrays"):
+        set_weights(model, weights[:-1])
+    weights[0] = np.zeros((1, 1))
+    with pytest.raises(ValueError, match="shape"):
+        set_weights(model, weights)
+
+
+def test_local_encoder_weights_file_is_loaded(tmp_path):
+    torch.manual_seed(5)
+    source = build_model(ModelConfig(), in_channels=1, classes=1)
+    path = tmp_path / "encoder.pt"
+    torch.save(source.encoder.state_dict(), path)
+    torch.manual_seed(6)
+    loaded = build_model(ModelConfig(encoder_weights_path=path), in_channels=1, classes=1)
+    for x, y in zip(source.encoder.state_dict().values(), loaded.encoder.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+def test_wrong_weights_file_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"not.a.layer": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="encoder_weights_path"):
+        build_model(ModelConfig(encoder_weights_path=path), in_channels=1, classes=1)

@@ -1,0 +1,97 @@
+import hashlib
+
+import numpy as np
+
+from fl_mia.config import build_config
+from fl_mia.data import build_attacker_population, build_federation, build_hospital
+from fl_mia.data.phantom import LESION, ORGAN, PatientAnatomy, ScannerProfile, render_slice
+from tests.conftest import tiny_raw
+
+
+def test_every_image_is_unique_across_hospitals_and_attacker(tiny_cfg):
+    data = build_federation(tiny_cfg)
+    splits = [s for h in data.hospitals for s in (h.train, h.heldout, h.test)] + [data.attacker]
+    digests = [hashlib.sha1(img.tobytes()).hexdigest() for s in splits for img in s.images]
+    ids = np.concatenate([s.image_ids for s in splits])
+    assert len(set(digests)) == len(digests)
+    assert len(set(ids.tolist())) == len(ids)
+
+
+def test_patients_never_straddle_splits_hospitals_or_attacker(tiny_cfg):
+    data = build_federation(tiny_cfg)
+    owners = []
+    for hospital in data.hospitals:
+        for split in (hospital.train, hospital.heldout, hospital.test):
+            assert len(split) > 0
+            owners.append(set(split.patient_ids.tolist()))
+    owners.append(set(data.attacker.patient_ids.tolist()))
+    for i in range(len(owners)):
+        for j in range(i + 1, len(owners)):
+            assert not owners[i] & owners[j]
+    # every patient contributes all of its slices to one split
+    slices = tiny_cfg.data.slices_per_patient
+    for hospital in data.hospitals:
+        _, counts = np.unique(hospital.train.patient_ids, return_counts=True)
+        assert (counts == slices).all()
+
+
+def test_reproducible_from_seed_and_different_for_another_seed(tiny_cfg):
+    first = build_hospital(tiny_cfg, 1)
+    again = build_hospital(build_config(tiny_raw()), 1)
+    other = build_hospital(build_config(tiny_raw(seed=1)), 1)
+    assert np.array_equal(first.train.images, again.train.images)
+    assert not np.array_equal(first.train.images[:1], other.train.images[:1])
+
+
+def test_hospital_shift_is_visible_in_intensity_statistics():
+    cfg = build_config(tiny_raw(data={"normalize": "none", "image_size": 32, "num_patients": 200},
+                                federation={"num_hospitals": 4, "patients_per_hospital": 20}))
+    means = [build_hospital(cfg, k).train.images.mean(axis=(1, 2, 3)) for k in range(4)]
+    between = np.var([m.mean() for m in means])
+    within = np.mean([m.var() / len(m) for m in means])  # variance of each hospital's mean
+    assert between > 10 * within
+    # without shift the hospitals look alike
+    flat = build_config(tiny_raw(data={"normalize": "none", "shift_strength": 0.0, "image_size": 32, "num_patients": 200},
+                                 federation={"num_hospitals": 4, "patients_per_hospital": 20}))
+    flat_means = [build_hospital(flat, k).train.images.mean() for k in range(4)]
+    assert np.var(flat_means) < between / 10
+
+
+def test_masks_match_images():
+    rng = np.random.default_rng(3)
+    scanner = ScannerProfile(1.0, 0.0, 1.0, 0.0, 0.0, 1.0)  # noiseless, unblurred
+    found_lesion = False
+    for _ in range(20):
+        anatomy = PatientAnatomy.sample(rng, lesion_probability=1.0, num_slices=1)
+        image, labels = render_slice(anatomy, 0, 1, scanner, size=64, rng=rng)
+        organ = labels == ORGAN
+        assert organ.any()
+        assert abs(image[organ].mean() - anatomy.organ_intensity) < 0.05
+        assert image[labels == 0].mean() < anatomy.organ_intensity - 0.1
+        lesion = labels == LESION
+        if lesion.any():
+            found_lesion = True
+            # lesions are brighter or darker than the organ by at least 0.18 (texture std 0.03)
+            assert np.median(np.abs(image[lesion] - anatomy.organ_intensity)) > 0.1
+    assert found_lesion
+
+
+def test_tasks_give_binary_and_three_class_masks(tiny_cfg):
+    binary = build_hospital(tiny_cfg, 0).train.masks
+    assert set(np.unique(binary)) <= {0, 1} and binary.max() == 1
+    multi = build_hospital(build_config(tiny_raw(data={"task": "organ_lesion", "image_size": 32,
+                                                       "num_patients": 60, "slices_per_patient": 2})), 0).train.masks
+    assert set(np.unique(multi)) == {0, 1, 2}
+
+
+def test_label_skew_spreads_lesion_prevalence():
+    cfg = build_config(tiny_raw(data={"image_size": 32, "num_patients": 400, "slices_per_patient": 1},
+                                federation={"num_hospitals": 2, "patients_per_hospital": 150,
+                                            "attacker_patients": 0, "label_skew": 1.0}))
+    rates = [(build_hospital(cfg, k).train.masks.reshape(75, -1).max(1) > 0).mean() for k in range(2)]
+    assert rates[1] - rates[0] > 0.3
+
+
+def test_attacker_population_size(tiny_cfg):
+    attacker = build_attacker_population(tiny_cfg)
+    assert len(attacker) == tiny_cfg.federation.attacker_patients * tiny_cfg.data.slices_per_patient
