@@ -22,15 +22,24 @@ class FederationError(RuntimeError):
     """The federation cannot start or go on; the message says why."""
 
 
-def discover_hospitals(grid: Grid, *, expected: int, timeout_s: float = 120.0) -> dict[int, int]:
-    """Return ``{node_id: partition_id}`` for every connected hospital."""
-    deadline = time.monotonic() + timeout_s
+def discover_hospitals(
+    grid: Grid, *, expected: int, connect_timeout_s: float = 30.0, timeout_s: float = 300.0
+) -> dict[int, int]:
+    """Return ``{node_id: partition_id}`` for every connected hospital.
+
+    ``timeout_s`` bounds the first reply, which carries the actors' start-up (Ray and torch
+    imports take several seconds per actor on a small machine).
+    """
+    deadline = time.monotonic() + connect_timeout_s
     node_ids = list(grid.get_node_ids())
     while len(node_ids) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
         node_ids = list(grid.get_node_ids())
-    if len(node_ids) < expected:
-        raise FederationError(f"only {len(node_ids)} of {expected} hospitals connected within {timeout_s:.0f}s")
+    if len(node_ids) != expected:
+        raise FederationError(
+            f"federation.num_hospitals is {expected} but the federation has {len(node_ids)} SuperNodes; with "
+            f"`flwr run` set them equal: flwr federation simulation-config --num-supernodes {expected}"
+        )
     content = compat.getpropertiesins_to_recorddict(GetPropertiesIns({}))
     messages = [
         Message(content=content, dst_node_id=node_id, message_type=MessageTypeLegacy.GET_PROPERTIES, group_id="0")
