@@ -68,6 +68,7 @@ def build_model(cfg: ModelConfig, *, in_channels: int, classes: int) -> nn.Modul
         raise ValueError(
             f"model: smp cannot build {cfg.arch} with encoder {cfg.encoder} at depth {cfg.encoder_depth}: {error}"
         ) from None
+    _drop_unused_encoder_stages(model, in_channels=in_channels)
     if cfg.encoder_weights_path is not None:
         _load_encoder_weights(model, cfg)
     if cfg.norm == "groupnorm":
@@ -80,6 +81,24 @@ def build_model(cfg: ModelConfig, *, in_channels: int, classes: int) -> nn.Modul
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = cfg.bn_momentum
     return model
+
+
+def _drop_unused_encoder_stages(model: nn.Module, *, in_channels: int) -> None:
+    """Replace encoder stages that a shallow ``encoder_depth`` never calls by ``nn.Identity``.
+
+    smp keeps e.g. a ResNet's layer3/layer4 at depth 3: 10 of resnet18's 11 M parameters
+    that get no gradient yet would be sent, averaged and secure-aggregated every round, and
+    that Opacus rejects. A probe pass finds them by their missing gradients.
+    """
+    was_training = model.training
+    model.eval()
+    model(torch.zeros(2, in_channels, 64, 64)).sum().backward()
+    for name, child in list(model.encoder.named_children()):
+        params = list(child.parameters())
+        if params and all(p.grad is None for p in params):
+            setattr(model.encoder, name, nn.Identity())
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
 
 
 def _load_encoder_weights(model: nn.Module, cfg: ModelConfig) -> None:
