@@ -171,6 +171,56 @@ class SimulationConfig(_Section):
     threads_per_client: int = Field(1, ge=1, le=64, description="torch threads inside each hospital actor.")
 
 
+class ThreatConfig(_Section):
+    """What the server does: honest-but-curious FedAvg, or a poisoning strategy."""
+
+    poisoning: Literal["none", "gradient_ascent", "isolation", "model_inconsistency", "backdoor"] = Field(
+        "none", description="'none': honest-but-curious server; otherwise the malicious strategy it runs."
+    )
+    target_hospitals: list[int] = Field(
+        [0], description="Hospitals the poisoning targets (model_inconsistency: the one whose update it isolates)."
+    )
+    poison_rounds: list[int] | None = Field(
+        None, description="Rounds in which the server poisons (default: every round)."
+    )
+    compensate: bool = Field(
+        True,
+        description="Aggregate a poisoned hospital as global + its own update, so the poison does not reach the global model.",
+    )
+    ascent_loss_ratio: float = Field(
+        2.0, gt=1.0, le=1000.0, description="gradient_ascent: stop once the candidates' mean loss is this many times higher."
+    )
+    ascent_max_steps: int = Field(30, ge=1, le=10_000, description="gradient_ascent: most ascent steps per round.")
+    ascent_lr: float = Field(1e-3, gt=0.0, le=1.0, description="gradient_ascent: Adam step size of the ascent.")
+    ascent_layers: Literal["all", "decoder", "head"] = Field(
+        "all", description="gradient_ascent: which layers the ascent may change."
+    )
+    backdoor_trigger_size: int = Field(6, ge=1, le=64, description="backdoor: side of the bottom-right trigger square (px).")
+    backdoor_trigger_value: float = Field(4.0, description="backdoor: value written into the trigger (normalised units).")
+    backdoor_steps: int = Field(20, ge=1, le=10_000, description="backdoor: fine-tuning steps before each sending.")
+    backdoor_lr: float = Field(1e-3, gt=0.0, le=1.0, description="backdoor: learning rate of the implanting.")
+    update_attacks: bool = Field(
+        True, description="Score candidates on each hospital's update (loss reduction, gradient alignment, ...)."
+    )
+    gradient_alignment: bool = Field(
+        True, description="Include the gradient-alignment signal (one per-sample gradient pass per round)."
+    )
+
+    @field_validator("poison_rounds")
+    @classmethod
+    def _positive_rounds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(r < 1 for r in value):
+            raise ValueError("rounds are numbered from 1")
+        return value
+
+    @property
+    def threat_model(self) -> str:
+        return "honest-but-curious" if self.poisoning == "none" else f"malicious ({self.poisoning})"
+
+    def poisons(self, server_round: int) -> bool:
+        return self.poisoning != "none" and (self.poison_rounds is None or server_round in self.poison_rounds)
+
+
 class ExperimentConfig(_Section):
     """One experiment: data, federation, model, training and simulation settings."""
 
@@ -181,6 +231,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    threat: ThreatConfig = Field(default_factory=ThreatConfig)
 
     @model_validator(mode="after")
     def _pool_fills_hospitals(self) -> "ExperimentConfig":
@@ -191,6 +242,14 @@ class ExperimentConfig(_Section):
                 f"(with federation.attacker_patients) but data.num_patients is {self.data.num_patients}: "
                 "use fewer or smaller hospitals, or a larger pool"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> "ExperimentConfig":
+        k = self.federation.num_hospitals
+        bad = [t for t in self.threat.target_hospitals if not 0 <= t < k]
+        if bad:
+            raise ValueError(f"threat.target_hospitals: {bad} outside 0..{k - 1} (federation.num_hospitals = {k})")
         return self
 
     def to_toml_dict(self) -> dict[str, Any]:

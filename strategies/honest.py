@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from flwr.common import FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
@@ -30,7 +30,8 @@ class HospitalReply:
     hospital: int
     num_examples: int
     metrics: dict[str, Scalar]
-    weights: list[np.ndarray] | None = field(default=None, repr=False)
+    weights: list[np.ndarray] | None = field(default=None, repr=False)  # what the hospital returned
+    sent_weights: list[np.ndarray] | None = field(default=None, repr=False)  # what the server sent it
 
 
 class RoundObserver(Protocol):
@@ -101,9 +102,22 @@ class HonestFedAvg(FedAvg):
         self.directory = directory
         self.observer = observer
         self.keep_weights = keep_weights
+        self.sent_this_round: dict[int, Parameters] = {}
 
     def __repr__(self) -> str:
         return "HonestFedAvg"
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        # Remember what each hospital was sent: update attacks compare it with what comes back.
+        self.sent_this_round = {self.directory[proxy.node_id]: ins.parameters for proxy, ins in instructions}
+        return instructions
+
+    def prepare_for_aggregation(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
+    ) -> list[tuple[ClientProxy, FitRes]]:
+        """The replies FedAvg averages; the honest server averages exactly what it received."""
+        return results
 
     def aggregate_fit(
         self,
@@ -121,11 +135,17 @@ class HonestFedAvg(FedAvg):
                     num_examples=res.num_examples,
                     metrics=dict(res.metrics),
                     weights=parameters_to_ndarrays(res.parameters) if self.keep_weights else None,
+                    sent_weights=self._sent_to(partition_of(proxy, res, self.directory)),
                 )
                 for proxy, res in results
             ]
             self.observer.on_fit_replies(server_round, replies, len(failures))
-        return super().aggregate_fit(server_round, results, failures)
+        return super().aggregate_fit(server_round, self.prepare_for_aggregation(server_round, results), failures)
+
+    def _sent_to(self, hospital: int) -> list[np.ndarray] | None:
+        if not self.keep_weights or hospital not in self.sent_this_round:
+            return None
+        return parameters_to_ndarrays(self.sent_this_round[hospital])
 
 
 def fit_config_fn(extra: dict[str, Scalar] | None = None) -> Callable[[int], dict[str, Scalar]]:

@@ -1,0 +1,56 @@
+"""The interface of a poisoner and what the server-side attacker holds."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from fl_mia.config import TrainingConfig
+from fl_mia.data import Split
+
+
+@dataclass
+class AttackerKnowledge:
+    """Everything the server may use to poison: no hospital data, no membership ledger.
+
+    ``candidate_images``/``candidate_masks`` are the records it asks about (e.g. leaked
+    scans) and ``candidate_hospital`` the hospital each is asked about; ``population`` is
+    its own disjoint data; ``model`` a scratch model of the federation's architecture.
+    """
+
+    model: nn.Module
+    training: TrainingConfig
+    candidate_images: np.ndarray
+    candidate_masks: np.ndarray
+    candidate_hospital: np.ndarray
+    population: Split
+    seed: int
+
+    def candidates_of(self, hospital: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = self.candidate_hospital == hospital
+        return self.candidate_images[chosen], self.candidate_masks[chosen]
+
+
+class Poisoner(ABC):
+    """Decides, per round and hospital, which weights the server sends.
+
+    ``poison`` returns new arrays for a hospital or ``None`` to send the honest global
+    model. It must never modify ``global_weights`` in place: the honest payload is shared
+    by every hospital of the round.
+    """
+
+    name: str = "poisoner"
+
+    @abstractmethod
+    def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:
+        ...
+
+    def observe_reply(self, *, server_round: int, hospital: int, returned: list[np.ndarray]) -> None:
+        """Called with every hospital's returned weights (when the server can see them)."""
+
+    def describe(self) -> str:
+        """One sentence: exactly what the server changes."""
+        return self.name

@@ -1,0 +1,32 @@
+"""Poisoners by name, built from the ``[threat]`` config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fl_mia.config import ThreatConfig
+from fl_mia.poisoning.backdoor import BackdoorPoisoner
+from fl_mia.poisoning.base import AttackerKnowledge, Poisoner
+from fl_mia.poisoning.gradient_ascent import GradientAscentPoisoner
+from fl_mia.poisoning.isolation import IsolationPoisoner
+from fl_mia.poisoning.model_inconsistency import ModelInconsistencyPoisoner
+
+POISONERS: dict[str, Callable[[ThreatConfig, AttackerKnowledge], Poisoner]] = {
+    "gradient_ascent": lambda t, k: GradientAscentPoisoner(
+        k, targets=t.target_hospitals, target_loss_ratio=t.ascent_loss_ratio, max_steps=t.ascent_max_steps,
+        lr=t.ascent_lr, layers=t.ascent_layers,
+    ),
+    "isolation": lambda t, k: IsolationPoisoner(targets=t.target_hospitals),
+    "model_inconsistency": lambda t, k: ModelInconsistencyPoisoner(k.model, targets=t.target_hospitals),
+    "backdoor": lambda t, k: BackdoorPoisoner(
+        k, targets=t.target_hospitals, trigger_size=t.backdoor_trigger_size, trigger_value=t.backdoor_trigger_value,
+        steps=t.backdoor_steps, lr=t.backdoor_lr,
+    ),
+}
+
+
+def make_poisoner(threat: ThreatConfig, knowledge: AttackerKnowledge) -> Poisoner | None:
+    """The configured poisoner, or ``None`` for an honest-but-curious server."""
+    if threat.poisoning == "none":
+        return None
+    return POISONERS[threat.poisoning](threat, knowledge)

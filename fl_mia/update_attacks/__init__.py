@@ -1,0 +1,1 @@
+"""Membership signals from the server's white-box view of each hospital's update."""

@@ -1,0 +1,75 @@
+"""A dishonest server: FedAvg that poisons the model it sends, per hospital and round.
+
+Only two hooks change: ``configure_fit`` replaces a targeted hospital's payload by a fresh
+one (the honest payload object is shared by every hospital of the round and is never
+touched), and ``prepare_for_aggregation`` optionally folds a poisoned hospital back in as
+"global model + its own update", so that the poison itself does not reach the global model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_proxy import ClientProxy
+
+from fl_mia.config import ThreatConfig
+from fl_mia.poisoning import Poisoner
+from strategies.honest import HonestFedAvg, partition_of
+
+
+class PoisoningFedAvg(HonestFedAvg):
+    """FedAvg whose payloads come from a :class:`~fl_mia.poisoning.Poisoner` in poisoned rounds."""
+
+    def __init__(self, *, poisoner: Poisoner, threat: ThreatConfig, **honest_kwargs) -> None:
+        super().__init__(**honest_kwargs)
+        self.poisoner = poisoner
+        self.threat = threat
+        self.poisoned_this_round: set[int] = set()
+        self._global_this_round: list[np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        return f"PoisoningFedAvg({self.poisoner.name})"
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        self.poisoned_this_round = set()
+        self._global_this_round = parameters_to_ndarrays(parameters)
+        if not self.threat.poisons(server_round):
+            return instructions
+        tailored = []
+        for proxy, honest_ins in instructions:
+            hospital = self.directory[proxy.node_id]
+            poisoned = self.poisoner.poison(
+                server_round=server_round, hospital=hospital, global_weights=self._global_this_round
+            )
+            if poisoned is None:
+                tailored.append((proxy, honest_ins))
+                continue
+            # A fresh FitIns per poisoned hospital; config copied so no two share mutable state.
+            payload = FitIns(ndarrays_to_parameters(poisoned), dict(honest_ins.config))
+            self.sent_this_round[hospital] = payload.parameters
+            self.poisoned_this_round.add(hospital)
+            tailored.append((proxy, payload))
+        return tailored
+
+    def prepare_for_aggregation(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
+    ) -> list[tuple[ClientProxy, FitRes]]:
+        for proxy, res in results:
+            self.poisoner.observe_reply(
+                server_round=server_round,
+                hospital=partition_of(proxy, res, self.directory),
+                returned=parameters_to_ndarrays(res.parameters),
+            )
+        if not self.threat.compensate or not self.poisoned_this_round:
+            return results
+        prepared = []
+        for proxy, res in results:
+            hospital = partition_of(proxy, res, self.directory)
+            if hospital in self.poisoned_this_round:
+                returned = parameters_to_ndarrays(res.parameters)
+                sent = parameters_to_ndarrays(self.sent_this_round[hospital])
+                honest_equivalent = [g + (r - s) for g, r, s in zip(self._global_this_round, returned, sent)]
+                res = FitRes(res.status, ndarrays_to_parameters(honest_equivalent), res.num_examples, res.metrics)
+            prepared.append((proxy, res))
+        return prepared
