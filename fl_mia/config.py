@@ -309,19 +309,47 @@ def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfi
         raise ConfigError(_format_validation_error(error, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load, override and validate an experiment file.
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
-    The experiment ``name`` defaults to the file's stem so that run folders are named
-    after the config that produced them.
-    """
-    path = Path(path)
+
+def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's table, with ``extends = "other.toml"`` (relative to the file) merged under it."""
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file; give the path of a .toml experiment file")
+        origin = f" (extended by {seen[-1]})" if seen else ""
+        raise ConfigError(f"{path}: no such config file{origin}; give the path of a .toml experiment file")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: must be a path string, e.g. extends = \"../quickstart.toml\"")
+    base = _read_raw(path.parent / parent, (*seen, path.resolve()))
+    base.pop("name", None)  # a derived experiment is named after its own file
+    return _deep_merge(base, raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load, override and validate an experiment file.
+
+    A file may start with ``extends = "base.toml"`` to inherit everything it does not set
+    (threat models and defences are small files over a shared base). The experiment
+    ``name`` defaults to the file's stem so that run folders are named after the config
+    that produced them.
+    """
+    path = Path(path)
+    raw = _read_raw(path)
     raw.setdefault("name", path.stem)
     raw = apply_overrides(raw, overrides or [])
     return build_config(raw, source=str(path))

@@ -1,10 +1,14 @@
-"""Print the config reference (Markdown) from the typed schema: ``python -m fl_mia.config_reference``.
+"""The config reference (Markdown) from the typed schema.
+
+``python -m fl_mia.config_reference`` prints it; ``--write README.md`` refreshes README's copy.
 
 README.md's "Config reference" is this output, so the documentation cannot drift from
 what the loader accepts (a test checks every field is documented).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -35,5 +39,23 @@ def render() -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def write_into(readme: Path) -> None:
+    """Replace the text between the reference markers of ``readme`` by a fresh table."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme}: markers {START} / {END} not found")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{render()}\n{END}{tail}")
+
+
 if __name__ == "__main__":
-    print(render())
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        write_into(Path(sys.argv[2]))
+    else:
+        print(render())

@@ -98,3 +98,28 @@ def test_readme_documents_every_config_key():
     readme = (ROOT / "README.md").read_text()
     missing = [key for key, _, _ in reference_rows() if f"`{key}`" not in readme]
     assert not missing, f"README config reference lacks {missing}; regenerate with python -m fl_mia.config_reference"
+
+
+def test_extends_merges_a_base_file_and_names_the_run_after_the_leaf(tmp_path):
+    (tmp_path / "base.toml").write_text('name = "base"\nseed = 3\n[federation]\nrounds = 4\nnum_hospitals = 2\n')
+    (tmp_path / "threats").mkdir()
+    leaf = tmp_path / "threats" / "ascent.toml"
+    leaf.write_text('extends = "../base.toml"\n[federation]\nrounds = 2\n[threat]\npoisoning = "gradient_ascent"\n')
+    cfg = load_config(leaf)
+    assert (cfg.name, cfg.seed, cfg.federation.rounds, cfg.federation.num_hospitals) == ("ascent", 3, 2, 2)
+    assert cfg.threat.poisoning == "gradient_ascent"
+
+
+def test_extends_cycle_and_missing_base_fail_with_one_line(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('extends = "missing.toml"\n')
+    with pytest.raises(ConfigError, match="missing.toml: no such config file"):
+        load_config(tmp_path / "c.toml")
+
+
+def test_threat_targets_must_be_hospitals():
+    message = one_line_error(tiny_raw(threat={"poisoning": "isolation", "target_hospitals": [5]}))
+    assert "threat.target_hospitals" in message

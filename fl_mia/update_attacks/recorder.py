@@ -1,0 +1,100 @@
+"""Scores every candidate on every hospital's update, round by round, as the server sees them.
+
+A :class:`~strategies.honest.RoundObserver`: the strategy hands it each round's replies
+(the model sent to each hospital and the one that came back). Nothing but images, masks
+and weights reaches it: membership is joined later, by the evaluation step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from torch import nn
+
+from fl_mia.config import TrainingConfig
+from fl_mia.models import set_weights
+from fl_mia.update_attacks.signals import ALL_SIGNALS, LOSS_SIGNALS, candidate_losses, gradient_alignment, loss_signals, update_vector
+
+
+def _fingerprint(weights: list[np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for array in weights:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class UpdateAttackRecorder:
+    """Per-round update signals: ``scores[signal]`` is ``[rounds, candidates, hospitals]``.
+
+    Entries stay NaN where the server saw nothing (a hospital not sampled, crashed, or
+    hidden by secure aggregation). Higher = more likely a member of that hospital.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        training: TrainingConfig,
+        images: np.ndarray,
+        masks: np.ndarray,
+        num_hospitals: int,
+        total_rounds: int,
+        with_gradient_alignment: bool = True,
+    ) -> None:
+        self.model = model
+        self.training = training
+        self.images = images
+        self.masks = masks
+        self.with_gradient_alignment = with_gradient_alignment
+        signals = ALL_SIGNALS if with_gradient_alignment else LOSS_SIGNALS
+        shape = (total_rounds, len(images), num_hospitals)
+        self.scores: dict[str, np.ndarray] = {name: np.full(shape, np.nan) for name in signals}
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return tuple(self.scores)
+
+    def _losses(self, weights: list[np.ndarray]) -> np.ndarray:
+        set_weights(self.model, weights)
+        return candidate_losses(
+            self.model, self.images, self.masks, dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight
+        )
+
+    def on_fit_replies(self, server_round: int, replies: list, failures: int) -> None:
+        observed = [r for r in replies if r.weights is not None and r.sent_weights is not None]
+        # Hospitals that were sent the same model share its loss and gradient pass.
+        groups: dict[str, list] = {}
+        for reply in observed:
+            groups.setdefault(_fingerprint(reply.sent_weights), []).append(reply)
+        index = server_round - 1
+        for members in groups.values():
+            sent = members[0].sent_weights
+            sent_losses = self._losses(sent)
+            for reply in members:
+                for name, values in loss_signals(sent_losses, self._losses(reply.weights)).items():
+                    self.scores[name][index, :, reply.hospital] = values
+            if self.with_gradient_alignment:
+                set_weights(self.model, sent)
+                updates = [update_vector(self.model, sent, reply.weights) for reply in members]
+                cosines = gradient_alignment(
+                    self.model, updates, self.images, self.masks,
+                    dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight,
+                )
+                for column, reply in enumerate(members):
+                    self.scores["gradient_alignment"][index, :, reply.hospital] = cosines[:, column]
+
+    def final_round(self, signal: str) -> np.ndarray:
+        """``[candidates, hospitals]``: each hospital's last observed round."""
+        values = self.scores[signal]
+        out = np.full(values.shape[1:], np.nan)
+        for r in range(values.shape[0]):
+            seen = ~np.isnan(values[r])
+            out[seen] = values[r][seen]
+        return out
+
+    def accumulated(self, signal: str) -> np.ndarray:
+        """``[candidates, hospitals]``: the signal summed over every round the server observed."""
+        values = self.scores[signal]
+        seen_any = (~np.isnan(values)).any(0)
+        return np.where(seen_any, np.nansum(values, axis=0), np.nan)
