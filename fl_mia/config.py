@@ -171,6 +171,77 @@ class SimulationConfig(_Section):
     threads_per_client: int = Field(1, ge=1, le=64, description="torch threads inside each hospital actor.")
 
 
+class ScheduledFailure(_Section):
+    """One hospital failing at given rounds."""
+
+    hospital: int = Field(ge=0, description="Partition id of the hospital (0-based).")
+    rounds: list[int] = Field(min_length=1, description="Rounds (1-based, absolute) in which it fails.")
+
+    @field_validator("rounds")
+    @classmethod
+    def _positive_rounds(cls, value: list[int]) -> list[int]:
+        if any(r < 1 for r in value):
+            raise ValueError("rounds are counted from 1")
+        return value
+
+
+class FailuresConfig(_Section):
+    """Simulated hospital failures: crashes and stragglers; the round goes on with the survivors."""
+
+    crash_probability: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Chance that a hospital crashes in a round it trains in (seeded per round and hospital: every run crashes the same ones).",
+    )
+    crashes: list[ScheduledFailure] = Field(
+        default_factory=list,
+        description="Hospitals that crash at given rounds, e.g. [{hospital = 1, rounds = [2]}].",
+    )
+    stragglers: list[ScheduledFailure] = Field(
+        default_factory=list,
+        description="Hospitals that reply only after the round timeout at given rounds; their late update is dropped.",
+    )
+    round_timeout_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="Seconds the server waits for training replies per round; later replies are dropped (default: wait for all).",
+    )
+    first_round_allowance_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="Extra seconds on the timeout of a process's first round (fresh or resumed): Ray actors start and import torch then.",
+    )
+    straggle_delay_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="How long a straggler sleeps before training; must exceed round_timeout_s + first_round_allowance_s (default: that sum + 5).",
+    )
+
+    @model_validator(mode="after")
+    def _stragglers_need_a_timeout(self) -> "FailuresConfig":
+        if self.stragglers and self.round_timeout_s is None:
+            raise ValueError(
+                "stragglers need failures.round_timeout_s: without a timeout the server waits for them"
+            )
+        if self.straggle_delay_s is not None and self.round_timeout_s is not None:
+            # Past the longest deadline a round can have, so a straggler is late in every round,
+            # fresh or resumed, and reruns agree on who was dropped.
+            longest = self.round_timeout_s + self.first_round_allowance_s
+            if self.straggle_delay_s <= longest:
+                raise ValueError(
+                    f"straggle_delay_s={self.straggle_delay_s:g} must exceed round_timeout_s + "
+                    f"first_round_allowance_s = {longest:g}, or stragglers may arrive in time"
+                )
+        return self
+
+    def straggle_seconds(self) -> float:
+        """The sleep of a straggler (only meaningful when a timeout is set)."""
+        if self.straggle_delay_s is not None:
+            return self.straggle_delay_s
+        return (self.round_timeout_s or 0.0) + self.first_round_allowance_s + 5.0
+
+
 class ExperimentConfig(_Section):
     """One experiment: data, federation, model, training and simulation settings."""
 
@@ -181,6 +252,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    failures: FailuresConfig = Field(default_factory=FailuresConfig)
 
     @model_validator(mode="after")
     def _pool_fills_hospitals(self) -> "ExperimentConfig":
@@ -191,6 +263,24 @@ class ExperimentConfig(_Section):
                 f"(with federation.attacker_patients) but data.num_patients is {self.data.num_patients}: "
                 "use fewer or smaller hospitals, or a larger pool"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _failures_name_real_hospitals_and_rounds(self) -> "ExperimentConfig":
+        k, rounds = self.federation.num_hospitals, self.federation.rounds
+        for kind in ("crashes", "stragglers"):
+            for entry in getattr(self.failures, kind):
+                if entry.hospital >= k:
+                    raise ValueError(
+                        f"failures.{kind}: hospital {entry.hospital} does not exist "
+                        f"(federation.num_hospitals={k}, ids 0..{k - 1})"
+                    )
+                late = [r for r in entry.rounds if r > rounds]
+                if late:
+                    raise ValueError(
+                        f"failures.{kind}: round {late[0]} of hospital {entry.hospital} is after "
+                        f"the last round (federation.rounds={rounds})"
+                    )
         return self
 
     def to_toml_dict(self) -> dict[str, Any]:
@@ -263,6 +353,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror}); check its permissions") from None
     raw.setdefault("name", path.stem)
     raw = apply_overrides(raw, overrides or [])
     return build_config(raw, source=str(path))
