@@ -64,6 +64,17 @@ def run(
         except USER_ERRORS as error:
             _fail(str(error))
 
+    # Everything checkable is checked before the banner, so rejected input prints one line.
+    from fl_mia.run_folder import check_new_run_folder
+    from fl_mia.simulation_resources import check_resources
+
+    try:
+        check_resources(cfg.simulation, num_hospitals=cfg.federation.num_hospitals)
+        if out is not None:
+            check_new_run_folder(out)
+    except USER_ERRORS as error:
+        _fail(str(error))
+
     def show(progress: RoundProgress) -> None:
         overall = progress.overall
         if progress.round == 0:

@@ -295,7 +295,9 @@ def _drop_none(value: Any) -> Any:
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
+    errors = error.errors()
+    # A misspelt key also leaves the right one missing; the spelling is the thing to fix.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     field = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
