@@ -141,8 +141,8 @@ class RoundTimeoutGrid(Grid):
             described = ", ".join(f"hospital {h} {s.replace('_', ' ')}" for h, s in sorted(outcomes.items()))
             raise NoRepliesError(
                 f"round {server_round}: no hospital replied ({described}); the run stops here. "
-                "Check run.log, raise failures.round_timeout_s or lower failure rates, "
-                "then continue with fl-mia run --resume RUN_DIR"
+                "See run.log; if hospitals were only slow, fl-mia run --resume RUN_DIR retries this round, "
+                "otherwise change [failures] (crashes recur: they follow the seed) and start a new run"
             )
 
     # --- everything else is the wrapped Grid's ------------------------------------------------

@@ -160,6 +160,8 @@ CASES = [
 ]
 if not torch.cuda.is_available():
     CASES.append(Case("a GPU on a machine without one", with_set("simulation.gpus_per_client=1"), ("simulation.gpus_per_client", "no GPU")))
+else:
+    CASES.append(Case("more GPUs per hospital than the machine has", with_set("simulation.gpus_per_client=4096"), ("simulation.gpus_per_client", "lower it")))
 
 
 def interrupted_run(folder: Path, raw: dict) -> None:
