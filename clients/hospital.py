@@ -10,6 +10,7 @@ from flwr.client import NumPyClient
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import build_hospital, num_classes
+from fl_mia.failures import simulate_failure
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
 
@@ -33,6 +34,7 @@ class HospitalClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config):
         set_weights(self.model, parameters)
         server_round = int(config.get("server_round", 0))
+        simulate_failure(self.cfg.failures, seed=self.cfg.seed, server_round=server_round, hospital=self.partition_id)
         started = time.perf_counter()
         result = train_local(
             self.model, self.hospital.train, self.cfg.training, seed=self.cfg.seed, tags=(server_round, self.partition_id)

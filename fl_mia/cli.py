@@ -27,20 +27,52 @@ def _fail(message: str) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="Experiment file (.toml), e.g. configs/quickstart.toml.")],
+    config: Annotated[
+        Path | None, typer.Argument(help="Experiment file (.toml), e.g. configs/quickstart.toml.")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config value: dotted.key=value (repeatable).")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<name>-<timestamp>/).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted run folder from its last checkpoint.")
+    ] = None,
 ) -> None:
     """Run one experiment: federated training, then the outputs in a new run folder."""
-    from fl_mia.experiment import run_experiment
+    from fl_mia.experiment import resume_experiment, run_experiment
     from fl_mia.reporting import render_summary
     from server.hospital_directory import FederationError
+    from server.round_timeout import NoRepliesError
+
+    if config is None and resume is None:
+        _fail("give an experiment file (fl-mia run CONFIG) or an interrupted run (fl-mia run --resume RUN_DIR)")
+    if resume is not None and out is not None:
+        _fail("--resume continues the run in its own folder; leave out --out")
+    if resume is not None and config is None and set_:
+        _fail("--set with --resume would change the experiment; a run resumes only its own config")
+    cfg = None
+    if config is not None:
+        try:
+            cfg = load_config(config, set_ or [])
+        except ConfigError as error:
+            _fail(str(error))
+    if resume is not None:
+        from fl_mia.resume import resumable_run
+
+        try:
+            cfg, checkpoint = resumable_run(resume, cfg)
+        except USER_ERRORS as error:
+            _fail(str(error))
+
+    # Everything checkable is checked before the banner, so rejected input prints one line.
+    from fl_mia.run_folder import check_new_run_folder
+    from fl_mia.simulation_resources import check_resources
 
     try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as error:
+        check_resources(cfg.simulation, num_hospitals=cfg.federation.num_hospitals)
+        if out is not None:
+            check_new_run_folder(out)
+    except USER_ERRORS as error:
         _fail(str(error))
 
     def show(progress: RoundProgress) -> None:
@@ -59,8 +91,12 @@ def run(
         f"{cfg.model.arch}/{cfg.model.encoder} · seed {cfg.seed}"
     )
     try:
-        result = run_experiment(cfg, out=out, on_round_end=show)
-    except (*USER_ERRORS, FederationError) as error:
+        if resume is not None:
+            console.print(f"resuming {resume} after round {checkpoint.round}")
+            result = resume_experiment(resume, cfg=cfg, on_round_end=show)
+        else:
+            result = run_experiment(cfg, out=out, on_round_end=show)
+    except (*USER_ERRORS, FederationError, NoRepliesError) as error:
         _fail(str(error))
     typer.echo(render_summary(result.metrics), nl=False)
     console.print(f"run folder: {result.run_dir}")

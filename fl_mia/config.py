@@ -219,6 +219,75 @@ class ThreatConfig(_Section):
 
     def poisons(self, server_round: int) -> bool:
         return self.poisoning != "none" and (self.poison_rounds is None or server_round in self.poison_rounds)
+class ScheduledFailure(_Section):
+    """One hospital failing at given rounds."""
+
+    hospital: int = Field(ge=0, description="Partition id of the hospital (0-based).")
+    rounds: list[int] = Field(min_length=1, description="Rounds (1-based, absolute) in which it fails.")
+
+    @field_validator("rounds")
+    @classmethod
+    def _positive_rounds(cls, value: list[int]) -> list[int]:
+        if any(r < 1 for r in value):
+            raise ValueError("rounds are counted from 1")
+        return value
+
+
+class FailuresConfig(_Section):
+    """Simulated hospital failures: crashes and stragglers; the round goes on with the survivors."""
+
+    crash_probability: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Chance that a hospital crashes in a round it trains in (seeded per round and hospital: every run crashes the same ones).",
+    )
+    crashes: list[ScheduledFailure] = Field(
+        default_factory=list,
+        description="Hospitals that crash at given rounds, e.g. [{hospital = 1, rounds = [2]}].",
+    )
+    stragglers: list[ScheduledFailure] = Field(
+        default_factory=list,
+        description="Hospitals that reply only after the round timeout at given rounds; their late update is dropped.",
+    )
+    round_timeout_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="Seconds the server waits for training replies per round; later replies are dropped (default: wait for all).",
+    )
+    first_round_allowance_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="Extra seconds on the timeout of a process's first round (fresh or resumed): Ray actors start and import torch then.",
+    )
+    straggle_delay_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="How long a straggler sleeps before training; must exceed round_timeout_s + first_round_allowance_s (default: that sum + 5).",
+    )
+
+    @model_validator(mode="after")
+    def _stragglers_need_a_timeout(self) -> "FailuresConfig":
+        if self.stragglers and self.round_timeout_s is None:
+            raise ValueError(
+                "stragglers need failures.round_timeout_s: without a timeout the server waits for them"
+            )
+        if self.straggle_delay_s is not None and self.round_timeout_s is not None:
+            # Past the longest deadline a round can have, so a straggler is late in every round,
+            # fresh or resumed, and reruns agree on who was dropped.
+            longest = self.round_timeout_s + self.first_round_allowance_s
+            if self.straggle_delay_s <= longest:
+                raise ValueError(
+                    f"straggle_delay_s={self.straggle_delay_s:g} must exceed round_timeout_s + "
+                    f"first_round_allowance_s = {longest:g}, or stragglers may arrive in time"
+                )
+        return self
+
+    def straggle_seconds(self) -> float:
+        """The sleep of a straggler (only meaningful when a timeout is set)."""
+        if self.straggle_delay_s is not None:
+            return self.straggle_delay_s
+        return (self.round_timeout_s or 0.0) + self.first_round_allowance_s + 5.0
 
 
 class ExperimentConfig(_Section):
@@ -232,6 +301,7 @@ class ExperimentConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
+    failures: FailuresConfig = Field(default_factory=FailuresConfig)
 
     @model_validator(mode="after")
     def _pool_fills_hospitals(self) -> "ExperimentConfig":
@@ -252,6 +322,24 @@ class ExperimentConfig(_Section):
             raise ValueError(f"threat.target_hospitals: {bad} outside 0..{k - 1} (federation.num_hospitals = {k})")
         return self
 
+    @model_validator(mode="after")
+    def _failures_name_real_hospitals_and_rounds(self) -> "ExperimentConfig":
+        k, rounds = self.federation.num_hospitals, self.federation.rounds
+        for kind in ("crashes", "stragglers"):
+            for entry in getattr(self.failures, kind):
+                if entry.hospital >= k:
+                    raise ValueError(
+                        f"failures.{kind}: hospital {entry.hospital} does not exist "
+                        f"(federation.num_hospitals={k}, ids 0..{k - 1})"
+                    )
+                late = [r for r in entry.rounds if r > rounds]
+                if late:
+                    raise ValueError(
+                        f"failures.{kind}: round {late[0]} of hospital {entry.hospital} is after "
+                        f"the last round (federation.rounds={rounds})"
+                    )
+        return self
+
     def to_toml_dict(self) -> dict[str, Any]:
         """Plain dict with only TOML-representable values (None dropped, paths as text)."""
         return _drop_none(json.loads(self.model_dump_json()))
@@ -264,7 +352,9 @@ def _drop_none(value: Any) -> Any:
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
+    errors = error.errors()
+    # A misspelt key also leaves the right one missing; the spelling is the thing to fix.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     field = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
@@ -272,6 +362,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
     # A model-level error names a section but the message already names the fields.
+    if not first["loc"]:
+        return f"{source}: {message}"
     return f"{source}: {field}: {message}"
 
 
@@ -330,6 +422,8 @@ def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror}); check its permissions") from None
     parent = raw.pop("extends", None)
     if parent is None:
         return raw

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fl_mia.checkpoint import Checkpoint
 from fl_mia.config import ExperimentConfig
 from fl_mia.reporting import read_metrics
 from fl_mia.round_log import RoundProgress
@@ -38,6 +40,19 @@ class _HideKnownDeprecation(logging.Filter):
         return "DEPRECATED FEATURE" not in str(record.msg)
 
 
+class _HideSimulatedCrashes(logging.Filter):
+    """Crashes injected by ``[failures]`` are expected: their tracebacks go to run.log only.
+
+    The round line on the console already says how many hospitals failed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            "(failures config)" in message or message.startswith("An exception was raised when processing a message by")
+        )
+
+
 @contextmanager
 def run_logging(run_dir: Path, *, console_level: int = logging.WARNING):
     """Send fl-mia's and Flower's logs to ``run.log``; keep the console for warnings."""
@@ -45,6 +60,7 @@ def run_logging(run_dir: Path, *, console_level: int = logging.WARNING):
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     loggers = [logging.getLogger("fl_mia"), logging.getLogger("flwr")]
     hide = _HideKnownDeprecation()
+    hide_crashes = _HideSimulatedCrashes()
     saved = []
     for log in loggers:
         saved.append((log, log.level, [h.level for h in log.handlers], log.propagate))
@@ -53,6 +69,7 @@ def run_logging(run_dir: Path, *, console_level: int = logging.WARNING):
         for existing in log.handlers:
             existing.setLevel(max(existing.level, console_level))
             existing.addFilter(hide)
+            existing.addFilter(hide_crashes)
         log.addHandler(handler)
     try:
         yield
@@ -64,6 +81,7 @@ def run_logging(run_dir: Path, *, console_level: int = logging.WARNING):
             for existing, previous in zip(log.handlers, handler_levels):
                 existing.setLevel(previous)
                 existing.removeFilter(hide)
+                existing.removeFilter(hide_crashes)
         handler.close()
 
 
@@ -82,11 +100,38 @@ def run_experiment(
     check_resources(cfg.simulation, num_hospitals=cfg.federation.num_hospitals)
     run_dir = create_run_folder(cfg.name, out=out, runs_root=runs_root)
     write_toml(run_dir / "config.toml", cfg.to_toml_dict())
-    set_status(run_dir, "running")
+    return _run_in_folder(cfg, run_dir, on_round_end, resume=None)
+
+
+def resume_experiment(
+    run_dir: Path,
+    *,
+    cfg: ExperimentConfig | None = None,
+    on_round_end: Callable[[RoundProgress], None] | None = None,
+) -> RunResult:
+    """Continue an interrupted run in its own folder from its last checkpoint.
+
+    ``cfg``, when given, must equal the run's config. The outputs equal an uninterrupted
+    run's except the wall-clock fields (README, "Reproducibility").
+    """
+    from fl_mia.resume import resumable_run
+
+    saved, checkpoint = resumable_run(Path(run_dir), cfg)
+    check_resources(saved.simulation, num_hospitals=saved.federation.num_hospitals)
+    logger.info("resuming %s after round %d", run_dir, checkpoint.round)
+    return _run_in_folder(saved, Path(run_dir), on_round_end, resume=checkpoint)
+
+
+def _run_in_folder(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume: Checkpoint | None) -> RunResult:
+    # pid and host let a later --resume refuse a run that is still alive.
+    running = {"pid": os.getpid(), "host": socket.gethostname()}
+    if resume is not None:
+        running["resumed_after_round"] = resume.round
+    set_status(run_dir, "running", **running)
     started = time.perf_counter()
     try:
         with run_logging(run_dir):
-            _simulate(cfg, run_dir, on_round_end)
+            _simulate(cfg, run_dir, on_round_end, resume=resume)
     except BaseException as error:
         set_status(run_dir, "failed", error=f"{type(error).__name__}: {error}")
         raise
@@ -94,7 +139,7 @@ def run_experiment(
     return RunResult(run_dir, read_metrics(run_dir))
 
 
-def _simulate(cfg: ExperimentConfig, run_dir: Path, on_round_end) -> None:
+def _simulate(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume: Checkpoint | None = None) -> None:
     # Imported here: the library core stays importable without Flower's apps.
     from flwr.simulation import run_simulation
 
@@ -111,7 +156,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, on_round_end) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
     run_simulation(
-        server_app=make_server_app(cfg, run_dir, progress),
+        server_app=make_server_app(cfg, run_dir, progress, resume=resume),
         client_app=make_client_app(cfg),
         num_supernodes=cfg.federation.num_hospitals,
         backend_config=backend_config(cfg.simulation),

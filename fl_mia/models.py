@@ -43,6 +43,8 @@ def check_model_config(cfg: ModelConfig) -> None:
         )
     if cfg.encoder_weights_path is not None and not cfg.encoder_weights_path.is_file():
         raise ValueError(f"model.encoder_weights_path: no such file {cfg.encoder_weights_path}")
+    if cfg.encoder_weights_path is not None:
+        _read_weights_file(cfg)  # fail at load, not inside a Ray actor halfway through the run
 
 
 def default_decoder_channels(depth: int) -> list[int]:
@@ -101,11 +103,25 @@ def _drop_unused_encoder_stages(model: nn.Module, *, in_channels: int) -> None:
     model.train(was_training)
 
 
-def _load_encoder_weights(model: nn.Module, cfg: ModelConfig) -> None:
+def _read_weights_file(cfg: ModelConfig) -> dict:
     try:
         state = torch.load(cfg.encoder_weights_path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for unreadable files
-        raise ValueError(f"model.encoder_weights_path: cannot read {cfg.encoder_weights_path}: {error}") from None
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"model.encoder_weights_path: cannot read {cfg.encoder_weights_path} ({message}); "
+            "save it with torch.save(model.encoder.state_dict(), path)"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"model.encoder_weights_path: {cfg.encoder_weights_path} holds a {type(state).__name__}, not a state dict; "
+            "save it with torch.save(model.encoder.state_dict(), path)"
+        )
+    return state
+
+
+def _load_encoder_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    state = _read_weights_file(cfg)
     expected = model.encoder.state_dict()
     usable = {k: v for k, v in state.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)}
     if not isinstance(state, dict) or len(usable) < len(expected):

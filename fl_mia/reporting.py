@@ -58,6 +58,7 @@ def write_federation_outputs(
         "defences": [],
         "rounds_completed": round_log.last_round,
         "utility": utility_section(round_log, cfg.federation.num_hospitals),
+        "failures": round_log.failure_summary(),
         "wall_time_s": wall_time_s,
         "cost": {
             "wall_time_s": wall_time_s,
@@ -89,6 +90,10 @@ def summary_table(metrics: dict[str, Any]) -> Table:
         add(f"hospital {hospital}", values)
     add("global model (all)", utility)
     table.caption = f"wall time {metrics['wall_time_s']:.1f} s · {metrics['cost']['model_parameters']:,} parameters"
+    failures = metrics.get("failures") or {}
+    if failures.get("events"):
+        lost = ", ".join(f"round {e['round']} hospital {e['hospital']} {e['status'].replace('_', ' ')}" for e in failures["events"])
+        table.caption += f"\nupdates lost: {lost}"
     return table
 
 

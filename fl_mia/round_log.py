@@ -19,7 +19,13 @@ ROUND_COLUMNS = [
     "iou",
     "dice_pooled",
     "dice_lesion_images",
+    # Added by the reliability work (appended, so earlier columns keep their positions):
+    "status",  # hospital rows: trained | crashed | timed_out | not_sampled (round 0: initial)
+    "failed",  # hospital rows: 1 if sampled but no update arrived; "all" rows: how many
 ]
+
+# What a hospital's row says about a round it was sampled in (see server/round_timeout.py).
+TRAINED, CRASHED, TIMED_OUT, NOT_SAMPLED = "trained", "crashed", "timed_out", "not_sampled"
 
 # Wall-clock figures vary run to run; they go to timings.csv so rounds.csv stays reproducible.
 TIMING_COLUMNS = ["round", "hospital", "fit_seconds"]
@@ -44,6 +50,7 @@ class RoundLog:
     _fit: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     _evaluations: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     _failures: dict[int, int] = field(default_factory=dict)
+    _outcomes: dict[int, dict[int, str]] = field(default_factory=dict)
 
     # RoundObserver protocol (strategies.honest)
     def on_fit_replies(self, server_round: int, replies: list, failures: int) -> None:
@@ -51,13 +58,69 @@ class RoundLog:
             self._fit[(server_round, reply.hospital)] = {"num_examples": reply.num_examples, **reply.metrics}
         self._failures[server_round] = failures
 
+    def on_fit_outcomes(self, server_round: int, outcomes: dict[int, str]) -> None:
+        """Per hospital sent a training message: trained, crashed or timed_out (from the Grid)."""
+        merged = self._outcomes.setdefault(server_round, {})
+        for hospital, status in outcomes.items():
+            # Several sends per round (SecAgg+ stages): a failure in any stage sticks.
+            if merged.get(hospital, TRAINED) == TRAINED:
+                merged[hospital] = status
+
     def on_evaluation(self, server_round: int, evaluation: dict[str, dict[str, float]]) -> None:
         self._evaluations[server_round] = evaluation
         if self.on_round_end is not None:
             replies = sum(1 for (r, _) in self._fit if r == server_round)
-            self.on_round_end(
-                RoundProgress(server_round, self.total_rounds, replies, self._failures.get(server_round, 0), evaluation["overall"])
-            )
+            failures = max(self._failures.get(server_round, 0), len(self.failed_hospitals(server_round)))
+            self.on_round_end(RoundProgress(server_round, self.total_rounds, replies, failures, evaluation["overall"]))
+
+    # --- what the server did and did not observe (attacks must skip the unobserved) ----------
+
+    def status(self, server_round: int, hospital: int) -> str:
+        if (server_round, hospital) in self._fit:
+            return TRAINED
+        return self._outcomes.get(server_round, {}).get(hospital, NOT_SAMPLED)
+
+    def observed_hospitals(self, server_round: int) -> list[int]:
+        """Hospitals whose update of ``server_round`` reached the server."""
+        return sorted(h for (r, h) in self._fit if r == server_round)
+
+    def failed_hospitals(self, server_round: int) -> dict[int, str]:
+        """Hospitals sampled in ``server_round`` whose update never arrived, with why."""
+        return {
+            h: status
+            for h, status in sorted(self._outcomes.get(server_round, {}).items())
+            if status != TRAINED and (server_round, h) not in self._fit
+        }
+
+    def failure_summary(self) -> dict[str, Any]:
+        events = [
+            {"round": r, "hospital": h, "status": status}
+            for r in sorted(self._outcomes)
+            for h, status in self.failed_hospitals(r).items()
+        ]
+        return {
+            "crashed": sum(e["status"] == CRASHED for e in events),
+            "timed_out": sum(e["status"] == TIMED_OUT for e in events),
+            "events": events,
+        }
+
+    # --- checkpoint (fl_mia.checkpoint.Stateful) -------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fit": [[r, h, fit] for (r, h), fit in sorted(self._fit.items())],
+            "evaluations": [[r, e] for r, e in sorted(self._evaluations.items())],
+            "failures": [[r, n] for r, n in sorted(self._failures.items())],
+            "outcomes": [[r, h, s] for r, o in sorted(self._outcomes.items()) for h, s in sorted(o.items())],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._fit = {(int(r), int(h)): dict(fit) for r, h, fit in state["fit"]}
+        self._evaluations = {int(r): e for r, e in state["evaluations"]}
+        self._failures = {int(r): int(n) for r, n in state["failures"]}
+        self._outcomes = {}
+        for r, h, status in state["outcomes"]:
+            self._outcomes.setdefault(int(r), {})[int(h)] = status
 
     def evaluation(self, server_round: int) -> dict[str, dict[str, float]] | None:
         return self._evaluations.get(server_round)
@@ -84,6 +147,8 @@ class RoundLog:
                         "hospital": hospital,
                         "participated": int(fit is not None),
                         **(fit or {}),
+                        "status": self.status(server_round, hospital) if server_round > 0 else "initial",
+                        "failed": int(hospital in self.failed_hospitals(server_round)),
                         "test_loss": scores["loss"],
                         **{key: scores[key] for key in ("dice", "iou", "dice_pooled", "dice_lesion_images")},
                     }
@@ -95,6 +160,7 @@ class RoundLog:
                     "round": server_round,
                     "hospital": "all",
                     "participated": len(fits),
+                    "failed": len(self.failed_hospitals(server_round)),
                     "num_examples": sum(f["num_examples"] for f in fits) if fits else None,
                     "train_loss": (
                         sum(f["train_loss"] * f["num_examples"] for f in fits) / sum(f["num_examples"] for f in fits)

@@ -30,12 +30,18 @@ class RunFolderError(ValueError):
     """The run folder cannot be used; the message names it and says what to do."""
 
 
+def check_new_run_folder(out: Path) -> None:
+    """``--out`` must be new or an empty folder: an earlier run is never overwritten."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunFolderError(f"--out {out}: already exists and is not empty; choose a new folder")
+
+
 def create_run_folder(name: str, *, out: Path | None = None, runs_root: Path = Path("runs")) -> Path:
     """A new, empty folder; an existing run is never reused or overwritten."""
     if out is not None:
         out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise RunFolderError(f"--out {out}: already exists and is not empty; choose a new folder")
+        check_new_run_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         return out
     runs_root.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp.grid import Grid
 
+from fl_mia.checkpoint import Checkpoint, Checkpointer
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import num_classes
 from fl_mia.global_eval import GlobalModelEvaluator
@@ -25,7 +26,9 @@ from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
 from server.hospital_directory import discover_hospitals
+from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
+from strategies.round_offset import RoundOffsetStrategy
 
 logger = logging.getLogger("fl_mia")
 
@@ -36,10 +39,23 @@ def initial_weights(cfg: ExperimentConfig) -> list[np.ndarray]:
     return get_weights(build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)))
 
 
-def build_strategy(cfg: ExperimentConfig, directory: dict[int, int], round_log: RoundLog, evaluator) -> HonestFedAvg:
+def build_strategy(
+    cfg: ExperimentConfig,
+    directory: dict[int, int],
+    round_log: RoundLog,
+    evaluator,
+    *,
+    initial: list[np.ndarray] | None = None,
+    after_evaluation=None,
+) -> HonestFedAvg:
+    """``initial``: the global model to start from (a checkpoint's); ``after_evaluation(round, weights)``
+    runs once each round's global model is evaluated (the checkpoint)."""
+
     def evaluate_fn(server_round: int, weights, _config):
         evaluation = evaluator.evaluate(weights)
         round_log.on_evaluation(server_round, evaluation)
+        if after_evaluation is not None:
+            after_evaluation(server_round, weights)
         return evaluation["overall"]["loss"], {"dice": evaluation["overall"]["dice"]}
 
     k = cfg.federation.num_hospitals
@@ -54,7 +70,7 @@ def build_strategy(cfg: ExperimentConfig, directory: dict[int, int], round_log: 
         evaluate_fn=evaluate_fn,
         on_fit_config_fn=fit_config_fn(),
         fit_metrics_aggregation_fn=weighted_train_loss,
-        initial_parameters=ndarrays_to_parameters(initial_weights(cfg)),
+        initial_parameters=ndarrays_to_parameters(initial if initial is not None else initial_weights(cfg)),
     )
 
 
@@ -74,24 +90,55 @@ def log_progress(progress: RoundProgress) -> None:
     )
 
 
-def run_federation(grid: Grid, context: Context, cfg: ExperimentConfig, run_dir: Path, on_round_end=None) -> None:
-    """Run every round of FedAvg over the hospitals and write the run folder's outputs."""
+def run_federation(
+    grid: Grid,
+    context: Context,
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    on_round_end=None,
+    *,
+    resume: Checkpoint | None = None,
+) -> None:
+    """Run every round of FedAvg over the hospitals and write the run folder's outputs.
+
+    With ``resume``, continue after the checkpoint's round: same absolute round numbers,
+    same sampler state, same round log, so the outputs equal an uninterrupted run's.
+    """
     started = time.perf_counter()
     k = cfg.federation.num_hospitals
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
     evaluator = GlobalModelEvaluator(cfg)
-    strategy = build_strategy(cfg, directory, round_log, evaluator)
+    client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
+    checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
+    checkpointer.register("round_log", round_log)
+    checkpointer.register("client_manager", client_manager)
+    # Branches adding DP accountants or attack accumulators register them here too.
+    done = checkpointer.restore(resume) if resume is not None else 0
+    strategy = build_strategy(
+        cfg, directory, round_log, evaluator,
+        initial=resume.weights if resume is not None else None,
+        after_evaluation=lambda server_round, weights: checkpointer.save(
+            server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started
+        ),
+    )
     legacy = LegacyContext(
         context=context,
-        config=ServerConfig(num_rounds=cfg.federation.rounds),
-        strategy=strategy,
-        client_manager=PartitionSeededClientManager(seed=cfg.seed, directory=directory),
+        config=ServerConfig(num_rounds=cfg.federation.rounds - done),
+        strategy=RoundOffsetStrategy(strategy, round_offset=done),
+        client_manager=client_manager,
     )
-    DefaultWorkflow()(grid, legacy)
+    deadlines = RoundDeadlines(
+        round_timeout_s=cfg.failures.round_timeout_s, first_round_allowance_s=cfg.failures.first_round_allowance_s
+    )
+    timed_grid = RoundTimeoutGrid(
+        grid, deadlines=deadlines, directory=directory, round_offset=done, on_outcomes=round_log.on_fit_outcomes
+    )
+    DefaultWorkflow()(timed_grid, legacy)
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
     write_federation_outputs(
-        run_dir, cfg, round_log, final_weights=final, model=evaluator.model, wall_time_s=time.perf_counter() - started
+        run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
+        wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
     )

@@ -19,13 +19,16 @@ from fl_mia.run_folder import set_status
 from server.federation import run_federation
 
 
-def make_server_app(cfg: ExperimentConfig | None = None, run_dir: Path | None = None, on_round_end=None) -> ServerApp:
+def make_server_app(
+    cfg: ExperimentConfig | None = None, run_dir: Path | None = None, on_round_end=None, *, resume=None
+) -> ServerApp:
+    """``resume``: a :class:`fl_mia.checkpoint.Checkpoint` of ``run_dir`` to continue from."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if cfg is not None and run_dir is not None:
-            run_federation(grid, context, cfg, run_dir, on_round_end)
+            run_federation(grid, context, cfg, run_dir, on_round_end, resume=resume)
             return
         # `flwr run .`: this process owns the run folder from start to finish.
         experiment = experiment_from_run_config(context.run_config)

@@ -76,6 +76,14 @@ class PartitionSeededClientManager(SimpleClientManager):
         chosen = np.sort(rng.choice(len(available), size=num_clients, replace=False))
         return [available[i] for i in chosen]
 
+    # Checkpoint (fl_mia.checkpoint.Stateful): draw k of a resumed run must be draw k of the
+    # uninterrupted one.
+    def state_dict(self) -> dict:
+        return {"draws": self._draws}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._draws = int(state["draws"])
+
 
 class HonestFedAvg(FedAvg):
     """FedAvg with replies ordered by hospital (bit-identical averages run after run).

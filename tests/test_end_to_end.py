@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from fl_mia.config import build_config
 from fl_mia.experiment import run_experiment
@@ -59,5 +60,12 @@ def test_a_second_run_gets_its_own_folder(tiny_run, tmp_path):
 def test_same_seed_same_rounds_csv_other_seed_different(tiny_run, tmp_path):
     again = run_experiment(build_config(tiny_raw()), runs_root=tmp_path)
     assert (again.run_dir / "rounds.csv").read_bytes() == (tiny_run.run_dir / "rounds.csv").read_bytes()
+    # metrics.json too, except what measures the wall clock (README, "Reproducibility").
+    wall_clock = ("wall_time_s", "cost")
+    assert {k: v for k, v in again.metrics.items() if k not in wall_clock} == {
+        k: v for k, v in tiny_run.metrics.items() if k not in wall_clock
+    }
+    first, second = (torch.load(r / "global_model.pt", weights_only=True) for r in (tiny_run.run_dir, again.run_dir))
+    assert all(torch.equal(first[k], second[k]) for k in first)
     other = run_experiment(build_config(tiny_raw(seed=1)), runs_root=tmp_path)
     assert (other.run_dir / "rounds.csv").read_bytes() != (tiny_run.run_dir / "rounds.csv").read_bytes()

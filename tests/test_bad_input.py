@@ -1,0 +1,202 @@
+"""Catalogue of bad input: each case fails through the CLI with exit code 2 and ONE line that
+names the field or file and says what to do. No traceback, nothing created, no Ray started.
+
+To add a case (e.g. a SecAgg+ threshold above the hospital count once defences exist), append
+a ``Case`` to ``CASES``: its ``args`` get the prepared paths, ``expect`` are fragments the one
+error line must contain.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+from typer.testing import CliRunner
+
+from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer
+from fl_mia.cli import app
+from fl_mia.config import build_config
+from fl_mia.round_log import RoundLog
+from fl_mia.run_folder import set_status, write_toml
+from strategies.honest import PartitionSeededClientManager
+from tests.conftest import tiny_raw
+
+
+@dataclass
+class Paths:
+    """Files a case can point at, prepared fresh in a temporary folder for every case."""
+
+    root: Path
+    config: Path  # a valid tiny experiment
+    run: Path  # an interrupted run of that experiment, with a checkpoint after round 1
+    new_out: Path  # where a rejected run must not create anything
+
+
+@dataclass
+class Case:
+    name: str
+    args: Callable[[Paths], list[str]]
+    expect: tuple[str, ...]
+    prepare: Callable[[Paths], None] = field(default=lambda paths: None)
+
+
+def with_set(*overrides: str) -> Callable[[Paths], list[str]]:
+    def args(p: Paths) -> list[str]:
+        return ["run", str(p.config), *sum((["--set", o] for o in overrides), []), "--out", str(p.new_out)]
+
+    return args
+
+
+def write(path_of: Callable[[Paths], Path], data: bytes) -> Callable[[Paths], None]:
+    def prepare(p: Paths) -> None:
+        path_of(p).write_bytes(data)
+
+    return prepare
+
+
+def edit_run_config(p: Paths) -> None:
+    write_toml(p.run / "config.toml", build_config(tiny_raw(seed=99)).to_toml_dict())
+
+
+CASES = [
+    # --- config values ----------------------------------------------------------------------
+    Case("unknown key", with_set("federation.roundz=3"), ("federation.roundz", "unknown key")),
+    Case("unknown section", with_set("attackz.kind=1"), ("attackz", "unknown key")),
+    Case("wrong type", with_set('training.batch_size="eight"'), ("training.batch_size", "integer")),
+    Case("negative rounds", with_set("federation.rounds=-1"), ("federation.rounds", "greater than or equal to 1")),
+    Case("zero learning rate", with_set("training.lr=0"), ("training.lr", "greater than 0")),
+    Case("negative seed", with_set("seed=-3"), ("seed", "greater than or equal to 0")),
+    Case("empty name", with_set('name=""'), ("name", "at least 1 character")),
+    Case("image size not a multiple of 32", with_set("data.image_size=48"), ("data.image_size", "multiple of 32")),
+    Case("unknown architecture", with_set('model.arch="Unetz"'), ("model.arch", "UnetPlusPlus")),
+    Case("unknown encoder", with_set('model.encoder="resnet19"'), ("model.encoder", "resnet19")),
+    Case("unknown task", with_set('data.task="liver"'), ("data.task", "lesion")),
+    Case("tiny hospitals", with_set("federation.patients_per_hospital=2"), ("patients_per_hospital", "at least 4")),
+    # --- contradictory settings -------------------------------------------------------------
+    Case("more hospitals than patients", with_set("federation.num_hospitals=20"), ("federation.num_hospitals", "data.num_patients")),
+    Case("size list vs hospital count", with_set("federation.patients_per_hospital=[8,8,8]"), ("patients_per_hospital", "num_hospitals is 2")),
+    Case("no test split left", with_set("federation.train_fraction=0.7", "federation.heldout_fraction=0.3"), ("train_fraction", "test split")),
+    Case("constant loss", with_set("training.dice_weight=0", "training.ce_weight=0"), ("dice_weight", "ce_weight")),
+    Case("crash probability above 1", with_set("failures.crash_probability=1.5"), ("failures.crash_probability", "less than or equal to 1")),
+    Case("crash of a hospital that does not exist", with_set("failures.crashes=[{hospital=5, rounds=[1]}]"), ("failures.crashes", "hospital 5 does not exist")),
+    Case("crash after the last round", with_set("failures.crashes=[{hospital=0, rounds=[9]}]"), ("failures.crashes", "round 9", "federation.rounds=2")),
+    Case("crash at round 0", with_set("failures.crashes=[{hospital=0, rounds=[0]}]"), ("failures.crashes", "counted from 1")),
+    Case("misspelt key in a failure entry", with_set("failures.crashes=[{hospital=0, round=[1]}]"), ("failures.crashes.0.round", "unknown key")),
+    Case("stragglers without a timeout", with_set("failures.stragglers=[{hospital=0, rounds=[1]}]"), ("failures", "round_timeout_s")),
+    Case(
+        "straggle delay inside the deadline",
+        with_set("failures.stragglers=[{hospital=0, rounds=[1]}]", "failures.round_timeout_s=5", "failures.first_round_allowance_s=5", "failures.straggle_delay_s=8"),
+        ("straggle_delay_s=8", "must exceed"),
+    ),
+    Case("more CPUs per hospital than the machine has", with_set("simulation.cpus_per_client=512"), ("simulation.cpus_per_client", "lower it")),
+    Case("more CPUs in all than the machine has", with_set("simulation.total_cpus=4096"), ("simulation.total_cpus", "lower it")),
+    # --- files and command line ---------------------------------------------------------------
+    Case("missing config file", lambda p: ["run", str(p.root / "nope.toml")], ("nope.toml", "no such config file")),
+    Case("config that is not TOML", lambda p: ["run", str(p.root / "bad.toml")], ("bad.toml", "not valid TOML"), write(lambda p: p.root / "bad.toml", b"seed = = 1")),
+    Case("config that is not text", lambda p: ["run", str(p.root / "bin.toml")], ("bin.toml", "not valid TOML"), write(lambda p: p.root / "bin.toml", bytes([0xFF, 0xFE, 0x00, 0x81]))),
+    Case("missing encoder weights", with_set('model.encoder_weights_path="/no/such/weights.pt"'), ("model.encoder_weights_path", "no such file")),
+    Case(
+        "unreadable encoder weights",
+        lambda p: ["run", str(p.config), "--set", f'model.encoder_weights_path="{p.root / "w.pt"}"', "--out", str(p.new_out)],
+        ("model.encoder_weights_path", "cannot read", "torch.save"),
+        write(lambda p: p.root / "w.pt", b"not a torch file"),
+    ),
+    Case("--set without =", with_set("federation.rounds"), ("--set", "dotted.key=value")),
+    Case("--set into a value", with_set("seed.x=1"), ("--set", "seed is a value")),
+    Case("--out folder holding files", lambda p: ["run", str(p.config), "--out", str(p.run)], ("--out", "not empty")),
+    Case("neither CONFIG nor --resume", lambda p: ["run"], ("CONFIG", "--resume")),
+    # --- resuming -----------------------------------------------------------------------------
+    Case("--resume of a missing folder", lambda p: ["run", "--resume", str(p.root / "gone")], ("--resume", "no such run folder")),
+    Case("--resume of a folder that is no run", lambda p: ["run", "--resume", str(p.root)], ("--resume", "no config.toml")),
+    Case(
+        "--resume of a complete run",
+        lambda p: ["run", "--resume", str(p.run)],
+        ("already complete", "fl-mia show"),
+        lambda p: set_status(p.run, "complete"),
+    ),
+    Case(
+        "--resume of a live run",
+        lambda p: ["run", "--resume", str(p.run)],
+        ("still running", str(os.getppid())),
+        lambda p: set_status(p.run, "running", pid=os.getppid(), host=__import__("socket").gethostname()),
+    ),
+    Case(
+        "--resume without a checkpoint",
+        lambda p: ["run", "--resume", str(p.run)],
+        (CHECKPOINT_FILE, "no checkpoint"),
+        lambda p: (p.run / CHECKPOINT_FILE).unlink(),
+    ),
+    Case(
+        "--resume with a truncated checkpoint",
+        lambda p: ["run", "--resume", str(p.run)],
+        (CHECKPOINT_FILE, "unreadable checkpoint"),
+        lambda p: (p.run / CHECKPOINT_FILE).write_bytes((p.run / CHECKPOINT_FILE).read_bytes()[:200]),
+    ),
+    Case(
+        "--resume after config.toml was edited",
+        lambda p: ["run", "--resume", str(p.run)],
+        (CHECKPOINT_FILE, "different experiment config"),
+        edit_run_config,
+    ),
+    Case(
+        "--resume with a damaged config.toml",
+        lambda p: ["run", "--resume", str(p.run)],
+        ("config.toml", "damaged"),
+        write(lambda p: p.run / "config.toml", b"[federation\n"),
+    ),
+    Case(
+        "--resume with another config",
+        lambda p: ["run", str(p.config), "--set", "federation.rounds=3", "--resume", str(p.run)],
+        ("federation.rounds=2", "not 3"),
+    ),
+    Case("--resume with --out", lambda p: ["run", "--resume", str(p.run), "--out", str(p.new_out)], ("--resume", "--out")),
+    Case("--resume with --set alone", lambda p: ["run", "--resume", str(p.run), "--set", "seed=1"], ("--set", "--resume")),
+]
+if not torch.cuda.is_available():
+    CASES.append(Case("a GPU on a machine without one", with_set("simulation.gpus_per_client=1"), ("simulation.gpus_per_client", "no GPU")))
+else:
+    CASES.append(Case("more GPUs per hospital than the machine has", with_set("simulation.gpus_per_client=4096"), ("simulation.gpus_per_client", "lower it")))
+
+
+def interrupted_run(folder: Path, raw: dict) -> None:
+    """What a run killed after round 1 leaves: config, status 'running' of a dead process, checkpoint."""
+    cfg = build_config(raw)
+    folder.mkdir()
+    write_toml(folder / "config.toml", cfg.to_toml_dict())
+    set_status(folder, "running", pid=2**22 + 12345, host="elsewhere")
+    checkpointer = Checkpointer(folder, cfg)
+    checkpointer.register("round_log", RoundLog(num_hospitals=2, total_rounds=2))
+    checkpointer.register("client_manager", PartitionSeededClientManager(seed=0, directory={}))
+    checkpointer.save(server_round=1, weights=[np.zeros(3, np.float32)], wall_time_s=1.0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_fails_with_one_line_naming_what_to_fix(case: Case, tmp_path: Path):
+    raw = tiny_raw()
+    config = tmp_path / "tiny.toml"
+    config.write_text(tomli_w.dumps(raw))
+    paths = Paths(root=tmp_path, config=config, run=tmp_path / "run", new_out=tmp_path / "new_run")
+    interrupted_run(paths.run, raw)
+    case.prepare(paths)
+    before = {p: p.stat().st_mtime_ns for p in paths.run.iterdir()}
+
+    result = CliRunner().invoke(app, case.args(paths))
+
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    missing = [fragment for fragment in case.expect if fragment not in lines[0]]
+    assert not missing, f"{lines[0]!r} lacks {missing}"
+    assert not paths.new_out.exists()  # nothing is created for rejected input
+    assert {p: p.stat().st_mtime_ns for p in paths.run.iterdir()} == before  # the earlier run is untouched
+
+
+def test_catalogue_has_at_least_twenty_kinds():
+    assert len(CASES) >= 20
