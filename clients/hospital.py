@@ -11,6 +11,7 @@ from flwr.client import NumPyClient
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import build_hospital, num_classes
 from fl_mia.models import build_model, get_weights, set_weights
+from clients.dp_state import train_dp_sgd
 from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
 
 PARTITION_KEY = "partition_id"
@@ -19,8 +20,9 @@ PARTITION_KEY = "partition_id"
 class HospitalClient(NumPyClient):
     """Trains the model it receives on its own training shard; never shares data."""
 
-    def __init__(self, cfg: ExperimentConfig, partition_id: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, partition_id: int, node_state=None) -> None:
         self.cfg = cfg
+        self.node_state = node_state  # Flower's per-node context.state: persists across rounds
         self.partition_id = partition_id
         torch.set_num_threads(cfg.simulation.threads_per_client)
         self.hospital = build_hospital(cfg, partition_id)
@@ -34,10 +36,14 @@ class HospitalClient(NumPyClient):
         set_weights(self.model, parameters)
         server_round = int(config.get("server_round", 0))
         started = time.perf_counter()
-        result = train_local(
-            self.model, self.hospital.train, self.cfg.training, seed=self.cfg.seed, tags=(server_round, self.partition_id)
-        )
+        tags = (server_round, self.partition_id)
+        privacy: dict = {}
+        if self.cfg.defences.dp_sgd.enabled:
+            result, privacy = train_dp_sgd(self.model, self.hospital.train, self.cfg, node_state=self.node_state, tags=tags)
+        else:
+            result = train_local(self.model, self.hospital.train, self.cfg.training, seed=self.cfg.seed, tags=tags)
         metrics = {
+            **privacy,
             PARTITION_KEY: self.partition_id,
             "train_loss": result.train_loss,
             "first_batch_loss": result.first_batch_loss,
