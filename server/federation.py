@@ -24,6 +24,7 @@ from fl_mia.models import build_model, get_weights
 from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
+from server.defences import add_defence_outputs, fit_workflow, wrap_strategy
 from server.hospital_directory import discover_hospitals
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
 
@@ -47,6 +48,7 @@ def build_strategy(cfg: ExperimentConfig, directory: dict[int, int], round_log: 
     return HonestFedAvg(
         directory=directory,
         observer=round_log,
+        secure_aggregation=cfg.defences.secagg.enabled,
         fraction_fit=cfg.federation.fraction_fit,
         fraction_evaluate=0.0,  # utility is measured centrally on every hospital's test split
         min_fit_clients=sampled,
@@ -81,17 +83,18 @@ def run_federation(grid: Grid, context: Context, cfg: ExperimentConfig, run_dir:
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
     evaluator = GlobalModelEvaluator(cfg)
-    strategy = build_strategy(cfg, directory, round_log, evaluator)
+    strategy = wrap_strategy(cfg, build_strategy(cfg, directory, round_log, evaluator))
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=cfg.federation.rounds),
         strategy=strategy,
         client_manager=PartitionSeededClientManager(seed=cfg.seed, directory=directory),
     )
-    DefaultWorkflow()(grid, legacy)
+    DefaultWorkflow(fit_workflow=fit_workflow(cfg))(grid, legacy)
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
     write_federation_outputs(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model, wall_time_s=time.perf_counter() - started
     )
+    add_defence_outputs(run_dir, cfg, round_log, run_id=context.run_id)

@@ -87,6 +87,10 @@ class HonestFedAvg(FedAvg):
         Told about every round's replies (metrics and returned weights) before aggregation.
     keep_weights:
         Hand each hospital's returned weights to the observer (the server's white-box view).
+    secure_aggregation:
+        Replies come from SecAgg+: every result carries the same unmasked sum, so the observer
+        gets no weights at all (only each hospital's metrics and num_examples, which SecAgg+
+        leaves visible).
     """
 
     def __init__(
@@ -95,12 +99,14 @@ class HonestFedAvg(FedAvg):
         directory: dict[int, int],
         observer: RoundObserver | None = None,
         keep_weights: bool = False,
+        secure_aggregation: bool = False,
         **fedavg_kwargs,
     ) -> None:
         super().__init__(**fedavg_kwargs)
         self.directory = directory
         self.observer = observer
         self.keep_weights = keep_weights
+        self.secure_aggregation = secure_aggregation
 
     def __repr__(self) -> str:
         return "HonestFedAvg"
@@ -120,7 +126,7 @@ class HonestFedAvg(FedAvg):
                     hospital=partition_of(proxy, res, self.directory),
                     num_examples=res.num_examples,
                     metrics=dict(res.metrics),
-                    weights=parameters_to_ndarrays(res.parameters) if self.keep_weights else None,
+                    weights=parameters_to_ndarrays(res.parameters) if self.keep_weights and not self.secure_aggregation else None,
                 )
                 for proxy, res in results
             ]
