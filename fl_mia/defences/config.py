@@ -24,7 +24,7 @@ class SecAggConfig(_Section):
         0, ge=0, description="Shares of each hospital's secrets (SecAgg+ neighbours); 0 = every sampled hospital (plain SecAgg)."
     )
     reconstruction_threshold: int = Field(
-        0, ge=0, description="Shares needed to unmask; 0 = a strict majority of num_shares. Must not exceed the sampled hospitals."
+        0, ge=0, description="Shares needed to unmask; 0 = Flower's default, two thirds of num_shares (at least 2). Must not exceed num_shares."
     )
     clipping_range: float = Field(
         1.0,
