@@ -200,7 +200,11 @@ def add_defence_outputs(run_dir, cfg: ExperimentConfig, round_log, *, run_id: in
         for row in round_log.rows()
         if row["hospital"] != "all" and row["participated"]
     }
-    verdicts = HospitalChannel(run_id=run_id).verdicts() if cfg.defences.consistency.mode != "off" else None
+    verdicts = None
+    if cfg.defences.consistency.mode != "off":
+        channel = HospitalChannel(run_id=run_id)
+        verdicts = channel.verdicts()
+        channel.remove()
     section = privacy_section(cfg, fit_metrics, consistency=verdicts)
     metrics = read_metrics(Path(run_dir))
     metrics["defences"] = section.pop("active")

@@ -13,6 +13,11 @@ from tests.flower_doubles import base_weights, run_rounds
 SIZES = [16, 10, 6]
 
 
+@pytest.fixture(autouse=True)
+def private_channel(tmp_path, monkeypatch):
+    monkeypatch.setenv("FL_MIA_HOSPITAL_CHANNEL", str(tmp_path / "channel"))  # the grid runs hospitals in-process
+
+
 class InconsistentFedAvg(HonestFedAvg):
     """Test double of model inconsistency: hospital 0 gets a model of its own."""
 

@@ -88,3 +88,15 @@ def test_client_clipping_dp_composes_with_secagg():
     unclipped = np.concatenate([(e - w).ravel() for e, w in zip(plain_fedavg(base_weights(), SIZES), base_weights())])
     assert np.linalg.norm(unclipped) > 0.1  # clipping had work to do
     assert np.linalg.norm(delta) <= 0.05 + 1e-4
+
+
+def test_server_side_clipping_without_secagg_bounds_the_average_update():
+    raw = tiny_raw(defences={"central_dp": {"mode": "server_clipping", "noise_multiplier": 0.0, "clipping_norm": 0.05}})
+    raw["federation"].update(num_hospitals=3, patients_per_hospital=8)
+    final, recorder, _ = run_rounds(build_config(raw), SIZES)
+    delta = np.concatenate([(f.astype(np.float64) - w).ravel() for f, w in zip(final, base_weights())])
+    assert np.linalg.norm(delta) <= 0.05 + 1e-4
+    ((_, replies, _),) = recorder.calls
+    for reply in replies:  # the server clipped each update itself: it saw every one of them
+        update = np.concatenate([(r.astype(np.float64) - w).ravel() for r, w in zip(reply.weights, base_weights())])
+        assert np.linalg.norm(update) == pytest.approx(0.05, rel=1e-3)

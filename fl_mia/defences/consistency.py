@@ -70,5 +70,12 @@ class HospitalChannel:
         return result
 
 
+    def remove(self) -> None:
+        """Delete this run's channel folder (after the report has read the verdicts)."""
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class ModelInconsistencyError(RuntimeError):
     """A hospital refuses to unmask: the hospitals did not all receive the same model."""
