@@ -11,8 +11,8 @@ from flwr.client import NumPyClient
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import build_hospital, num_classes
 from fl_mia.models import build_model, get_weights, set_weights
-from clients.dp_state import train_dp_sgd
 from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
+from clients.dp_state import train_dp_sgd
 
 PARTITION_KEY = "partition_id"
 

@@ -30,7 +30,7 @@ def make_delta_mod(*, clipping_range: float):
     SecAgg+ clips every value to ±``clipping_range`` before quantising. Deltas are small
     where weights are not; a delta beyond the range is refused with an error rather than
     clipped silently. The server adds the averaged delta back to the model it sent
-    (:class:`server.secure_aggregation.DeltaToGlobal`).
+    (:class:`server.defences.DeltaToGlobal`).
     """
 
     def delta_mod(msg: Message, ctxt: Context, call_next) -> Message:
