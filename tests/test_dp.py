@@ -97,3 +97,22 @@ def test_central_dp_epsilon_is_the_rdp_accountant_over_rounds():
 def test_server_clipping_with_secagg_is_rejected_at_load():
     with pytest.raises(ConfigError, match="server_clipping"):
         build_config(tiny_raw(defences={"secagg": {"enabled": True}, "central_dp": {"mode": "server_clipping"}}))
+
+
+def test_defence_report_takes_each_hospitals_last_epsilon_and_says_whom_it_protects_against():
+    from server.defences import privacy_section
+
+    cfg = build_config(tiny_raw(defences={"dp_sgd": {"enabled": True}, "central_dp": {"mode": "client_clipping"}}))
+    fits = {
+        (1, 0): {"dp_epsilon": 1.0, "dp_delta": 0.1, "dp_noise_multiplier": 1.0},
+        (2, 0): {"dp_epsilon": 1.5, "dp_delta": 0.1, "dp_noise_multiplier": 1.0},
+        (1, 1): {"dp_epsilon": 2.0, "dp_delta": 0.2, "dp_noise_multiplier": 1.0},
+    }
+    section = privacy_section(cfg, fits)
+    assert section["active"] == ["central_dp:client_clipping", "dp_sgd"]
+    assert section["dp_sgd"]["epsilon_per_hospital"] == {"0": 1.5, "1": 2.0}
+    assert section["dp_sgd"]["epsilon_max"] == 2.0
+    assert "NOT the server" in section["central_dp"]["protects_against"]
+    assert section["central_dp"]["epsilon"] == pytest.approx(
+        central_dp_epsilon(noise_multiplier=0.5, sample_rate=1.0, rounds=2, delta=1e-3)
+    )
