@@ -19,18 +19,23 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from fl_mia.config import ExperimentConfig
+from fl_mia.seeding import int_seed
 from fl_mia.defences.consistency import HospitalChannel, ModelInconsistencyError, model_digest
 
 logger = logging.getLogger("fl_mia")
 
 
-def make_delta_mod(*, clipping_range: float):
+def make_delta_mod(*, clipping_range: float, seed: int | None = None):
     """Send ``returned − received`` instead of the returned weights (for SecAgg+).
 
     SecAgg+ clips every value to ±``clipping_range`` before quantising. Deltas are small
     where weights are not; a delta beyond the range is refused with an error rather than
     clipped silently. The server adds the averaged delta back to the model it sent
     (:class:`server.defences.DeltaToGlobal`).
+
+    ``seed``: SecAgg+ rounds stochastically with NumPy's global generator right after this
+    mod returns; seeding it per (seed, round, hospital) keeps a run reproducible. The
+    rounding noise protects nothing (the masks come from the key agreement, not from it).
     """
 
     def delta_mod(msg: Message, ctxt: Context, call_next) -> Message:
@@ -52,6 +57,8 @@ def make_delta_mod(*, clipping_range: float):
         fit_res.parameters = ndarrays_to_parameters(deltas)
         fit_res.metrics["max_abs_delta"] = largest
         out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+        if seed is not None:
+            np.random.seed(int_seed(seed, "secagg-rounding", msg.metadata.group_id, ctxt.node_config.get("partition-id", 0)) % 2**32)
         return out
 
     return delta_mod
@@ -101,7 +108,7 @@ def hospital_mods(cfg: ExperimentConfig) -> list:
     if defences.secagg.enabled:
         if defences.consistency.mode != "off":
             mods.append(make_consistency_mod(mode=defences.consistency.mode))
-        mods += [secaggplus_mod, make_delta_mod(clipping_range=defences.secagg.clipping_range)]
+        mods += [secaggplus_mod, make_delta_mod(clipping_range=defences.secagg.clipping_range, seed=cfg.seed)]
     if defences.central_dp.mode == "client_clipping":
         mods.append(fixedclipping_mod)
     return mods
