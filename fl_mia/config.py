@@ -223,6 +223,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
     # A model-level error names a section but the message already names the fields.
+    if not first["loc"]:
+        return f"{source}: {message}"  # top-level checks name their dotted fields themselves
     return f"{source}: {field}: {message}"
 
 

@@ -21,6 +21,7 @@ def test_everything_is_off_by_default():
 def test_reconstruction_threshold_above_the_hospitals_names_the_field():
     message = one_line_error(secagg={"enabled": True, "reconstruction_threshold": 3})
     assert "defences.secagg.reconstruction_threshold=3" in message and "2 sampled hospitals" in message
+    assert message.startswith("exp.toml: defences.secagg.reconstruction_threshold")
 
 
 def test_more_shares_than_hospitals_names_the_field():
