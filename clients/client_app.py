@@ -12,15 +12,16 @@ from flwr.client import ClientApp
 from fl_mia.app_config import experiment_from_run_config
 from fl_mia.config import ExperimentConfig
 from clients.hospital import HospitalClient
+from clients.mods import defences_mod
 
 
 def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
     def client_fn(context: Context):
         experiment = cfg if cfg is not None else experiment_from_run_config(context.run_config)
         partition_id = int(context.node_config["partition-id"])
-        return HospitalClient(experiment, partition_id).to_client()
+        return HospitalClient(experiment, partition_id, context.state).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    return ClientApp(client_fn=client_fn, mods=[defences_mod(cfg)])
 
 
 app = make_client_app()

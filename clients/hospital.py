@@ -13,6 +13,7 @@ from fl_mia.data import build_hospital, num_classes
 from fl_mia.failures import simulate_failure
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
+from clients.dp_state import train_dp_sgd
 
 PARTITION_KEY = "partition_id"
 
@@ -20,8 +21,9 @@ PARTITION_KEY = "partition_id"
 class HospitalClient(NumPyClient):
     """Trains the model it receives on its own training shard; never shares data."""
 
-    def __init__(self, cfg: ExperimentConfig, partition_id: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, partition_id: int, node_state=None) -> None:
         self.cfg = cfg
+        self.node_state = node_state  # Flower's per-node context.state: persists across rounds
         self.partition_id = partition_id
         torch.set_num_threads(cfg.simulation.threads_per_client)
         self.hospital = build_hospital(cfg, partition_id)
@@ -36,10 +38,14 @@ class HospitalClient(NumPyClient):
         server_round = int(config.get("server_round", 0))
         simulate_failure(self.cfg.failures, seed=self.cfg.seed, server_round=server_round, hospital=self.partition_id)
         started = time.perf_counter()
-        result = train_local(
-            self.model, self.hospital.train, self.cfg.training, seed=self.cfg.seed, tags=(server_round, self.partition_id)
-        )
+        tags = (server_round, self.partition_id)
+        privacy: dict = {}
+        if self.cfg.defences.dp_sgd.enabled:
+            result, privacy = train_dp_sgd(self.model, self.hospital.train, self.cfg, node_state=self.node_state, tags=tags)
+        else:
+            result = train_local(self.model, self.hospital.train, self.cfg.training, seed=self.cfg.seed, tags=tags)
         metrics = {
+            **privacy,
             PARTITION_KEY: self.partition_id,
             "train_loss": result.train_loss,
             "first_batch_loss": result.first_batch_loss,

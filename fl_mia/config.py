@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fl_mia.defences.config import DefencesConfig, check_defences
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message is one line naming the field."""
@@ -302,6 +304,7 @@ class ExperimentConfig(_Section):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
     failures: FailuresConfig = Field(default_factory=FailuresConfig)
+    defences: DefencesConfig = Field(default_factory=DefencesConfig)
 
     @model_validator(mode="after")
     def _pool_fills_hospitals(self) -> "ExperimentConfig":
@@ -312,6 +315,9 @@ class ExperimentConfig(_Section):
                 f"(with federation.attacker_patients) but data.num_patients is {self.data.num_patients}: "
                 "use fewer or smaller hospitals, or a larger pool"
             )
+        check_defences(
+            self.defences, num_hospitals=self.federation.num_hospitals, sampled=self.sampled_per_round(), norm=self.model.norm
+        )
         return self
 
     @model_validator(mode="after")
@@ -339,6 +345,9 @@ class ExperimentConfig(_Section):
                         f"the last round (federation.rounds={rounds})"
                     )
         return self
+    def sampled_per_round(self) -> int:
+        """Hospitals sampled each round (what the server's strategy asks for)."""
+        return max(1, int(round(self.federation.fraction_fit * self.federation.num_hospitals)))
 
     def to_toml_dict(self) -> dict[str, Any]:
         """Plain dict with only TOML-representable values (None dropped, paths as text)."""
@@ -363,7 +372,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         message = message[len("Value error, "):]
     # A model-level error names a section but the message already names the fields.
     if not first["loc"]:
-        return f"{source}: {message}"
+        return f"{source}: {message}"  # top-level checks name their dotted fields themselves
     return f"{source}: {field}: {message}"
 
 

@@ -25,6 +25,7 @@ from fl_mia.models import build_model, get_weights
 from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
+from server.defences import add_defence_outputs, fit_workflow, wrap_strategy
 from server.hospital_directory import discover_hospitals
 from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
@@ -63,6 +64,7 @@ def build_strategy(
     return HonestFedAvg(
         directory=directory,
         observer=round_log,
+        secure_aggregation=cfg.defences.secagg.enabled,
         fraction_fit=cfg.federation.fraction_fit,
         fraction_evaluate=0.0,  # utility is measured centrally on every hospital's test split
         min_fit_clients=sampled,
@@ -115,11 +117,14 @@ def run_federation(
     checkpointer.register("client_manager", client_manager)
     # Branches adding DP accountants or attack accumulators register them here too.
     done = checkpointer.restore(resume) if resume is not None else 0
-    strategy = build_strategy(
-        cfg, directory, round_log, evaluator,
-        initial=resume.weights if resume is not None else None,
-        after_evaluation=lambda server_round, weights: checkpointer.save(
-            server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started
+    strategy = wrap_strategy(
+        cfg,
+        build_strategy(
+            cfg, directory, round_log, evaluator,
+            initial=resume.weights if resume is not None else None,
+            after_evaluation=lambda server_round, weights: checkpointer.save(
+                server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started
+            ),
         ),
     )
     legacy = LegacyContext(
@@ -134,7 +139,7 @@ def run_federation(
     timed_grid = RoundTimeoutGrid(
         grid, deadlines=deadlines, directory=directory, round_offset=done, on_outcomes=round_log.on_fit_outcomes
     )
-    DefaultWorkflow()(timed_grid, legacy)
+    DefaultWorkflow(fit_workflow=fit_workflow(cfg))(timed_grid, legacy)
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
@@ -142,3 +147,4 @@ def run_federation(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
     )
+    add_defence_outputs(run_dir, cfg, round_log, run_id=context.run_id)

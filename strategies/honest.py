@@ -96,6 +96,10 @@ class HonestFedAvg(FedAvg):
         Told about every round's replies (metrics and returned weights) before aggregation.
     keep_weights:
         Hand each hospital's returned weights to the observer (the server's white-box view).
+    secure_aggregation:
+        Replies come from SecAgg+: every result carries the same unmasked sum, so the observer
+        gets no weights at all (only each hospital's metrics and num_examples, which SecAgg+
+        leaves visible).
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class HonestFedAvg(FedAvg):
         directory: dict[int, int],
         observer: RoundObserver | None = None,
         keep_weights: bool = False,
+        secure_aggregation: bool = False,
         **fedavg_kwargs,
     ) -> None:
         super().__init__(**fedavg_kwargs)
@@ -111,6 +116,7 @@ class HonestFedAvg(FedAvg):
         self.observer = observer
         self.keep_weights = keep_weights
         self.sent_this_round: dict[int, Parameters] = {}
+        self.secure_aggregation = secure_aggregation
 
     def __repr__(self) -> str:
         return "HonestFedAvg"
@@ -142,7 +148,12 @@ class HonestFedAvg(FedAvg):
                     hospital=partition_of(proxy, res, self.directory),
                     num_examples=res.num_examples,
                     metrics=dict(res.metrics),
-                    weights=parameters_to_ndarrays(res.parameters) if self.keep_weights else None,
+                    # Under SecAgg+ the server holds only the aggregate, never one hospital's model.
+                    weights=(
+                        parameters_to_ndarrays(res.parameters)
+                        if self.keep_weights and not self.secure_aggregation
+                        else None
+                    ),
                     sent_weights=self._sent_to(partition_of(proxy, res, self.directory)),
                 )
                 for proxy, res in results

@@ -1,0 +1,34 @@
+"""DP-SGD on a hospital, with the accountant kept in Flower's per-node state across rounds."""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, RecordDict
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.data import Split
+from fl_mia.defences.dp_sgd import history_from_record, history_to_record, train_local_dp
+from fl_mia.training import TrainResult
+
+STATE_KEY = "fl_mia.dp_sgd.accountant"
+
+
+def train_dp_sgd(model, split: Split, cfg: ExperimentConfig, *, node_state: RecordDict | None, tags: tuple) -> tuple[TrainResult, dict]:
+    """One round of DP-SGD; returns the result and the privacy metrics sent to the server.
+
+    The simulation rebuilds the client object for every message, but ``context.state``
+    of the node persists for the run: the accountant's history lives there, so the ε a
+    hospital reports covers every round it has trained in.
+    """
+    if node_state is None:
+        raise ValueError("DP-SGD needs the node's context.state to keep its accountant across rounds")
+    record = node_state.config_records.get(STATE_KEY)
+    outcome = train_local_dp(model, split, cfg, history=history_from_record(record), seed=cfg.seed, tags=tags)
+    node_state.config_records[STATE_KEY] = ConfigRecord(history_to_record(outcome.history))
+    return outcome.result, {
+        "dp_epsilon": outcome.epsilon,
+        "dp_delta": outcome.plan.delta,
+        "dp_noise_multiplier": outcome.plan.noise_multiplier,
+        "dp_sample_rate": outcome.plan.sample_rate,
+        "dp_steps_total": sum(steps for _, _, steps in outcome.history),
+        "dp_empty_batches": outcome.empty_batches,
+    }

@@ -1,0 +1,139 @@
+"""Flower client mods of the defences, and the order in which a hospital stacks them.
+
+Mods run outermost first. A training reply flows from the hospital outwards:
+``fixedclipping_mod`` (clip the update) → ``delta_mod`` (send returned − received) →
+``secaggplus_mod`` (mask and quantise) → ``consistency_mod`` (compare received models
+before unmasking). They are attached to training only: an app-level mod that also runs on
+evaluate replies can hang the run (see REFERENCES.md), so each passes other messages by.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import Context, Message, MessageType
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.compat.common import recorddict_compat as compat
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.seeding import int_seed
+from fl_mia.defences.consistency import HospitalChannel, ModelInconsistencyError, model_digest
+
+logger = logging.getLogger("fl_mia")
+
+
+def make_delta_mod(*, clipping_range: float, seed: int | None = None):
+    """Send ``returned − received`` instead of the returned weights (for SecAgg+).
+
+    SecAgg+ clips every value to ±``clipping_range`` before quantising. Deltas are small
+    where weights are not; a delta beyond the range is refused with an error rather than
+    clipped silently. The server adds the averaged delta back to the model it sent
+    (:class:`server.defences.DeltaToGlobal`).
+
+    ``seed``: SecAgg+ rounds stochastically with NumPy's global generator right after this
+    mod returns; seeding it per (seed, round, hospital) keeps a run reproducible. The
+    rounding noise protects nothing (the masks come from the key agreement, not from it).
+    """
+
+    def delta_mod(msg: Message, ctxt: Context, call_next) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN or not msg.content.array_records:
+            return call_next(msg, ctxt)
+        received = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
+        out = call_next(msg, ctxt)
+        if out.has_error():
+            return out
+        fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+        returned = parameters_to_ndarrays(fit_res.parameters)
+        deltas = [(np.asarray(r, np.float64) - np.asarray(s, np.float64)).astype(np.float32) for r, s in zip(returned, received)]
+        largest = max((float(np.abs(d).max()) for d in deltas if d.size), default=0.0)
+        if largest > clipping_range:
+            raise ValueError(
+                f"an update value of {largest:.3g} exceeds defences.secagg.clipping_range={clipping_range:g}; "
+                "SecAgg+ would clip it silently: raise the range or lower training.lr"
+            )
+        fit_res.parameters = ndarrays_to_parameters(deltas)
+        fit_res.metrics["max_abs_delta"] = largest
+        out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+        if seed is not None:
+            np.random.seed(int_seed(seed, "secagg-rounding", msg.metadata.group_id, ctxt.node_config.get("partition-id", 0)) % 2**32)
+        return out
+
+    return delta_mod
+
+
+def make_consistency_mod(*, mode: str, channel_root=None):
+    """Publish the received model's digest; before unmasking, compare it with the others'.
+
+    Placed outside ``secaggplus_mod`` so that it sees every SecAgg+ stage: the digest is
+    published when the training instruction arrives (stage 'collect_masked_vectors') and
+    checked at stage 'unmask', when every sampled hospital has published. With mode
+    'refuse' the hospital withholds its shares, so the server cannot open the sum.
+    """
+
+    def consistency_mod(msg: Message, ctxt: Context, call_next) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+            return call_next(msg, ctxt)
+        stage = msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
+        channel = HospitalChannel(channel_root, run_id=msg.metadata.run_id)
+        partition_id = int(ctxt.node_config["partition-id"])
+        server_round = msg.metadata.group_id
+        if stage == Stage.COLLECT_MASKED_VECTORS:
+            received = compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
+            channel.publish(server_round, partition_id, model_digest(received.tensors))
+        elif stage == Stage.UNMASK:
+            digests = channel.digests(server_round)
+            consistent = len(set(digests.values())) <= 1
+            action = "none" if consistent else ("refused" if mode == "refuse" else "flagged")
+            channel.record_verdict(server_round, partition_id, consistent, action)
+            if not consistent:
+                groups: dict[str, list[int]] = {}
+                for hospital, digest in sorted(digests.items()):
+                    groups.setdefault(digest[:12], []).append(hospital)
+                message = f"hospital {partition_id}, round {server_round}: hospitals received different models {groups}"
+                if mode == "refuse":
+                    raise ModelInconsistencyError(message + "; withholding SecAgg+ shares")
+                logger.warning("%s (flagged, round continues)", message)
+        return call_next(msg, ctxt)
+
+    return consistency_mod
+
+
+def hospital_mods(cfg: ExperimentConfig) -> list:
+    """The mods of every hospital for this experiment's defences (outermost first)."""
+    defences = cfg.defences
+    mods = []
+    if defences.secagg.enabled:
+        if defences.consistency.mode != "off":
+            mods.append(make_consistency_mod(mode=defences.consistency.mode))
+        mods += [secaggplus_mod, make_delta_mod(clipping_range=defences.secagg.clipping_range, seed=cfg.seed)]
+    if defences.central_dp.mode == "client_clipping":
+        mods.append(fixedclipping_mod)
+    return mods
+
+
+def defences_mod(cfg: ExperimentConfig | None = None):
+    """One app-level mod that runs this experiment's defence mods in order.
+
+    ``cfg`` is None under ``flwr run``, where the experiment is read from the run config
+    of each message's context (the ClientApp object is built before any config exists).
+    """
+
+    def mod(msg: Message, ctxt: Context, call_next) -> Message:
+        if cfg is not None:
+            experiment = cfg
+        else:
+            from fl_mia.app_config import experiment_from_run_config
+
+            experiment = experiment_from_run_config(ctxt.run_config)
+        return _chain(hospital_mods(experiment), call_next)(msg, ctxt)
+
+    return mod
+
+
+def _chain(mods: list, app):
+    for mod in reversed(mods):
+        app = (lambda m, inner: lambda msg, ctxt: m(msg, ctxt, inner))(mod, app)
+    return app

@@ -1,0 +1,1 @@
+"""Defences: secure aggregation, differential privacy, output hardening, model-consistency check."""

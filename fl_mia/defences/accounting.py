@@ -1,0 +1,42 @@
+"""ε over the whole training, from Opacus's accountants.
+
+Both DP variants are accounted as a composition of subsampled Gaussian mechanisms:
+
+* DP-SGD (sample level, per hospital): one mechanism per local optimiser step,
+  sample rate = Poisson rate of the hospital's batches, noise = the noise multiplier;
+  the history of every round is kept, so ε covers all rounds.
+* client-level central DP: one mechanism per round, sample rate = share of hospitals
+  sampled per round, noise multiplier = noise std on the sum / clipping norm, steps = rounds.
+"""
+
+from __future__ import annotations
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+History = list[tuple[float, float, int]]  # (noise_multiplier, sample_rate, steps), Opacus's own format
+
+
+def epsilon_of(history: History, *, delta: float, accountant: str = "rdp") -> float:
+    """ε of a composition of subsampled Gaussian mechanisms (0 for an empty history)."""
+    if not history:
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(float(noise), float(rate), int(steps)) for noise, rate, steps in history]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def noise_for_epsilon(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
+    """The noise multiplier that spends exactly ``target_epsilon`` over ``steps`` steps."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
+        )
+    )
+
+
+def central_dp_epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str = "rdp") -> float:
+    """Client-level ε of Flower's fixed-clipping DP after ``rounds`` rounds (∞ without noise)."""
+    if noise_multiplier == 0:
+        return float("inf")
+    return epsilon_of([(noise_multiplier, sample_rate, rounds)], delta=delta, accountant=accountant)

@@ -1,0 +1,118 @@
+"""Differential privacy: DP-SGD with Opacus on a hospital, and client-level central DP."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import RecordDict
+from opacus.accountants import RDPAccountant
+
+from clients.dp_state import train_dp_sgd
+from fl_mia.config import ConfigError, build_config
+from fl_mia.data import build_hospital
+from fl_mia.defences.accounting import central_dp_epsilon
+from fl_mia.defences.dp_sgd import plan_for, train_local_dp
+from fl_mia.models import build_model
+from tests.conftest import tiny_raw
+
+
+def dp_cfg(**dp):
+    return build_config(tiny_raw(defences={"dp_sgd": {"enabled": True, **dp}}))
+
+
+@pytest.fixture(scope="module")
+def hospital():
+    return build_hospital(dp_cfg(), 0)
+
+
+def fresh_model(cfg):
+    torch.manual_seed(0)
+    return build_model(cfg.model, in_channels=1, classes=1)
+
+
+def test_epsilon_over_rounds_equals_opacus_accountant_stepped_by_hand(hospital):
+    cfg = dp_cfg(noise_multiplier=1.1)
+    state = RecordDict()
+    model = fresh_model(cfg)
+    for server_round in (1, 2):
+        _, privacy = train_dp_sgd(model, hospital.train, cfg, node_state=state, tags=(server_round, 0))
+    plan = plan_for(cfg, len(hospital.train))
+    reference = RDPAccountant()
+    for _ in range(2 * plan.steps_per_round):  # every step of both rounds
+        reference.step(noise_multiplier=1.1, sample_rate=plan.sample_rate)
+    assert privacy["dp_steps_total"] == 2 * plan.steps_per_round
+    assert privacy["dp_epsilon"] == pytest.approx(reference.get_epsilon(delta=plan.delta), rel=1e-9)
+    one_round = RDPAccountant()
+    for _ in range(plan.steps_per_round):
+        one_round.step(noise_multiplier=1.1, sample_rate=plan.sample_rate)
+    assert privacy["dp_epsilon"] > one_round.get_epsilon(delta=plan.delta) * 1.2  # not the last round alone
+
+
+def test_target_epsilon_is_spent_over_all_rounds_not_one(hospital):
+    cfg = dp_cfg(target_epsilon=4.0, noise_multiplier=None)
+    state = RecordDict()
+    model = fresh_model(cfg)
+    epsilons = [train_dp_sgd(model, hospital.train, cfg, node_state=state, tags=(r, 0))[1]["dp_epsilon"] for r in (1, 2)]
+    assert epsilons[0] < epsilons[1] <= 4.0
+    assert epsilons[1] == pytest.approx(4.0, rel=0.02)  # opacus solves σ to within its tolerance
+
+
+def test_parameters_leave_without_the_opacus_prefix_and_change(hospital):
+    cfg = dp_cfg()
+    model = fresh_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local_dp(model, hospital.train, cfg, history=[], seed=0, tags=(1, 0))
+    after = model.state_dict()
+    assert list(after) == list(before) and not any(k.startswith("_module.") for k in after)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())
+
+
+def test_poisson_batches_include_empty_ones_and_still_step(hospital):
+    # 2 images, batch size 1: sample rate 1/2, so about a quarter of the batches are empty.
+    cfg = build_config(tiny_raw(training={"batch_size": 1, "local_epochs": 6}, defences={"dp_sgd": {"enabled": True}}))
+    split = hospital.train.subset(np.arange(2))
+    outcome = train_local_dp(fresh_model(cfg), split, cfg, history=[], seed=3, tags=(1, 0))
+    assert outcome.result.steps == 12  # every step is accounted, empty or not
+    assert outcome.empty_batches > 0
+    assert outcome.history == [(1.0, 0.5, 12)]
+
+
+def test_dp_sgd_with_batchnorm_is_rejected_at_load():
+    with pytest.raises(ConfigError, match="model.norm"):
+        build_config(tiny_raw(model={"norm": "batchnorm"}, defences={"dp_sgd": {"enabled": True}}))
+
+
+def test_central_dp_epsilon_is_the_rdp_accountant_over_rounds():
+    reference = RDPAccountant()
+    for _ in range(10):
+        reference.step(noise_multiplier=0.8, sample_rate=0.5)
+    assert central_dp_epsilon(noise_multiplier=0.8, sample_rate=0.5, rounds=10, delta=1e-3) == pytest.approx(
+        reference.get_epsilon(delta=1e-3), rel=1e-9
+    )
+    assert math.isinf(central_dp_epsilon(noise_multiplier=0.0, sample_rate=1.0, rounds=3, delta=1e-3))
+
+
+def test_server_clipping_with_secagg_is_rejected_at_load():
+    with pytest.raises(ConfigError, match="server_clipping"):
+        build_config(tiny_raw(defences={"secagg": {"enabled": True}, "central_dp": {"mode": "server_clipping"}}))
+
+
+def test_defence_report_takes_each_hospitals_last_epsilon_and_says_whom_it_protects_against():
+    from server.defences import privacy_section
+
+    cfg = build_config(tiny_raw(defences={"dp_sgd": {"enabled": True}, "central_dp": {"mode": "client_clipping"}}))
+    fits = {
+        (1, 0): {"dp_epsilon": 1.0, "dp_delta": 0.1, "dp_noise_multiplier": 1.0},
+        (2, 0): {"dp_epsilon": 1.5, "dp_delta": 0.1, "dp_noise_multiplier": 1.0},
+        (1, 1): {"dp_epsilon": 2.0, "dp_delta": 0.2, "dp_noise_multiplier": 1.0},
+    }
+    section = privacy_section(cfg, fits)
+    assert section["active"] == ["central_dp:client_clipping", "dp_sgd"]
+    assert section["dp_sgd"]["epsilon_per_hospital"] == {"0": 1.5, "1": 2.0}
+    assert section["dp_sgd"]["epsilon_max"] == 2.0
+    assert "NOT the server" in section["central_dp"]["protects_against"]
+    assert section["central_dp"]["epsilon"] == pytest.approx(
+        central_dp_epsilon(noise_multiplier=0.5, sample_rate=1.0, rounds=2, delta=1e-3)
+    )
