@@ -30,8 +30,11 @@ class HospitalReply:
     hospital: int
     num_examples: int
     metrics: dict[str, Scalar]
-    weights: list[np.ndarray] | None = field(default=None, repr=False)  # what the hospital returned
+    weights: list[np.ndarray] | None = field(default=None, repr=False)  # the hospital's model as the server sees it
     sent_weights: list[np.ndarray] | None = field(default=None, repr=False)  # what the server sent it
+    # "reply": its own returned model; "aggregate": only the new aggregate (SecAgg+);
+    # "reconstructed": recovered from the aggregate by a dishonest server.
+    view: str = "reply"
 
 
 class RoundObserver(Protocol):
@@ -142,24 +145,39 @@ class HonestFedAvg(FedAvg):
         # Replies arrive in completion order; a fixed order makes the float sums reproducible.
         results = sorted(results, key=lambda item: partition_of(item[0], item[1], self.directory))
         if self.observer is not None:
-            replies = [
-                HospitalReply(
-                    round=server_round,
-                    hospital=partition_of(proxy, res, self.directory),
-                    num_examples=res.num_examples,
-                    metrics=dict(res.metrics),
-                    # Under SecAgg+ the server holds only the aggregate, never one hospital's model.
-                    weights=(
-                        parameters_to_ndarrays(res.parameters)
-                        if self.keep_weights and not self.secure_aggregation
-                        else None
-                    ),
-                    sent_weights=self._sent_to(partition_of(proxy, res, self.directory)),
+            replies = []
+            for proxy, res in results:
+                hospital = partition_of(proxy, res, self.directory)
+                weights, view = self.visible_weights(hospital, res, results) if self.keep_weights else (None, "reply")
+                replies.append(
+                    HospitalReply(
+                        round=server_round,
+                        hospital=hospital,
+                        num_examples=res.num_examples,
+                        metrics=dict(res.metrics),
+                        weights=weights,
+                        sent_weights=self._sent_to(hospital),
+                        view=view,
+                    )
                 )
-                for proxy, res in results
-            ]
             self.observer.on_fit_replies(server_round, replies, len(failures))
         return super().aggregate_fit(server_round, self.prepare_for_aggregation(server_round, results), failures)
+
+    def visible_weights(
+        self, hospital: int, res: FitRes, results: list[tuple[ClientProxy, FitRes]]
+    ) -> tuple[list[np.ndarray] | None, str]:
+        """The model the server can attribute to ``hospital`` this round, and how it got it.
+
+        Without secure aggregation: the hospital's own reply. Under SecAgg+ every result
+        carries the same unmasked average delta, so all the server can attribute to any
+        hospital is the new aggregate model (sent + average delta).
+        """
+        if not self.secure_aggregation:
+            return parameters_to_ndarrays(res.parameters), "reply"
+        sent = self._sent_to(hospital)
+        if sent is None:
+            return None, "aggregate"
+        return [s + d for s, d in zip(sent, parameters_to_ndarrays(res.parameters))], "aggregate"
 
     def _sent_to(self, hospital: int) -> list[np.ndarray] | None:
         if not self.keep_weights or hospital not in self.sent_this_round:

@@ -14,6 +14,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from fl_mia.config import ThreatConfig
 from fl_mia.poisoning import Poisoner
+from fl_mia.poisoning.model_inconsistency import reconstruct_target_update
 from strategies.honest import HonestFedAvg, partition_of
 
 
@@ -52,6 +53,29 @@ class PoisoningFedAvg(HonestFedAvg):
             tailored.append((proxy, payload))
         return tailored
 
+    def visible_weights(self, hospital, res, results):
+        """Model inconsistency under SecAgg+: recover the target's own model from the aggregate.
+
+        The silenced hospitals' deltas are zero (but for the head bias), so the average
+        delta D = n_t·Δ_t / Σn and Δ_t = D·Σn / n_t (``reconstruct_target_update``).
+        """
+        weights, view = super().visible_weights(hospital, res, results)
+        silenced = self.poisoned_this_round if self.poisoner.silences_updates else set()
+        if not self.secure_aggregation or hospital in silenced or not silenced:
+            return weights, view
+        counts = {partition_of(p, r, self.directory): r.num_examples for p, r in results}
+        if set(counts) - silenced != {hospital}:
+            return weights, view  # more than one unsilenced hospital: the aggregate mixes them
+        average_delta = parameters_to_ndarrays(res.parameters)
+        target_delta = reconstruct_target_update(
+            aggregate=average_delta,
+            sent={k: [np.zeros_like(a) for a in average_delta] for k in counts},  # silenced deltas: zero
+            num_examples=counts,
+            target=hospital,
+        )
+        sent = parameters_to_ndarrays(self.sent_this_round[hospital])
+        return [s + d for s, d in zip(sent, target_delta)], "reconstructed"
+
     def prepare_for_aggregation(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
     ) -> list[tuple[ClientProxy, FitRes]]:
@@ -61,8 +85,8 @@ class PoisoningFedAvg(HonestFedAvg):
                 hospital=partition_of(proxy, res, self.directory),
                 returned=parameters_to_ndarrays(res.parameters),
             )
-        if not self.threat.compensate or not self.poisoned_this_round:
-            return results
+        if not self.threat.compensate or not self.poisoned_this_round or self.secure_aggregation:
+            return results  # under SecAgg+ the replies are one masked sum: nothing to fold back one by one
         prepared = []
         for proxy, res in results:
             hospital = partition_of(proxy, res, self.directory)

@@ -43,6 +43,9 @@ class Poisoner(ABC):
     """
 
     name: str = "poisoner"
+    # True when the poisoned hospitals' updates are known to be zero, so that an aggregate
+    # reveals the others' updates (model inconsistency).
+    silences_updates: bool = False
 
     @abstractmethod
     def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:

@@ -62,6 +62,7 @@ def reconstruct_target_update(
 
 class ModelInconsistencyPoisoner(Poisoner):
     name = "model_inconsistency"
+    silences_updates = True
 
     def __init__(self, model: nn.Module, *, targets: list[int]) -> None:
         self.model = model
