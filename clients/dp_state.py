@@ -6,13 +6,15 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import Split
-from fl_mia.defences.dp_sgd import history_from_record, history_to_record, train_local_dp
+from fl_mia.defences.dp_sgd import DP_PRIOR_STEPS_KEY, history_from_record, history_to_record, plan_for, train_local_dp
 from fl_mia.training import TrainResult
 
 STATE_KEY = "fl_mia.dp_sgd.accountant"
 
 
-def train_dp_sgd(model, split: Split, cfg: ExperimentConfig, *, node_state: RecordDict | None, tags: tuple) -> tuple[TrainResult, dict]:
+def train_dp_sgd(
+    model, split: Split, cfg: ExperimentConfig, *, node_state: RecordDict | None, tags: tuple, prior_steps: int = 0
+) -> tuple[TrainResult, dict]:
     """One round of DP-SGD; returns the result and the privacy metrics sent to the server.
 
     The simulation rebuilds the client object for every message, but ``context.state``
@@ -21,8 +23,13 @@ def train_dp_sgd(model, split: Split, cfg: ExperimentConfig, *, node_state: Reco
     """
     if node_state is None:
         raise ValueError("DP-SGD needs the node's context.state to keep its accountant across rounds")
-    record = node_state.config_records.get(STATE_KEY)
-    outcome = train_local_dp(model, split, cfg, history=history_from_record(record), seed=cfg.seed, tags=tags)
+    history = history_from_record(node_state.config_records.get(STATE_KEY))
+    if not history and prior_steps > 0:
+        # A resumed run starts with fresh nodes; the server checkpointed how many DP steps this
+        # hospital took. Noise and sample rate are fixed by the config, so that rebuilds the history.
+        plan = plan_for(cfg, len(split))
+        history = [(plan.noise_multiplier, plan.sample_rate, prior_steps)]
+    outcome = train_local_dp(model, split, cfg, history=history, seed=cfg.seed, tags=tags)
     node_state.config_records[STATE_KEY] = ConfigRecord(history_to_record(outcome.history))
     return outcome.result, {
         "dp_epsilon": outcome.epsilon,

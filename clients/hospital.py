@@ -13,7 +13,7 @@ from fl_mia.data import build_hospital, num_classes
 from fl_mia.failures import simulate_failure
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
-from clients.dp_state import train_dp_sgd
+from clients.dp_state import DP_PRIOR_STEPS_KEY, train_dp_sgd
 
 PARTITION_KEY = "partition_id"
 
@@ -41,7 +41,10 @@ class HospitalClient(NumPyClient):
         tags = (server_round, self.partition_id)
         privacy: dict = {}
         if self.cfg.defences.dp_sgd.enabled:
-            result, privacy = train_dp_sgd(self.model, self.hospital.train, self.cfg, node_state=self.node_state, tags=tags)
+            result, privacy = train_dp_sgd(
+                self.model, self.hospital.train, self.cfg, node_state=self.node_state, tags=tags,
+                prior_steps=int(config.get(f"{DP_PRIOR_STEPS_KEY}{self.partition_id}", 0)),
+            )
         else:
             result = train_local(self.model, self.hospital.train, self.cfg.training, seed=self.cfg.seed, tags=tags)
         metrics = {

@@ -106,6 +106,14 @@ class RoundLog:
 
     # --- checkpoint (fl_mia.checkpoint.Stateful) -------------------------------------------------
 
+    def latest_fit_metric(self, name: str) -> dict[int, Any]:
+        """Each hospital's most recent value of a fit metric (e.g. its DP-SGD step count)."""
+        latest: dict[int, Any] = {}
+        for (_, hospital), fit in sorted(self._fit.items()):
+            if name in fit:
+                latest[hospital] = fit[name]
+        return latest
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "fit": [[r, h, fit] for (r, h), fit in sorted(self._fit.items())],

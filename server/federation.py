@@ -26,6 +26,7 @@ from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
 from server.defences import add_defence_outputs, fit_workflow, wrap_strategy
+from fl_mia.defences.dp_sgd import DP_PRIOR_STEPS_KEY
 from server.hospital_directory import discover_hospitals
 from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
@@ -48,6 +49,7 @@ def build_strategy(
     *,
     initial: list[np.ndarray] | None = None,
     after_evaluation=None,
+    fit_config_extra: dict | None = None,
 ) -> HonestFedAvg:
     """``initial``: the global model to start from (a checkpoint's); ``after_evaluation(round, weights)``
     runs once each round's global model is evaluated (the checkpoint)."""
@@ -70,7 +72,7 @@ def build_strategy(
         min_fit_clients=sampled,
         min_available_clients=k,
         evaluate_fn=evaluate_fn,
-        on_fit_config_fn=fit_config_fn(),
+        on_fit_config_fn=fit_config_fn(fit_config_extra),
         fit_metrics_aggregation_fn=weighted_train_loss,
         initial_parameters=ndarrays_to_parameters(initial if initial is not None else initial_weights(cfg)),
     )
@@ -125,6 +127,11 @@ def run_federation(
             after_evaluation=lambda server_round, weights: checkpointer.save(
                 server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started
             ),
+            # Fresh nodes after a resume rebuild their DP-SGD accountant from these step counts.
+            fit_config_extra={
+                f"{DP_PRIOR_STEPS_KEY}{hospital}": int(steps)
+                for hospital, steps in round_log.latest_fit_metric("dp_steps_total").items()
+            },
         ),
     )
     legacy = LegacyContext(

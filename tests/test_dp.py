@@ -116,3 +116,18 @@ def test_defence_report_takes_each_hospitals_last_epsilon_and_says_whom_it_prote
     assert section["central_dp"]["epsilon"] == pytest.approx(
         central_dp_epsilon(noise_multiplier=0.5, sample_rate=1.0, rounds=2, delta=1e-3)
     )
+
+
+def test_resumed_hospital_rebuilds_its_accountant_from_the_checkpointed_steps(hospital):
+    """A resume starts fresh nodes: the step count the server kept must give the same ε."""
+    cfg = dp_cfg(noise_multiplier=1.0)
+    kept = RecordDict()
+    _, first = train_dp_sgd(fresh_model(cfg), hospital.train, cfg, node_state=kept, tags=(1, 0))
+    _, uninterrupted = train_dp_sgd(fresh_model(cfg), hospital.train, cfg, node_state=kept, tags=(2, 0))
+    _, resumed = train_dp_sgd(
+        fresh_model(cfg), hospital.train, cfg, node_state=RecordDict(), tags=(2, 0),
+        prior_steps=first["dp_steps_total"],
+    )
+    assert resumed["dp_steps_total"] == uninterrupted["dp_steps_total"]
+    assert resumed["dp_epsilon"] == pytest.approx(uninterrupted["dp_epsilon"], rel=1e-9)
+    assert resumed["dp_epsilon"] > first["dp_epsilon"]
