@@ -21,6 +21,7 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.data import num_classes
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_model, get_weights
+from fl_mia.privacy.evaluation import privacy_evaluation
 from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
@@ -36,10 +37,16 @@ def initial_weights(cfg: ExperimentConfig) -> list[np.ndarray]:
     return get_weights(build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)))
 
 
-def build_strategy(cfg: ExperimentConfig, directory: dict[int, int], round_log: RoundLog, evaluator) -> HonestFedAvg:
+def build_strategy(
+    cfg: ExperimentConfig, directory: dict[int, int], round_log: RoundLog, evaluator, on_global_weights=None
+) -> HonestFedAvg:
+    """``on_global_weights(server_round, weights)`` sees every round's global model (0 = untrained)."""
+
     def evaluate_fn(server_round: int, weights, _config):
         evaluation = evaluator.evaluate(weights)
         round_log.on_evaluation(server_round, evaluation)
+        if on_global_weights is not None:
+            on_global_weights(server_round, weights)
         return evaluation["overall"]["loss"], {"dice": evaluation["overall"]["dice"]}
 
     k = cfg.federation.num_hospitals
@@ -81,7 +88,8 @@ def run_federation(grid: Grid, context: Context, cfg: ExperimentConfig, run_dir:
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
     evaluator = GlobalModelEvaluator(cfg)
-    strategy = build_strategy(cfg, directory, round_log, evaluator)
+    privacy = privacy_evaluation(cfg, run_dir)  # the server is the attacker: it runs in this process
+    strategy = build_strategy(cfg, directory, round_log, evaluator, privacy.observe_round if privacy else None)
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=cfg.federation.rounds),
@@ -92,6 +100,8 @@ def run_federation(grid: Grid, context: Context, cfg: ExperimentConfig, run_dir:
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
+    privacy_section = privacy.finish(final) if privacy else None
     write_federation_outputs(
-        run_dir, cfg, round_log, final_weights=final, model=evaluator.model, wall_time_s=time.perf_counter() - started
+        run_dir, cfg, round_log, final_weights=final, model=evaluator.model, wall_time_s=time.perf_counter() - started,
+        privacy=privacy_section,
     )
