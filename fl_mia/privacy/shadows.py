@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,21 @@ from fl_mia.seeding import int_seed
 from fl_mia.training import train_local
 
 
+@contextmanager
+def torch_threads(count: int):
+    """Train with as many threads as a hospital does.
+
+    The server process otherwise uses every core; on a small, shared machine its threads then
+    wait on each other (we saw shadow training at 2 threads run several times slower than at 1).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class ShadowStore:
     """Implements :class:`fl_mia.attacks.ShadowTrainer` for a run: train once, then load."""
 
@@ -34,6 +50,7 @@ class ShadowStore:
         self.epochs = cfg.shadow_epochs()
         self.training = cfg.training.model_copy(update={"local_epochs": self.epochs})
         self.train_seconds: dict[str, float] = {}
+        self.train_images: dict[str, int] = {}
         self._loaded: dict[str, tuple[str, nn.Module]] = {}
 
     def _fingerprint(self, split: Split) -> str:
@@ -56,8 +73,10 @@ class ShadowStore:
             model.load_state_dict(saved)
         else:
             started = time.perf_counter()
-            train_local(model, split, self.training, seed=self.cfg.seed, tags=("shadow", name))
+            with torch_threads(self.cfg.simulation.threads_per_client):
+                train_local(model, split, self.training, seed=self.cfg.seed, tags=("shadow", name))
             self.train_seconds[name] = time.perf_counter() - started
+            self.train_images[name] = len(split)
             self._save(name, fingerprint, model, len(split))
         model.eval()
         self._loaded[name] = (fingerprint, model)
