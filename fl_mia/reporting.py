@@ -101,7 +101,7 @@ def privacy_table(metrics: dict[str, Any]) -> Table | None:
     attacks = {name: result for name, result in (privacy or {}).items() if isinstance(result, dict) and "overall" in result}
     if not attacks:
         return None
-    table = Table(title="membership inference on the final global model (server as attacker)")
+    table = Table(title="membership inference · final global model")
     for column in ("attack", "AUC", "bal. acc.", "TPR@1%FPR", "TPR@0.1%FPR"):
         table.add_column(column, justify="left" if column == "attack" else "right")
     for name, result in attacks.items():

@@ -36,7 +36,7 @@ def plot_roc_loglog(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]
         low = 0.5 / max(n_neg, n_pos, 1)
         floor = min(floor, low)
         auc = float(np.trapezoid(tpr, fpr))
-        axes.plot(np.maximum(fpr, low), np.maximum(tpr, low), label=f"{name} (AUC {auc:.3f})", drawstyle="steps-post")
+        axes.plot(np.maximum(fpr, low), np.maximum(tpr, low), label=f"{name} (AUC {auc:.3f})")
     axes.plot([floor, 1], [floor, 1], "k--", linewidth=0.8, label="chance")
     axes.set_xscale("log")
     axes.set_yscale("log")
