@@ -43,37 +43,44 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)).eval()
 
-    def best_seconds(action) -> float:
-        times = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            action()
-            times.append(time.perf_counter() - started)
-        return min(times)
+    def forward_pass() -> None:
+        predict_logits(model, images)
 
-    forward = best_seconds(lambda: predict_logits(model, images))
-    per_image_forward = forward / len(images)
+    def side_by_side(action) -> tuple[float, float]:
+        """Best seconds of ``action`` and of the forward pass, run alternately (same load)."""
+        action_times, forward_times = [], []
+        for _ in range(args.repeats):
+            for run, times in ((forward_pass, forward_times), (action, action_times)):
+                started = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - started)
+        return min(action_times), min(forward_times)
+
     print(
         f"{cfg.name}: {len(images)} candidates of {images.shape[-1]}×{images.shape[-1]}, "
-        f"{cfg.model.arch}/{cfg.model.encoder}, {args.threads} threads, best of {args.repeats}"
+        f"{cfg.model.arch}/{cfg.model.encoder}, {args.threads} threads, best of {args.repeats}, "
+        "each ratio against a forward pass timed alternately with it"
     )
-    print(f"{'':26s}{'images/s':>10s}{'time × forward':>16s}{'fit s':>9s}")
-    print(f"{'plain forward pass':26s}{1 / per_image_forward:10.0f}{1.0:16.2f}")
+    print(f"{'':26s}{'images/s':>10s}{'forward img/s':>15s}{'time × forward':>16s}{'fit s':>9s}")
     for name, attack in step.attacks.items():
         fit_started = time.perf_counter()
         attack.fit(step.knowledge, step.candidates)
         fit_seconds = time.perf_counter() - fit_started
         # A fresh view each time: scoring includes the target's own forward pass, as in a run.
-        seconds = best_seconds(lambda: attack.score(TargetView(model), step.candidates))
-        print(f"{name:26s}{len(images) / seconds:10.0f}{seconds / forward:16.2f}{fit_seconds:9.1f}")
-    print(f"\nshadow training ({step.shadows.epochs} epochs each; hospitals' recipe):")
+        seconds, forward = side_by_side(lambda: attack.score(TargetView(model), step.candidates))
+        print(
+            f"{name:26s}{len(images) / seconds:10.0f}{len(images) / forward:15.0f}"
+            f"{seconds / forward:16.2f}{fit_seconds:9.1f}"
+        )
+    # Shadow training cost per image-epoch, against a forward pass timed right after it.
+    _, forward = side_by_side(lambda: None)
+    print(f"\nshadow training ({step.shadows.epochs} epochs each, hospitals' recipe and thread count):")
     for name, seconds in step.shadows.train_seconds.items():
         image_epochs = step.shadows.epochs * step.shadows.train_images[name]
         print(
             f"  {name:24s}{seconds:7.1f} s  {image_epochs / seconds:6.0f} images/s  "
-            f"{seconds / image_epochs / per_image_forward:5.1f}× a forward pass per image-epoch"
+            f"{seconds / image_epochs / (forward / len(images)):5.1f}× a forward pass per image-epoch"
         )
-
 
 if __name__ == "__main__":
     main()
