@@ -256,11 +256,6 @@ class ExperimentConfig(_Section):
                 f"(with federation.attacker_patients) but data.num_patients is {self.data.num_patients}: "
                 "use fewer or smaller hospitals, or a larger pool"
             )
-        if self.privacy.enabled and self.privacy.attacks and self.federation.attacker_patients < 2:
-            raise ValueError(
-                "privacy.attacks need the attacker's own data: set federation.attacker_patients >= 2 "
-                "(or privacy.enabled = false)"
-            )
         return self
 
     def shadow_epochs(self) -> int:

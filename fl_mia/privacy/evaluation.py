@@ -159,7 +159,10 @@ class PrivacyEvaluation:
 
 
 def privacy_evaluation(cfg: ExperimentConfig, run_dir: Path | None) -> PrivacyEvaluation | None:
-    """The run's privacy step, or None when ``privacy.enabled`` is false or no attack is listed."""
+    """The run's privacy step, or None when it is off, lists no attack, or the attacker has no data."""
     if not cfg.privacy.enabled or not cfg.privacy.attacks:
+        return None
+    if cfg.federation.attacker_patients < 2:
+        logger.warning("privacy step skipped: federation.attacker_patients < 2 leaves the attacker no shadow data")
         return None
     return PrivacyEvaluation(cfg, run_dir)

@@ -54,7 +54,9 @@ class ShadowStore:
         self._loaded: dict[str, tuple[str, nn.Module]] = {}
 
     def _fingerprint(self, split: Split) -> str:
-        recipe = json.dumps({"model": self.cfg.model.model_dump(mode="json"), "training": self.training.model_dump()})
+        recipe = json.dumps(
+            {"seed": self.cfg.seed, "model": self.cfg.model.model_dump(mode="json"), "training": self.training.model_dump()}
+        )
         digest = hashlib.sha256(recipe.encode())
         digest.update(np.ascontiguousarray(split.image_ids, dtype=np.int64).tobytes())
         return digest.hexdigest()[:16]
