@@ -221,6 +221,8 @@ class ThreatConfig(_Section):
 
     def poisons(self, server_round: int) -> bool:
         return self.poisoning != "none" and (self.poison_rounds is None or server_round in self.poison_rounds)
+
+
 class ScheduledFailure(_Section):
     """One hospital failing at given rounds."""
 
@@ -291,6 +293,69 @@ class FailuresConfig(_Section):
             return self.straggle_delay_s
         return (self.round_timeout_s or 0.0) + self.first_round_allowance_s + 5.0
 
+class PrivacyConfig(_Section):
+    """Membership inference run by the server after training (attacks on predictions)."""
+
+    enabled: bool = Field(True, description="Run the membership inference step after training.")
+    attacks: list[str] = Field(
+        default_factory=lambda: ["loss", "label_only"],
+        description="Attacks on the final global model, by registry name: loss, learned_type1, learned_type2, "
+        "loss_map, lira_offline, lira_online, label_only.",
+    )
+    per_round_attacks: list[str] = Field(
+        default_factory=lambda: ["loss"],
+        description="Attacks (a subset of privacy.attacks) also scored on every round's global model.",
+    )
+    candidates_per_hospital: int | None = Field(
+        None,
+        ge=1,
+        description="Members drawn per hospital (and as many non-members); default: as many as both pools allow.",
+    )
+    shadow_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Epochs of each shadow model over its data; default: federation.rounds × training.local_epochs.",
+    )
+    shadow_models: int = Field(
+        4, ge=2, le=256, description="Shadow models K of LiRA, each trained on a random half (even numbers balance IN/OUT)."
+    )
+    lira_global_variance: Literal["auto", "always", "never"] = Field(
+        "auto", description="LiRA: one pooled variance for all candidates ('auto': when shadow_models < 64)."
+    )
+    attack_epochs: int = Field(
+        30, ge=1, le=1000, description="Epochs of the learned attack classifiers (output map, loss map)."
+    )
+    attack_lr: float = Field(1e-3, gt=0.0, le=1.0, description="Learning rate of the learned attack classifiers.")
+    loss_map_patch: int = Field(
+        16, ge=4, le=512, description="Side of the square patches the loss-map attack classifies (pixels)."
+    )
+    label_only_queries: int = Field(
+        8, ge=0, le=256, description="Label-only attack: noisy copies of each candidate queried besides the clean one."
+    )
+    label_only_noise: float = Field(
+        0.1, ge=0.0, le=10.0, description="Label-only attack: std of the Gaussian noise added to the (z-scored) image."
+    )
+
+    @field_validator("attacks", "per_round_attacks")
+    @classmethod
+    def _registered(cls, value: list[str]) -> list[str]:
+        from fl_mia.attacks.registry import attack_names  # torch import is heavy; only when validating
+
+        unknown = [name for name in value if name not in attack_names()]
+        if unknown:
+            raise ValueError(f"unknown attack {unknown[0]!r}; choose from {', '.join(attack_names())}")
+        if len(set(value)) != len(value):
+            raise ValueError("lists an attack twice")
+        return value
+
+    @model_validator(mode="after")
+    def _per_round_subset(self) -> "PrivacyConfig":
+        extra = [name for name in self.per_round_attacks if name not in self.attacks]
+        if extra:
+            raise ValueError(f"per_round_attacks names {extra[0]!r}, which is not in privacy.attacks")
+        return self
+
 
 class ExperimentConfig(_Section):
     """One experiment: data, federation, model, training and simulation settings."""
@@ -305,6 +370,7 @@ class ExperimentConfig(_Section):
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
     failures: FailuresConfig = Field(default_factory=FailuresConfig)
     defences: DefencesConfig = Field(default_factory=DefencesConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _pool_fills_hospitals(self) -> "ExperimentConfig":
@@ -345,9 +411,14 @@ class ExperimentConfig(_Section):
                         f"the last round (federation.rounds={rounds})"
                     )
         return self
+
     def sampled_per_round(self) -> int:
         """Hospitals sampled each round (what the server's strategy asks for)."""
         return max(1, int(round(self.federation.fraction_fit * self.federation.num_hospitals)))
+
+    def shadow_epochs(self) -> int:
+        """Epochs of a shadow model: as many passes over its data as a hospital makes over its shard."""
+        return self.privacy.shadow_epochs or self.federation.rounds * self.training.local_epochs
 
     def to_toml_dict(self) -> dict[str, Any]:
         """Plain dict with only TOML-representable values (None dropped, paths as text)."""

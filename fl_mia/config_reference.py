@@ -17,8 +17,11 @@ from fl_mia.config import ExperimentConfig
 
 def _default(field) -> str:
     if field.default_factory is not None:
-        return ""
-    value = field.default
+        value = field.default_factory()
+        if isinstance(value, BaseModel):
+            return ""  # a section: its keys have their own rows
+    else:
+        value = field.default
     return "" if value is None else f"`{value!r}`".replace("'", '"')
 
 

@@ -40,6 +40,7 @@ def write_federation_outputs(
     final_weights: list[np.ndarray],
     model: torch.nn.Module,
     wall_time_s: float,
+    privacy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     run_dir = Path(run_dir)
     rows = round_log.rows()
@@ -67,6 +68,8 @@ def write_federation_outputs(
             "update_bytes": int(sum(w.nbytes for w in final_weights)),
         },
     }
+    if privacy is not None:
+        metrics["privacy"] = privacy
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -97,7 +100,34 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def privacy_table(metrics: dict[str, Any]) -> Table | None:
+    """Each attack's AUC, balanced accuracy and TPR at low FPR on the final global model."""
+    privacy = metrics.get("privacy")
+    attacks = {name: result for name, result in (privacy or {}).items() if isinstance(result, dict) and "overall" in result}
+    if not attacks:
+        return None
+    table = Table(title="membership inference · final global model")
+    for column in ("attack", "AUC", "bal. acc.", "TPR@1%FPR", "TPR@0.1%FPR"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for name, result in attacks.items():
+        overall = result["overall"]
+        table.add_row(
+            name,
+            *(f"{overall[key]:.3f}" if overall.get(key) is not None else "–"
+              for key in ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")),
+        )
+    overall = next(iter(attacks.values()))["overall"]
+    caption = f"{overall['members']} members / {overall['non_members']} non-members; bal. acc. at the best ROC threshold"
+    if overall.get("resolution_note"):
+        caption += f"; {overall['resolution_note']}"
+    table.caption = caption
+    return table
+
+
 def render_summary(metrics: dict[str, Any]) -> str:
     console = Console(width=110, record=True, file=io.StringIO())
     console.print(summary_table(metrics))
+    privacy = privacy_table(metrics)
+    if privacy is not None:
+        console.print(privacy)
     return console.export_text()

@@ -10,6 +10,12 @@ Layout (later features add files, never rename these):
         timings.csv       each hospital's fit time per round (wall clock, not reproducible)
         global_model.pt   final global weights (torch state dict)
         run.log           log of the run (fl-mia and Flower)
+        keep.npy          membership ledger [candidates, hospitals] (privacy step)
+        candidates.csv    candidate order: hospital drawn for, patient and image ids
+        scores.npz        one score array per attack (and per round), aligned with keep.npy
+        roc_loglog.png    ROC of every attack on log-log axes
+        privacy_by_round.png  AUC and TPR at 1% FPR of per-round attacks
+        shadows/          the attacker's shadow models (weights + data fingerprint)
 """
 
 from __future__ import annotations
@@ -77,6 +83,33 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def write_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """An ``.npz`` that ``np.load`` reads, byte-identical for identical arrays.
+
+    ``np.savez`` stamps each member with the current time; fixed stamps keep same-seed runs
+    byte-for-byte equal.
+    """
+    import zipfile
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_npy(path: Path, array: Any) -> None:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> None:

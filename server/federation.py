@@ -22,6 +22,7 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.data import num_classes
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_model, get_weights
+from fl_mia.privacy.evaluation import privacy_evaluation
 from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
@@ -52,7 +53,7 @@ def build_strategy(
     fit_config_extra: dict | None = None,
 ) -> HonestFedAvg:
     """``initial``: the global model to start from (a checkpoint's); ``after_evaluation(round, weights)``
-    runs once each round's global model is evaluated (the checkpoint)."""
+    runs once each round's global model is evaluated (privacy observation, then the checkpoint)."""
 
     def evaluate_fn(server_round: int, weights, _config):
         evaluation = evaluator.evaluate(weights)
@@ -113,20 +114,26 @@ def run_federation(
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
     evaluator = GlobalModelEvaluator(cfg)
+    privacy = privacy_evaluation(cfg, run_dir)  # the server is the attacker: it runs in this process
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
     checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
     checkpointer.register("round_log", round_log)
     checkpointer.register("client_manager", client_manager)
-    # Branches adding DP accountants or attack accumulators register them here too.
+    if privacy is not None:
+        checkpointer.register("privacy", privacy)
     done = checkpointer.restore(resume) if resume is not None else 0
+
+    def after_round(server_round: int, weights: list[np.ndarray]) -> None:
+        if privacy is not None:
+            privacy.observe_round(server_round, weights)
+        checkpointer.save(server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started)
+
     strategy = wrap_strategy(
         cfg,
         build_strategy(
             cfg, directory, round_log, evaluator,
             initial=resume.weights if resume is not None else None,
-            after_evaluation=lambda server_round, weights: checkpointer.save(
-                server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started
-            ),
+            after_evaluation=lambda server_round, weights: after_round(server_round, weights),
             # Fresh nodes after a resume rebuild their DP-SGD accountant from these step counts.
             fit_config_extra={
                 f"{DP_PRIOR_STEPS_KEY}{hospital}": int(steps)
@@ -150,8 +157,10 @@ def run_federation(
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
+    privacy_section = privacy.finish(final) if privacy else None
     write_federation_outputs(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
+        privacy=privacy_section,
     )
     add_defence_outputs(run_dir, cfg, round_log, run_id=context.run_id)

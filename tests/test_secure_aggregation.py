@@ -64,7 +64,9 @@ def test_the_strategy_sees_metrics_per_hospital_but_no_weights():
     assert [r.hospital for r in replies] == [0, 1, 2]
     assert [r.num_examples for r in replies] == SIZES  # SecAgg+ leaves these visible
     assert [r.metrics["train_loss"] for r in replies] == pytest.approx([0.0, 0.1, 0.2])
-    assert all(r.weights is None for r in replies)  # keep_weights=True, yet nothing per hospital
+    # keep_weights=True, yet nothing per hospital: every hospital is attributed the same aggregate
+    assert all(r.view == "aggregate" for r in replies)
+    assert all(all(np.array_equal(a, b) for a, b in zip(r.weights, replies[0].weights)) for r in replies)
 
 
 def test_without_secagg_the_same_observer_sees_each_hospitals_weights():
@@ -73,7 +75,7 @@ def test_without_secagg_the_same_observer_sees_each_hospitals_weights():
     cfg = build_config(raw)
     final, recorder, _ = run_rounds(cfg, SIZES)
     ((_, replies, _),) = recorder.calls
-    assert all(r.weights is not None for r in replies)
+    assert all(r.weights is not None and r.view == "reply" for r in replies)
     assert max(float(np.abs(f - e).max()) for f, e in zip(final, plain_fedavg(base_weights(), SIZES))) < 1e-4
 
 

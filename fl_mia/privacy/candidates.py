@@ -1,0 +1,126 @@
+"""The attacker's candidate records and, kept apart, the ground truth of their membership.
+
+For every hospital, members are drawn from its training shard and as many non-members from
+its held-out pool (same scanner, never trained on). Both pools are split by patient already,
+so no patient is on both sides. Candidates are shuffled into one seeded order: their position
+says nothing about membership.
+
+:class:`CandidateSet` is what attack code receives (images, masks, ids, the hospital a
+candidate was drawn for). :class:`MembershipLedger` is the truth; only the evaluation step
+(:mod:`fl_mia.privacy.evaluation`) reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.data import Split, build_hospital
+from fl_mia.seeding import rng_for
+
+CANDIDATE_COLUMNS = ["candidate", "hospital", "patient", "image"]
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """Candidate scans the attacker asks about, in one fixed order.
+
+    ``hospital[i]`` is the hospital candidate ``i`` was drawn for (whose membership the
+    attack is asked about), not whether it is a member.
+    """
+
+    images: np.ndarray  # float32 [N, 1, H, W]
+    masks: np.ndarray  # int64 [N, H, W]
+    hospital: np.ndarray  # int64 [N]
+    patient_ids: np.ndarray  # int64 [N]
+    image_ids: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def as_split(self) -> Split:
+        """The candidates as a labelled split (what a shadow model can train on)."""
+        return Split(self.images, self.masks, self.patient_ids, self.image_ids)
+
+    def table_rows(self) -> list[dict[str, int]]:
+        return [
+            {"candidate": i, "hospital": int(h), "patient": int(p), "image": int(m)}
+            for i, (h, p, m) in enumerate(zip(self.hospital, self.patient_ids, self.image_ids))
+        ]
+
+
+class MembershipLedger:
+    """Ground truth: ``keep[i, k]`` is True when candidate ``i`` is in hospital ``k``'s training shard.
+
+    Saved as ``keep.npy`` (LiRA's convention). Attack code never receives this object.
+    """
+
+    def __init__(self, keep: np.ndarray, drawn_for: np.ndarray) -> None:
+        keep = np.asarray(keep, dtype=bool)
+        drawn_for = np.asarray(drawn_for, dtype=np.int64)
+        if keep.ndim != 2 or len(keep) != len(drawn_for):
+            raise ValueError(f"keep must be [candidates, hospitals]; got {keep.shape} for {len(drawn_for)} candidates")
+        self._keep = keep
+        self._drawn_for = drawn_for
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self._keep.copy()
+
+    def is_member(self, hospitals: np.ndarray | None = None) -> np.ndarray:
+        """Membership of each candidate in the hospital it was drawn for (or in ``hospitals[i]``)."""
+        hospitals = self._drawn_for if hospitals is None else np.asarray(hospitals)
+        return self._keep[np.arange(len(self._keep)), hospitals]
+
+    def __repr__(self) -> str:  # never print the truth by accident into a log an attack might read
+        return f"MembershipLedger({self._keep.shape[0]} candidates × {self._keep.shape[1]} hospitals)"
+
+
+def _draw_by_patient(split: Split, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``count`` images, taking whole patients in random order (the last one may be cut)."""
+    patients = rng.permutation(np.unique(split.patient_ids))
+    chosen: list[int] = []
+    for patient in patients:
+        chosen.extend(np.flatnonzero(split.patient_ids == patient).tolist())
+        if len(chosen) >= count:
+            break
+    return np.sort(np.asarray(chosen[:count], dtype=np.int64))
+
+
+def candidates_per_hospital(cfg: ExperimentConfig) -> list[int]:
+    """Members drawn per hospital (equal to its non-members): the config's size, capped by both pools."""
+    sizes = []
+    for k in range(cfg.federation.num_hospitals):
+        hospital = build_hospital(cfg, k)
+        available = min(len(hospital.train), len(hospital.heldout))
+        wanted = cfg.privacy.candidates_per_hospital or available
+        sizes.append(min(wanted, available))
+    return sizes
+
+
+def build_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedger]:
+    """The candidate set and its ledger, a pure function of the config and seed."""
+    k_hospitals = cfg.federation.num_hospitals
+    parts: list[tuple[Split, int, bool]] = []
+    for k, count in enumerate(candidates_per_hospital(cfg)):
+        hospital = build_hospital(cfg, k)
+        rng = rng_for(cfg.seed, "candidates", k)
+        members = hospital.train.subset(_draw_by_patient(hospital.train, count, rng))
+        non_members = hospital.heldout.subset(_draw_by_patient(hospital.heldout, count, rng))
+        parts += [(members, k, True), (non_members, k, False)]
+    pooled = Split.concatenate([split for split, _, _ in parts])
+    drawn_for = np.concatenate([np.full(len(split), k, np.int64) for split, k, _ in parts])
+    keep = np.zeros((len(pooled), k_hospitals), dtype=bool)
+    keep[np.arange(len(pooled)), drawn_for] = np.concatenate([np.full(len(split), member) for split, _, member in parts])
+    # One seeded shuffle: an attack must not read membership off a candidate's position.
+    order = rng_for(cfg.seed, "candidate-order").permutation(len(pooled))
+    candidates = CandidateSet(
+        images=pooled.images[order],
+        masks=pooled.masks[order],
+        hospital=drawn_for[order],
+        patient_ids=pooled.patient_ids[order],
+        image_ids=pooled.image_ids[order],
+    )
+    return candidates, MembershipLedger(keep[order], drawn_for[order])

@@ -1,0 +1,182 @@
+"""The privacy step of a run: the server attacks, then evaluation joins the ledger.
+
+Runs in the server process. :meth:`PrivacyEvaluation.observe_round` scores the per-round
+attacks on each round's global model as the strategy evaluates it; :meth:`finish` scores
+every attack on the final model, joins the scores with the ledger (the only place that reads
+it) and writes ``keep.npy``, ``candidates.csv``, ``scores.npz`` and the figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_mia.attacks import AttackerKnowledge, MembershipAttack, TargetView, make_attack
+from fl_mia.config import ExperimentConfig
+from fl_mia.data import build_attacker_population, num_classes
+from fl_mia.models import build_model, set_weights
+from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, CandidateSet, MembershipLedger, build_candidates
+from fl_mia.privacy.metrics import membership_metrics
+from fl_mia.privacy.plots import plot_privacy_by_round, plot_roc_loglog
+from fl_mia.privacy.shadows import ShadowStore
+from fl_mia.run_folder import write_csv, write_npy, write_npz
+
+logger = logging.getLogger("fl_mia")
+
+ROUND_METRIC_KEYS = ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+
+
+def round_score_key(attack: str, server_round: int) -> str:
+    """Name of a per-round score array in ``scores.npz``."""
+    return f"{attack}.round{server_round}"
+
+
+def attack_metrics(
+    scores: np.ndarray, ledger: MembershipLedger, candidates: CandidateSet, *, decision_threshold: float | None
+) -> dict[str, Any]:
+    """Overall and per-hospital metrics of one score array (the ledger joins here, nowhere earlier)."""
+    is_member = ledger.is_member()
+    per_hospital = {
+        str(k): membership_metrics(
+            scores[candidates.hospital == k], is_member[candidates.hospital == k], decision_threshold=decision_threshold
+        )
+        for k in np.unique(candidates.hospital)
+    }
+    return {
+        "overall": membership_metrics(scores, is_member, decision_threshold=decision_threshold),
+        "per_hospital": per_hospital,
+    }
+
+
+class PrivacyEvaluation:
+    """The honest-but-curious server's membership inference on the models it holds."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path | None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.candidates, self._ledger = build_candidates(cfg)
+        self.shadows = ShadowStore(cfg, self.run_dir / "shadows" if self.run_dir is not None else None)
+        self.knowledge = AttackerKnowledge(
+            population=build_attacker_population(cfg),
+            shadows=self.shadows,
+            dice_weight=cfg.training.dice_weight,
+            ce_weight=cfg.training.ce_weight,
+            seed=cfg.seed,
+        )
+        self.attacks: dict[str, MembershipAttack] = {name: make_attack(name, cfg) for name in cfg.privacy.attacks}
+        self.model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task))
+        self.fit_seconds: dict[str, float] = {}
+        self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
+        self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in cfg.privacy.per_round_attacks}
+
+    def _fitted(self, name: str) -> MembershipAttack:
+        attack = self.attacks[name]
+        if name not in self.fit_seconds:
+            started = time.perf_counter()
+            attack.fit(self.knowledge, self.candidates)
+            self.fit_seconds[name] = time.perf_counter() - started
+        return attack
+
+    def _score(self, name: str, view: TargetView) -> np.ndarray:
+        attack = self._fitted(name)
+        started = time.perf_counter()
+        scores = np.asarray(attack.score(view, self.candidates), dtype=np.float64)
+        self.score_seconds[name] += time.perf_counter() - started
+        if scores.shape != (len(self.candidates),):
+            raise ValueError(f"attack {name} returned {scores.shape} scores for {len(self.candidates)} candidates")
+        return scores
+
+    def observe_round(self, server_round: int, weights: list[np.ndarray]) -> None:
+        """Score the per-round attacks on this round's global model (0 = untrained)."""
+        if not self.round_scores:
+            return
+        set_weights(self.model, weights)
+        view = TargetView(self.model, server_round)
+        for name in self.round_scores:
+            self.round_scores[name][server_round] = self._score(name, view)
+
+    # Checkpoint protocol (fl_mia.checkpoint): the per-round scores gathered so far.
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            f"{name}@{server_round}": scores
+            for name, rounds in self.round_scores.items()
+            for server_round, scores in rounds.items()
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, scores in state.items():
+            name, _, server_round = key.rpartition("@")
+            if name in self.round_scores:
+                self.round_scores[name][int(server_round)] = np.asarray(scores)
+
+    def finish(self, final_weights: list[np.ndarray]) -> dict[str, Any]:
+        """Score every attack on the final model, write the privacy outputs, return ``metrics.json``'s section."""
+        started = time.perf_counter()
+        set_weights(self.model, final_weights)
+        view = TargetView(self.model, None)
+        final_scores = {name: self._score(name, view) for name in self.attacks}
+        section: dict[str, Any] = {}
+        for name, scores in final_scores.items():
+            threshold = self.attacks[name].decision_threshold_
+            result = attack_metrics(scores, self._ledger, self.candidates, decision_threshold=threshold)
+            result["decision_threshold"] = threshold
+            result["fit_seconds"] = self.fit_seconds.get(name)
+            result["score_seconds"] = self.score_seconds[name]
+            if name in self.round_scores:
+                is_member = self._ledger.is_member()
+                result["per_round"] = {
+                    str(r): {
+                        key: membership_metrics(s, is_member)[key] for key in ROUND_METRIC_KEYS
+                    }
+                    for r, s in sorted(self.round_scores[name].items())
+                }
+            section[name] = result
+            overall = result["overall"]
+            logger.info(
+                "privacy %s: AUC %.3f, TPR@1%%FPR %.3f, TPR@0.1%%FPR %.3f",
+                name, overall["auc"], overall["tpr_at_1pct_fpr"], overall["tpr_at_0.1pct_fpr"],
+            )
+        is_member = self._ledger.is_member()
+        section["candidate_set"] = {
+            "members": int(is_member.sum()),
+            "non_members": int((~is_member).sum()),
+            "per_hospital": {
+                str(k): int(is_member[self.candidates.hospital == k].sum()) for k in np.unique(self.candidates.hospital)
+            },
+            "attacker_population_images": len(self.knowledge.population),
+            "shadow_epochs": self.shadows.epochs,
+            "shadow_train_seconds": dict(self.shadows.train_seconds),
+        }
+        if self.run_dir is not None:
+            self._write_outputs(final_scores, section)
+        section["candidate_set"]["finish_seconds"] = time.perf_counter() - started
+        return section
+
+    def _write_outputs(self, final_scores: dict[str, np.ndarray], section: dict[str, Any]) -> None:
+        run_dir = self.run_dir
+        write_npy(run_dir / "keep.npy", self._ledger.keep)
+        write_csv(run_dir / "candidates.csv", self.candidates.table_rows(), CANDIDATE_COLUMNS)
+        arrays = dict(final_scores)
+        for name, rounds in self.round_scores.items():
+            arrays.update({round_score_key(name, r): s for r, s in rounds.items()})
+        write_npz(run_dir / "scores.npz", arrays)
+        is_member = self._ledger.is_member()
+        title = f"{self.cfg.name} · {int(is_member.sum())} members / {int((~is_member).sum())} non-members"
+        plot_roc_loglog(run_dir / "roc_loglog.png", {n: (s, is_member) for n, s in final_scores.items()}, title=title)
+        if self.round_scores:
+            per_round = {name: {int(r): m for r, m in section[name]["per_round"].items()} for name in self.round_scores}
+            plot_privacy_by_round(run_dir / "privacy_by_round.png", per_round, title=self.cfg.name)
+
+
+def privacy_evaluation(cfg: ExperimentConfig, run_dir: Path | None) -> PrivacyEvaluation | None:
+    """The run's privacy step, or None when it is off, lists no attack, or the attacker has no data."""
+    if not cfg.privacy.enabled or not cfg.privacy.attacks:
+        return None
+    if cfg.federation.attacker_patients < 2:
+        logger.warning("privacy step skipped: federation.attacker_patients < 2 leaves the attacker no shadow data")
+        return None
+    return PrivacyEvaluation(cfg, run_dir)
