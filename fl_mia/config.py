@@ -392,6 +392,16 @@ class ExperimentConfig(_Section):
         bad = [t for t in self.threat.target_hospitals if not 0 <= t < k]
         if bad:
             raise ValueError(f"threat.target_hospitals: {bad} outside 0..{k - 1} (federation.num_hospitals = {k})")
+        if self.threat.poisoning != "none" and not (self.privacy.enabled and self.privacy.attacks):
+            raise ValueError(
+                f"threat.poisoning={self.threat.poisoning} needs the attacker's candidate set: "
+                "set privacy.enabled = true with at least one privacy.attacks entry"
+            )
+        if self.threat.poisoning != "none" and self.federation.attacker_patients < 2:
+            raise ValueError("threat.poisoning needs attacker data: set federation.attacker_patients >= 2")
+        late = [r for r in self.threat.poison_rounds or [] if r > self.federation.rounds]
+        if late:
+            raise ValueError(f"threat.poison_rounds: round {late[0]} is after the last round (federation.rounds)")
         return self
 
     @model_validator(mode="after")

@@ -41,6 +41,7 @@ def write_federation_outputs(
     model: torch.nn.Module,
     wall_time_s: float,
     privacy: dict[str, Any] | None = None,
+    threat: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     run_dir = Path(run_dir)
     rows = round_log.rows()
@@ -55,7 +56,7 @@ def write_federation_outputs(
     metrics = {
         "experiment": cfg.name,
         "seed": cfg.seed,
-        "threat_model": "honest-but-curious",
+        "threat_model": threat["threat_model"] if threat else cfg.threat.threat_model,
         "defences": [],
         "rounds_completed": round_log.last_round,
         "utility": utility_section(round_log, cfg.federation.num_hospitals),
@@ -70,6 +71,8 @@ def write_federation_outputs(
     }
     if privacy is not None:
         metrics["privacy"] = privacy
+    if threat is not None:
+        metrics["threat"] = threat
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 

@@ -22,6 +22,8 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.data import num_classes
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_model, get_weights
+from fl_mia.poisoning import PoisoningKnowledge, make_poisoner
+from fl_mia.poisoning.report import threat_report
 from fl_mia.privacy.evaluation import privacy_evaluation
 from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
@@ -31,6 +33,7 @@ from fl_mia.defences.dp_sgd import DP_PRIOR_STEPS_KEY
 from server.hospital_directory import discover_hospitals
 from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
+from strategies.malicious import PoisoningFedAvg
 from strategies.round_offset import RoundOffsetStrategy
 
 logger = logging.getLogger("fl_mia")
@@ -51,9 +54,13 @@ def build_strategy(
     initial: list[np.ndarray] | None = None,
     after_evaluation=None,
     fit_config_extra: dict | None = None,
+    update_observer=None,
+    poisoner=None,
 ) -> HonestFedAvg:
     """``initial``: the global model to start from (a checkpoint's); ``after_evaluation(round, weights)``
-    runs once each round's global model is evaluated (privacy observation, then the checkpoint)."""
+    runs once each round's global model is evaluated (privacy observation, then the checkpoint).
+    ``update_observer`` gets every hospital's sent and returned model (the update attacks);
+    ``poisoner`` makes the server dishonest (:class:`strategies.malicious.PoisoningFedAvg`)."""
 
     def evaluate_fn(server_round: int, weights, _config):
         evaluation = evaluator.evaluate(weights)
@@ -64,9 +71,14 @@ def build_strategy(
 
     k = cfg.federation.num_hospitals
     sampled = max(1, int(round(cfg.federation.fraction_fit * k)))
-    return HonestFedAvg(
+    strategy_class, extra = HonestFedAvg, {}
+    if poisoner is not None:
+        strategy_class, extra = PoisoningFedAvg, {"poisoner": poisoner, "threat": cfg.threat}
+    return strategy_class(
+        **extra,
         directory=directory,
-        observer=round_log,
+        observer=[round_log] + ([update_observer] if update_observer is not None else []),
+        keep_weights=update_observer is not None,
         secure_aggregation=cfg.defences.secagg.enabled,
         fraction_fit=cfg.federation.fraction_fit,
         fraction_evaluate=0.0,  # utility is measured centrally on every hospital's test split
@@ -77,6 +89,22 @@ def build_strategy(
         fit_metrics_aggregation_fn=weighted_train_loss,
         initial_parameters=ndarrays_to_parameters(initial if initial is not None else initial_weights(cfg)),
     )
+
+
+def make_server_poisoner(cfg: ExperimentConfig, privacy):
+    """The dishonest server's poisoner, armed with what the attacker holds (never the ledger)."""
+    if cfg.threat.poisoning == "none":
+        return None
+    knowledge = PoisoningKnowledge(
+        model=build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)),
+        training=cfg.training,
+        candidate_images=privacy.candidates.images,
+        candidate_masks=privacy.candidates.masks,
+        candidate_hospital=privacy.candidates.hospital,
+        population=privacy.knowledge.population,
+        seed=cfg.seed,
+    )
+    return make_poisoner(cfg.threat, knowledge)
 
 
 def weighted_train_loss(fit_metrics: list[tuple[int, dict]]) -> dict:
@@ -119,8 +147,11 @@ def run_federation(
     checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
     checkpointer.register("round_log", round_log)
     checkpointer.register("client_manager", client_manager)
+    poisoner = make_server_poisoner(cfg, privacy)
     if privacy is not None:
         checkpointer.register("privacy", privacy)
+    if poisoner is not None:
+        checkpointer.register("poisoner", poisoner)
     done = checkpointer.restore(resume) if resume is not None else 0
 
     def after_round(server_round: int, weights: list[np.ndarray]) -> None:
@@ -139,6 +170,8 @@ def run_federation(
                 f"{DP_PRIOR_STEPS_KEY}{hospital}": int(steps)
                 for hospital, steps in round_log.latest_fit_metric("dp_steps_total").items()
             },
+            update_observer=privacy.updates if privacy is not None else None,
+            poisoner=poisoner,
         ),
     )
     legacy = LegacyContext(
@@ -162,5 +195,6 @@ def run_federation(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
         privacy=privacy_section,
+        threat=threat_report(cfg, round_log, poisoner, final_weights=final, evaluator=evaluator),
     )
     add_defence_outputs(run_dir, cfg, round_log, run_id=context.run_id)

@@ -96,7 +96,8 @@ class HonestFedAvg(FedAvg):
     directory:
         Flower node id → partition id, filled by the server app before round one.
     observer:
-        Told about every round's replies (metrics and returned weights) before aggregation.
+        One or several, told about every round's replies (metrics, sent and returned weights)
+        before aggregation.
     keep_weights:
         Hand each hospital's returned weights to the observer (the server's white-box view).
     secure_aggregation:
@@ -109,14 +110,14 @@ class HonestFedAvg(FedAvg):
         self,
         *,
         directory: dict[int, int],
-        observer: RoundObserver | None = None,
+        observer: RoundObserver | list[RoundObserver] | None = None,
         keep_weights: bool = False,
         secure_aggregation: bool = False,
         **fedavg_kwargs,
     ) -> None:
         super().__init__(**fedavg_kwargs)
         self.directory = directory
-        self.observer = observer
+        self.observers = [] if observer is None else (list(observer) if isinstance(observer, list) else [observer])
         self.keep_weights = keep_weights
         self.sent_this_round: dict[int, Parameters] = {}
         self.secure_aggregation = secure_aggregation
@@ -144,7 +145,7 @@ class HonestFedAvg(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         # Replies arrive in completion order; a fixed order makes the float sums reproducible.
         results = sorted(results, key=lambda item: partition_of(item[0], item[1], self.directory))
-        if self.observer is not None:
+        if self.observers:
             replies = []
             for proxy, res in results:
                 hospital = partition_of(proxy, res, self.directory)
@@ -160,7 +161,8 @@ class HonestFedAvg(FedAvg):
                         view=view,
                     )
                 )
-            self.observer.on_fit_replies(server_round, replies, len(failures))
+            for observer in self.observers:
+                observer.on_fit_replies(server_round, replies, len(failures))
         return super().aggregate_fit(server_round, self.prepare_for_aggregation(server_round, results), failures)
 
     def visible_weights(

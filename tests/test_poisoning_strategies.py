@@ -13,7 +13,7 @@ from fl_mia.config import ModelConfig, ThreatConfig, TrainingConfig
 from fl_mia.data import Split
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import build_model, get_weights, set_weights
-from fl_mia.poisoning import AttackerKnowledge, make_poisoner
+from fl_mia.poisoning import PoisoningKnowledge, make_poisoner
 from fl_mia.poisoning.model_inconsistency import reconstruct_target_update, silenced_weights, update_is_silenced
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 from strategies.malicious import PoisoningFedAvg
@@ -40,7 +40,7 @@ def knowledge(model, n=6, size=32):
     images = rng.standard_normal((n, 1, size, size)).astype(np.float32)
     masks = (rng.random((n, size, size)) > 0.8).astype(np.int64)
     population = Split(images, masks, np.arange(n), np.arange(n))
-    return AttackerKnowledge(
+    return PoisoningKnowledge(
         model=model, training=TrainingConfig(), candidate_images=images, candidate_masks=masks,
         candidate_hospital=np.array([0, 0, 0, 1, 1, 1]), population=population, seed=0,
     )

@@ -14,7 +14,7 @@ import torch
 
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import get_weights, set_weights
-from fl_mia.poisoning.base import AttackerKnowledge, Poisoner
+from fl_mia.poisoning.base import PoisoningKnowledge, Poisoner
 from fl_mia.segmentation_metrics import confusion_counts, hard_predictions, summarize
 from fl_mia.seeding import torch_generator
 from fl_mia.training import predict_logits
@@ -40,7 +40,7 @@ class BackdoorPoisoner(Poisoner):
 
     def __init__(
         self,
-        knowledge: AttackerKnowledge,
+        knowledge: PoisoningKnowledge,
         *,
         targets: list[int],
         trigger_size: int = 6,

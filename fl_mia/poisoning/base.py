@@ -13,7 +13,7 @@ from fl_mia.data import Split
 
 
 @dataclass
-class AttackerKnowledge:
+class PoisoningKnowledge:
     """Everything the server may use to poison: no hospital data, no membership ledger.
 
     ``candidate_images``/``candidate_masks`` are the records it asks about (e.g. leaked
@@ -57,3 +57,18 @@ class Poisoner(ABC):
     def describe(self) -> str:
         """One sentence: exactly what the server changes."""
         return self.name
+
+    def poisoned_hospitals(self, num_hospitals: int) -> set[int]:
+        """Hospitals whose payload this poisoner replaces (in the rounds it is active)."""
+        return set(getattr(self, "targets", set()))
+
+    def report(self) -> dict:
+        """Poisoner-specific figures for metrics.json (e.g. the ascent actually achieved)."""
+        return {}
+
+    # Checkpoint protocol (fl_mia.checkpoint); stateless poisoners keep nothing.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -17,7 +17,7 @@ import torch
 
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import get_weights, set_weights
-from fl_mia.poisoning.base import AttackerKnowledge, Poisoner
+from fl_mia.poisoning.base import PoisoningKnowledge, Poisoner
 
 LAYER_PREFIXES = {"all": ("",), "decoder": ("decoder", "segmentation_head"), "head": ("segmentation_head",)}
 
@@ -27,7 +27,7 @@ class GradientAscentPoisoner(Poisoner):
 
     def __init__(
         self,
-        knowledge: AttackerKnowledge,
+        knowledge: PoisoningKnowledge,
         *,
         targets: list[int],
         target_loss_ratio: float = 2.0,
@@ -53,6 +53,19 @@ class GradientAscentPoisoner(Poisoner):
             f"{sorted(self.targets)} until their mean loss is {self.target_loss_ratio:g}× higher "
             f"(Adam, lr {self.lr:g}, at most {self.max_steps} steps)"
         )
+
+    def report(self) -> dict:
+        ratios = [entry["loss_ratio"] for entry in self.history]
+        return {
+            "ascent_history": self.history,
+            "loss_ratio_reached_mean": float(np.mean(ratios)) if ratios else None,
+        }
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
 
     def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:
         if hospital not in self.targets:

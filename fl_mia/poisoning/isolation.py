@@ -29,3 +29,17 @@ class IsolationPoisoner(Poisoner):
     def observe_reply(self, *, server_round: int, hospital: int, returned: list[np.ndarray]) -> None:
         if hospital in self.targets:
             self._last_returned[hospital] = [w.copy() for w in returned]
+
+    def state_dict(self) -> dict:
+        return {
+            f"last:{hospital}:{i:05d}": array
+            for hospital, weights in self._last_returned.items()
+            for i, array in enumerate(weights)
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        restored: dict[int, dict[int, np.ndarray]] = {}
+        for key, array in state.items():
+            _, hospital, index = key.split(":")
+            restored.setdefault(int(hospital), {})[int(index)] = np.asarray(array)
+        self._last_returned = {h: [arrays[i] for i in sorted(arrays)] for h, arrays in restored.items()}

@@ -76,6 +76,9 @@ class ModelInconsistencyPoisoner(Poisoner):
             f"{bias_key} = −1, which silences their update; the target receives the honest model"
         )
 
+    def poisoned_hospitals(self, num_hospitals: int) -> set[int]:
+        return set(range(num_hospitals)) - self.targets
+
     def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:
         if hospital in self.targets:
             return None

@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 from fl_mia.config import ThreatConfig
 from fl_mia.poisoning.backdoor import BackdoorPoisoner
-from fl_mia.poisoning.base import AttackerKnowledge, Poisoner
+from fl_mia.poisoning.base import PoisoningKnowledge, Poisoner
 from fl_mia.poisoning.gradient_ascent import GradientAscentPoisoner
 from fl_mia.poisoning.isolation import IsolationPoisoner
 from fl_mia.poisoning.model_inconsistency import ModelInconsistencyPoisoner
 
-POISONERS: dict[str, Callable[[ThreatConfig, AttackerKnowledge], Poisoner]] = {
+POISONERS: dict[str, Callable[[ThreatConfig, PoisoningKnowledge], Poisoner]] = {
     "gradient_ascent": lambda t, k: GradientAscentPoisoner(
         k, targets=t.target_hospitals, target_loss_ratio=t.ascent_loss_ratio, max_steps=t.ascent_max_steps,
         lr=t.ascent_lr, layers=t.ascent_layers,
@@ -25,7 +25,7 @@ POISONERS: dict[str, Callable[[ThreatConfig, AttackerKnowledge], Poisoner]] = {
 }
 
 
-def make_poisoner(threat: ThreatConfig, knowledge: AttackerKnowledge) -> Poisoner | None:
+def make_poisoner(threat: ThreatConfig, knowledge: PoisoningKnowledge) -> Poisoner | None:
     """The configured poisoner, or ``None`` for an honest-but-curious server."""
     if threat.poisoning == "none":
         return None

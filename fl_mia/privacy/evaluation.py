@@ -24,6 +24,12 @@ from fl_mia.privacy.metrics import membership_metrics
 from fl_mia.privacy.plots import plot_privacy_by_round, plot_roc_loglog
 from fl_mia.privacy.shadows import ShadowStore
 from fl_mia.run_folder import write_csv, write_npy, write_npz
+from fl_mia.update_attacks.recorder import (
+    UpdateAttackRecorder,
+    candidate_round_scores,
+    candidate_scores,
+    source_guess,
+)
 
 logger = logging.getLogger("fl_mia")
 
@@ -72,6 +78,19 @@ class PrivacyEvaluation:
         self.fit_seconds: dict[str, float] = {}
         self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
         self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in cfg.privacy.per_round_attacks}
+        # The server's white-box view of each hospital's update (issue 4): a round observer the
+        # strategy feeds with the model it sent and the one it got back, hospital by hospital.
+        self.updates: UpdateAttackRecorder | None = None
+        if cfg.threat.update_attacks:
+            self.updates = UpdateAttackRecorder(
+                model=build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)),
+                training=cfg.training,
+                images=self.candidates.images,
+                masks=self.candidates.masks,
+                num_hospitals=cfg.federation.num_hospitals,
+                total_rounds=cfg.federation.rounds,
+                with_gradient_alignment=cfg.threat.gradient_alignment,
+            )
 
     def _fitted(self, name: str) -> MembershipAttack:
         attack = self.attacks[name]
@@ -101,17 +120,47 @@ class PrivacyEvaluation:
 
     # Checkpoint protocol (fl_mia.checkpoint): the per-round scores gathered so far.
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             f"{name}@{server_round}": scores
             for name, rounds in self.round_scores.items()
             for server_round, scores in rounds.items()
         }
+        if self.updates is not None:
+            state.update(self.updates.state_dict())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.updates is not None:
+            self.updates.load_state_dict({k: v for k, v in state.items() if k.startswith("update:")})
         for key, scores in state.items():
             name, _, server_round = key.rpartition("@")
             if name in self.round_scores:
                 self.round_scores[name][int(server_round)] = np.asarray(scores)
+
+    def _result(
+        self, scores: np.ndarray, *, threshold: float | None, per_round: dict[int, np.ndarray] | None
+    ) -> dict[str, Any]:
+        result = attack_metrics(scores, self._ledger, self.candidates, decision_threshold=threshold)
+        if per_round:
+            is_member = self._ledger.is_member()
+            result["per_round"] = {
+                str(r): {key: membership_metrics(s, is_member)[key] for key in ROUND_METRIC_KEYS}
+                for r, s in sorted(per_round.items())
+            }
+        return result
+
+    def _source_inference(self) -> dict[str, Any]:
+        """Which hospital holds each member: the update attack's guess against the ledger."""
+        keep = self._ledger.keep
+        members = keep.any(axis=1)
+        guess = source_guess(self.updates)
+        owner = keep.argmax(axis=1)
+        return {
+            "signal": "update.returned_loss.accumulated (standardised per hospital)",
+            "members": int(members.sum()),
+            "accuracy": float((guess[members] == owner[members]).mean()) if members.any() else None,
+            "chance": 1.0 / keep.shape[1],
+        }
 
     def finish(self, final_weights: list[np.ndarray]) -> dict[str, Any]:
         """Score every attack on the final model, write the privacy outputs, return ``metrics.json``'s section."""
@@ -122,20 +171,21 @@ class PrivacyEvaluation:
         section: dict[str, Any] = {}
         for name, scores in final_scores.items():
             threshold = self.attacks[name].decision_threshold_
-            result = attack_metrics(scores, self._ledger, self.candidates, decision_threshold=threshold)
+            result = self._result(scores, threshold=threshold, per_round=self.round_scores.get(name))
             result["decision_threshold"] = threshold
             result["fit_seconds"] = self.fit_seconds.get(name)
             result["score_seconds"] = self.score_seconds[name]
-            if name in self.round_scores:
-                is_member = self._ledger.is_member()
-                result["per_round"] = {
-                    str(r): {
-                        key: membership_metrics(s, is_member)[key] for key in ROUND_METRIC_KEYS
-                    }
-                    for r, s in sorted(self.round_scores[name].items())
-                }
             section[name] = result
-            overall = result["overall"]
+        update_round_scores: dict[str, dict[int, np.ndarray]] = {}
+        if self.updates is not None and self.updates.observed_anything:
+            drawn_for = self.candidates.hospital
+            update_round_scores = candidate_round_scores(self.updates, drawn_for)
+            for name, scores in candidate_scores(self.updates, drawn_for).items():
+                final_scores[name] = scores
+                section[name] = self._result(scores, threshold=None, per_round=update_round_scores.get(name))
+            section["source_inference"] = self._source_inference()
+        for name in final_scores:
+            overall = section[name]["overall"]
             logger.info(
                 "privacy %s: AUC %.3f, TPR@1%%FPR %.3f, TPR@0.1%%FPR %.3f",
                 name, overall["auc"], overall["tpr_at_1pct_fpr"], overall["tpr_at_0.1pct_fpr"],
@@ -152,23 +202,34 @@ class PrivacyEvaluation:
             "shadow_train_seconds": dict(self.shadows.train_seconds),
         }
         if self.run_dir is not None:
-            self._write_outputs(final_scores, section)
+            self._write_outputs(final_scores, section, update_round_scores)
         section["candidate_set"]["finish_seconds"] = time.perf_counter() - started
         return section
 
-    def _write_outputs(self, final_scores: dict[str, np.ndarray], section: dict[str, Any]) -> None:
+    def _write_outputs(
+        self,
+        final_scores: dict[str, np.ndarray],
+        section: dict[str, Any],
+        update_round_scores: dict[str, dict[int, np.ndarray]],
+    ) -> None:
         run_dir = self.run_dir
         write_npy(run_dir / "keep.npy", self._ledger.keep)
         write_csv(run_dir / "candidates.csv", self.candidates.table_rows(), CANDIDATE_COLUMNS)
         arrays = dict(final_scores)
-        for name, rounds in self.round_scores.items():
+        for name, rounds in {**self.round_scores, **update_round_scores}.items():
             arrays.update({round_score_key(name, r): s for r, s in rounds.items()})
+        if self.updates is not None and self.updates.observed_anything:
+            # [rounds, candidates, hospitals], NaN where unobserved: any other aggregation can be re-scored.
+            arrays.update({f"update_matrix.{name}": values for name, values in self.updates.scores.items()})
         write_npz(run_dir / "scores.npz", arrays)
         is_member = self._ledger.is_member()
         title = f"{self.cfg.name} · {int(is_member.sum())} members / {int((~is_member).sum())} non-members"
-        plot_roc_loglog(run_dir / "roc_loglog.png", {n: (s, is_member) for n, s in final_scores.items()}, title=title)
-        if self.round_scores:
-            per_round = {name: {int(r): m for r, m in section[name]["per_round"].items()} for name in self.round_scores}
+        # Prediction attacks and the accumulated update attacks: the last-round variants would crowd the plot.
+        plotted = {n: (s, is_member) for n, s in final_scores.items() if not n.startswith("update.") or n.endswith(".accumulated")}
+        plot_roc_loglog(run_dir / "roc_loglog.png", plotted, title=title)
+        by_round = [name for name in final_scores if "per_round" in section[name]]
+        if by_round:
+            per_round = {name: {int(r): m for r, m in section[name]["per_round"].items()} for name in by_round}
             plot_privacy_by_round(run_dir / "privacy_by_round.png", per_round, title=self.cfg.name)
 
 

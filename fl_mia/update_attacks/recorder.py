@@ -55,6 +55,10 @@ class UpdateAttackRecorder:
     def signals(self) -> tuple[str, ...]:
         return tuple(self.scores)
 
+    @property
+    def observed_anything(self) -> bool:
+        return any(np.isfinite(values).any() for values in self.scores.values())
+
     def _losses(self, weights: list[np.ndarray]) -> np.ndarray:
         set_weights(self.model, weights)
         return candidate_losses(
@@ -84,6 +88,16 @@ class UpdateAttackRecorder:
                 for column, reply in enumerate(members):
                     self.scores["gradient_alignment"][index, :, reply.hospital] = cosines[:, column]
 
+    # Checkpoint protocol: the signals gathered so far.
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {f"update:{name}": values for name, values in self.scores.items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for key, values in state.items():
+            name = key.removeprefix("update:")
+            if key.startswith("update:") and name in self.scores:
+                self.scores[name] = np.asarray(values, dtype=np.float64).copy()
+
     def final_round(self, signal: str) -> np.ndarray:
         """``[candidates, hospitals]``: each hospital's last observed round."""
         values = self.scores[signal]
@@ -98,3 +112,56 @@ class UpdateAttackRecorder:
         values = self.scores[signal]
         seen_any = (~np.isnan(values)).any(0)
         return np.where(seen_any, np.nansum(values, axis=0), np.nan)
+
+
+VARIANTS = ("last_round", "accumulated")
+
+
+def _fill_unobserved(values: np.ndarray) -> np.ndarray:
+    """Candidates of a hospital the server never observed get the lowest score seen: no evidence."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return values
+    floor = values[finite].min() if finite.any() else 0.0
+    return np.where(finite, values, floor)
+
+
+def candidate_scores(recorder: UpdateAttackRecorder, drawn_for: np.ndarray) -> dict[str, np.ndarray]:
+    """One score per candidate and attack: the signal on the hospital the candidate is asked about.
+
+    Names are ``update.<signal>`` (that hospital's last observed round) and
+    ``update.<signal>.accumulated`` (summed over every observed round).
+    """
+    rows = np.arange(len(drawn_for))
+    scores = {}
+    for signal in recorder.signals:
+        scores[f"update.{signal}"] = _fill_unobserved(recorder.final_round(signal)[rows, drawn_for])
+        scores[f"update.{signal}.accumulated"] = _fill_unobserved(recorder.accumulated(signal)[rows, drawn_for])
+    return scores
+
+
+def candidate_round_scores(recorder: UpdateAttackRecorder, drawn_for: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
+    """Per round (1-based) and signal, the candidates' scores; rounds nobody was observed in are left out."""
+    rows = np.arange(len(drawn_for))
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for signal in recorder.signals:
+        per_round = {}
+        for index in range(recorder.scores[signal].shape[0]):
+            values = recorder.scores[signal][index][rows, drawn_for]
+            if np.isfinite(values).any():
+                per_round[index + 1] = _fill_unobserved(values)
+        out[f"update.{signal}"] = per_round
+    return out
+
+
+def source_guess(recorder: UpdateAttackRecorder, signal: str = "returned_loss") -> np.ndarray:
+    """Source inference: for every candidate, the hospital whose updates most suggest it, ``[N]``.
+
+    Each hospital's accumulated signal is standardised over the candidates first, so that a
+    hospital with larger losses overall does not claim every record.
+    """
+    matrix = recorder.accumulated(signal)
+    mean = np.nanmean(matrix, axis=0, keepdims=True)
+    std = np.nanstd(matrix, axis=0, keepdims=True) + 1e-12
+    standardised = np.where(np.isfinite(matrix), (matrix - mean) / std, -np.inf)
+    return standardised.argmax(axis=1)

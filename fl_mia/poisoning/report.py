@@ -1,0 +1,65 @@
+"""What a run reports about its threat model: what the server changed, how visibly, to what effect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.models import set_weights
+from fl_mia.poisoning.backdoor import BackdoorPoisoner
+from fl_mia.poisoning.base import Poisoner
+
+
+def stealth(rows: list[dict[str, Any]], *, poisoned: set[int], rounds: set[int] | None) -> dict[str, Any]:
+    """First-batch training loss of poisoned vs untouched hospitals in the poisoned rounds.
+
+    A hospital sees this loss before its first step on the model it received; a ratio near 1
+    means the poisoning does not show in what hospitals routinely log.
+    """
+    def mean_loss(hospitals: set[int]) -> float | None:
+        values = [
+            float(r["first_batch_loss"])
+            for r in rows
+            if r["hospital"] != "all" and int(r["hospital"]) in hospitals and r.get("first_batch_loss") not in (None, "")
+            and int(r["round"]) > 0 and (rounds is None or int(r["round"]) in rounds)
+        ]
+        return float(np.mean(values)) if values else None
+
+    hospitals = {int(r["hospital"]) for r in rows if r["hospital"] != "all"}
+    poisoned_loss, other_loss = mean_loss(poisoned), mean_loss(hospitals - poisoned)
+    return {
+        "poisoned_first_batch_loss": poisoned_loss,
+        "untouched_first_batch_loss": other_loss,
+        "ratio": poisoned_loss / other_loss if poisoned_loss and other_loss else None,
+    }
+
+
+def threat_report(
+    cfg: ExperimentConfig, round_log, poisoner: Poisoner | None, *, final_weights: list[np.ndarray], evaluator
+) -> dict[str, Any]:
+    threat = cfg.threat
+    report: dict[str, Any] = {"threat_model": threat.threat_model, "poisoning": threat.poisoning}
+    if poisoner is None:
+        return report
+    poisoned = poisoner.poisoned_hospitals(cfg.federation.num_hospitals)
+    rounds = set(threat.poison_rounds) if threat.poison_rounds is not None else None
+    report.update(
+        {
+            "what_the_server_changes": poisoner.describe(),
+            "target_hospitals": list(threat.target_hospitals),
+            "poisoned_hospitals": sorted(poisoned),
+            "poison_rounds": sorted(rounds) if rounds is not None else "all",
+            "compensated": threat.compensate and not cfg.defences.secagg.enabled,
+            "stealth": stealth(round_log.rows(), poisoned=poisoned, rounds=rounds),
+            **poisoner.report(),
+        }
+    )
+    if isinstance(poisoner, BackdoorPoisoner):
+        set_weights(evaluator.model, final_weights)
+        images = np.concatenate([split.images for split in evaluator.tests])
+        report["backdoor_success_final_global"] = poisoner.success(
+            evaluator.model, images, num_classes=evaluator.classes
+        )
+    return report
