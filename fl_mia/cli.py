@@ -113,6 +113,47 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
     typer.echo(render_summary(read_metrics(run_dir)), nl=False)
 
 
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders on the same candidates.")],
+    attack: Annotated[
+        list[str] | None, typer.Option("--attack", help="Attack to compare (repeatable); default: loss and update attacks.")
+    ] = None,
+    hospital: Annotated[
+        int | None, typer.Option("--hospital", help="Only the candidates asked about this hospital (e.g. the target).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for comparison.csv and comparison_roc.png.")] = Path(
+        "runs/comparison"
+    ),
+) -> None:
+    """Compare threat models or defences: a table and a log-log ROC overlay on the same candidates."""
+    from rich.table import Table
+
+    from fl_mia.comparison import DEFAULT_ATTACKS, ComparisonError, load_runs, write_comparison
+
+    try:
+        runs = load_runs(run_dirs)
+    except ComparisonError as error:
+        _fail(str(error))
+    attacks = list(attack or [a for a in DEFAULT_ATTACKS if any(a in r.scores for r in runs)])
+    rows = write_comparison(runs, attacks, out, hospital=str(hospital) if hospital is not None else None)
+    scope = f"hospital {hospital}" if hospital is not None else "all hospitals"
+    table = Table(title=f"membership inference · {scope} · AUC / TPR at 1% FPR")
+    for column in ["run", "threat model", "Dice", *attacks]:
+        table.add_column(column, justify="left" if column in ("run", "threat model") else "right")
+
+    def cell(auc, tpr) -> str:
+        return "—" if auc is None else f"{auc:.3f} / {tpr:.3f}"
+
+    for row in rows:
+        table.add_row(
+            row["run"], f"{row['threat_model']}" + ("" if row["defences"] == "none" else f" + {row['defences']}"),
+            f"{row['dice']:.3f}", *(cell(row[f"{a}:auc"], row[f"{a}:tpr@1%"]) for a in attacks),
+        )
+    Console(width=200).print(table)
+    console.print(f"written: {out / 'comparison.csv'}, {out / 'comparison_roc.png'}")
+
+
 def main() -> None:
     app()
 
