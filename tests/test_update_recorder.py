@@ -91,3 +91,23 @@ def test_state_round_trips_for_checkpoints(setting):
     restored.load_state_dict(recorder.state_dict())
     for name in recorder.scores:
         assert np.array_equal(recorder.scores[name], restored.scores[name], equal_nan=True)
+
+
+def test_compare_refuses_runs_with_different_candidates(tmp_path):
+    import json
+
+    from fl_mia.comparison import ComparisonError, load_runs
+
+    for name, hospitals in (("a", "0,0"), ("b", "0,1")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"experiment": name, "threat_model": "honest-but-curious"}))
+        np.savez(run / "scores.npz", loss=np.array([0.1, 0.2]))
+        np.save(run / "keep.npy", np.array([[True, False], [False, True]]))
+        rows = "\n".join(f"{i},{h},{i},{i}" for i, h in enumerate(hospitals.split(",")))
+        (run / "candidates.csv").write_text("candidate,hospital,patient,image\n" + rows + "\n")
+    with pytest.raises(ComparisonError, match="candidate set differs"):
+        load_runs([tmp_path / "a", tmp_path / "b"])
+    assert len(load_runs([tmp_path / "a", tmp_path / "a"])) == 2
+    with pytest.raises(ComparisonError, match="no metrics.json"):
+        load_runs([tmp_path / "missing"])
