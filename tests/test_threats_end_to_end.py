@@ -1,0 +1,55 @@
+"""Dishonest server through the real Flower simulation, on the tiny federation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_mia.config import build_config
+from fl_mia.experiment import run_experiment
+from tests.conftest import tiny_raw
+
+ONE_ROUND = {"rounds": 1, "num_hospitals": 2, "patients_per_hospital": 8}
+FAST_PRIVACY = {"attacks": ["loss"], "per_round_attacks": []}
+
+
+def run(tmp_path, name, **sections):
+    sections = {"federation": ONE_ROUND, "privacy": FAST_PRIVACY, **sections}
+    raw = tiny_raw(**sections)
+    raw["name"] = name
+    result = run_experiment(build_config(raw), runs_root=tmp_path)
+    with np.load(result.run_dir / "scores.npz") as archive:
+        matrices = {k: archive[k] for k in archive.files if k.startswith("update_matrix.")}
+    return result.metrics, matrices
+
+
+@pytest.mark.slow
+def test_secagg_hides_each_hospital_and_model_inconsistency_recovers_the_target(tmp_path):
+    inconsistency = {"poisoning": "model_inconsistency", "target_hospitals": [0], "gradient_alignment": False}
+    plain, plain_scores = run(tmp_path, "plain-mi", threat=inconsistency)
+    secagg, secagg_scores = run(tmp_path, "secagg", threat={"gradient_alignment": False}, defences={"secagg": {"enabled": True}})
+    attacked, attacked_scores = run(
+        tmp_path, "secagg-mi", threat=inconsistency, defences={"secagg": {"enabled": True}}
+    )
+    signal = "update_matrix.returned_loss"
+    # SecAgg+: the server can attribute only the aggregate, the same to every hospital.
+    assert np.allclose(secagg_scores[signal][0, :, 0], secagg_scores[signal][0, :, 1])
+    # Model inconsistency: the target's own returned model comes out of the secure sum (up to
+    # SecAgg+'s quantisation and the silenced hospitals' head bias), as the plain server sees it.
+    recovered, seen_in_clear = attacked_scores[signal][0, :, 0], plain_scores[signal][0, :, 0]
+    assert np.allclose(recovered, seen_in_clear, atol=2e-2 * np.abs(seen_in_clear).max())
+    assert not np.allclose(recovered, attacked_scores[signal][0, :, 1])
+    assert attacked["threat"]["poisoned_hospitals"] == [1]
+    assert plain["threat"]["stealth"]["ratio"] is not None
+
+
+@pytest.mark.slow
+def test_isolation_run_reports_threat_update_attacks_and_source_inference(tmp_path):
+    metrics, matrices = run(tmp_path, "isolation", federation={**ONE_ROUND, "rounds": 2}, threat={"poisoning": "isolation"})
+    assert metrics["threat_model"] == "malicious (isolation)"
+    assert "sends hospitals [0]" in metrics["threat"]["what_the_server_changes"]
+    privacy = metrics["privacy"]
+    for name in ("update.returned_loss", "update.loss_reduction.accumulated", "update.gradient_alignment"):
+        assert 0.0 <= privacy[name]["overall"]["auc"] <= 1.0
+    assert 0.0 <= privacy["source_inference"]["accuracy"] <= 1.0
+    assert matrices["update_matrix.returned_loss"].shape[0] == 2
