@@ -19,8 +19,7 @@ import torch
 
 from fl_mia.attacks import TargetView, attack_names
 from fl_mia.config import load_config
-from fl_mia.data import num_classes
-from fl_mia.models import build_model
+from fl_mia.models import build_experiment_model
 from fl_mia.privacy.evaluation import PrivacyEvaluation
 from fl_mia.training import predict_logits
 
@@ -41,7 +40,7 @@ def main() -> None:
     step = PrivacyEvaluation(cfg, run_dir=None)
     images = step.candidates.images
     torch.manual_seed(0)
-    model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)).eval()
+    model = build_experiment_model(cfg).eval()
 
     def forward_pass() -> None:
         predict_logits(model, images)

@@ -66,10 +66,9 @@ def secagg_protocol_only(cfg: ExperimentConfig) -> dict[str, float]:
     from flwr.client import ClientApp, NumPyClient
 
     from clients.mods import defences_mod
-    from fl_mia.data import num_classes
-    from fl_mia.models import build_model, get_weights
+    from fl_mia.models import build_experiment_model, get_weights
 
-    sizes = [a.shape for a in get_weights(build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)))]
+    sizes = [a.shape for a in get_weights(build_experiment_model(cfg))]
 
     class Fixed(NumPyClient):
         def __init__(self, k):
@@ -107,9 +106,9 @@ def secagg_protocol_only(cfg: ExperimentConfig) -> dict[str, float]:
 
 
 def dp_sgd_ratio(cfg: ExperimentConfig, repeats: int) -> dict[str, float]:
-    from fl_mia.data import build_hospital, num_classes
+    from fl_mia.data import build_hospital
     from fl_mia.defences.dp_sgd import train_local_dp
-    from fl_mia.models import build_model
+    from fl_mia.models import build_experiment_model
     from fl_mia.training import train_local
 
     dp_cfg = cfg.model_copy(deep=True)
@@ -117,11 +116,11 @@ def dp_sgd_ratio(cfg: ExperimentConfig, repeats: int) -> dict[str, float]:
     hospital = build_hospital(cfg, 0)
     plain_times, dp_times = [], []
     for r in range(repeats):
-        model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task))
+        model = build_experiment_model(cfg)
         started = time.perf_counter()
         train_local(model, hospital.train, cfg.training, seed=cfg.seed, tags=(r, 0))
         plain_times.append(time.perf_counter() - started)
-        model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task))
+        model = build_experiment_model(cfg)
         started = time.perf_counter()
         train_local_dp(model, hospital.train, dp_cfg, history=[], seed=cfg.seed, tags=(r, 0))
         dp_times.append(time.perf_counter() - started)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from fl_mia.config import load_config
-from fl_mia.data import build_hospital, num_classes
+from fl_mia.data import build_hospital
 from fl_mia.experiment import run_experiment
 from fl_mia.global_eval import GlobalModelEvaluator
-from fl_mia.models import build_model, get_weights, set_weights
+from fl_mia.models import build_experiment_model, get_weights, set_weights
 from fl_mia.simulation_resources import available_cpus
 from fl_mia.training import train_local
 from server.federation import initial_weights
@@ -34,7 +34,7 @@ def plain_federated_loop(cfg) -> tuple[float, list[float], float]:
     # No parallel actors here: give the loop every core Flower's hospitals share.
     torch.set_num_threads(available_cpus())
     hospitals = [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
-    model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task))
+    model = build_experiment_model(cfg)
     evaluator = GlobalModelEvaluator(cfg)
     weights = initial_weights(cfg)
     evaluator.evaluate(weights)

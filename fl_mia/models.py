@@ -11,7 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from fl_mia.config import ModelConfig
+from fl_mia.config import ExperimentConfig, ModelConfig
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +45,13 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.encoder_weights_path: no such file {cfg.encoder_weights_path}")
     if cfg.encoder_weights_path is not None:
         _read_weights_file(cfg)  # fail at load, not inside a Ray actor halfway through the run
+
+
+def build_experiment_model(cfg: ExperimentConfig) -> nn.Module:
+    """The experiment's model: single-channel scans in, one output per class of its task."""
+    from fl_mia.data import num_classes
+
+    return build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task))
 
 
 def default_decoder_channels(depth: int) -> list[int]:

@@ -19,9 +19,8 @@ from flwr.serverapp.grid import Grid
 
 from fl_mia.checkpoint import Checkpoint, Checkpointer
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import num_classes
 from fl_mia.global_eval import GlobalModelEvaluator
-from fl_mia.models import build_model, get_weights
+from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.poisoning import PoisoningKnowledge, make_poisoner
 from fl_mia.poisoning.report import threat_report
 from fl_mia.privacy.evaluation import privacy_evaluation
@@ -42,7 +41,7 @@ logger = logging.getLogger("fl_mia")
 def initial_weights(cfg: ExperimentConfig) -> list[np.ndarray]:
     """The untrained global model, a function of the seed alone."""
     torch.manual_seed(int_seed(cfg.seed, "initial-model"))
-    return get_weights(build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)))
+    return get_weights(build_experiment_model(cfg))
 
 
 def build_strategy(
@@ -96,7 +95,7 @@ def make_server_poisoner(cfg: ExperimentConfig, privacy):
     if cfg.threat.poisoning == "none":
         return None
     knowledge = PoisoningKnowledge(
-        model=build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)),
+        model=build_experiment_model(cfg),
         training=cfg.training,
         candidate_images=privacy.candidates.images,
         candidate_masks=privacy.candidates.masks,

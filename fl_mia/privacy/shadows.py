@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import Split, num_classes
-from fl_mia.models import build_model
+from fl_mia.data import Split
+from fl_mia.models import build_experiment_model
 from fl_mia.run_folder import atomic_write_bytes, write_json
 from fl_mia.seeding import int_seed
 from fl_mia.training import train_local
@@ -63,7 +63,7 @@ class ShadowStore:
 
     def _new_model(self, name: str) -> nn.Module:
         torch.manual_seed(int_seed(self.cfg.seed, "shadow-init", name))
-        return build_model(self.cfg.model, in_channels=1, classes=num_classes(self.cfg.data.task))
+        return build_experiment_model(self.cfg)
 
     def train(self, name: str, split: Split) -> nn.Module:
         fingerprint = self._fingerprint(split)
