@@ -32,6 +32,27 @@ def utility_section(round_log: RoundLog, num_hospitals: int) -> dict[str, Any]:
     }
 
 
+def split_wall_clock(section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``section`` without its ``*_seconds`` entries, and those entries at the same paths.
+
+    Timings vary run to run; keeping them under ``cost`` leaves every other key of
+    metrics.json reproducible for a config and seed.
+    """
+    clean: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
+    for key, value in section.items():
+        if key.endswith("_seconds"):
+            timings[key] = value
+        elif isinstance(value, dict):
+            inner, inner_timings = split_wall_clock(value)
+            clean[key] = inner
+            if inner_timings:
+                timings[key] = inner_timings
+        else:
+            clean[key] = value
+    return clean, timings
+
+
 def write_federation_outputs(
     run_dir: Path,
     cfg: ExperimentConfig,
@@ -70,7 +91,7 @@ def write_federation_outputs(
         },
     }
     if privacy is not None:
-        metrics["privacy"] = privacy
+        metrics["privacy"], metrics["cost"]["privacy"] = split_wall_clock(privacy)
     if threat is not None:
         metrics["threat"] = threat
     write_json(run_dir / "metrics.json", metrics)
