@@ -101,6 +101,8 @@ class RoundLog:
         return {
             "crashed": sum(e["status"] == CRASHED for e in events),
             "timed_out": sum(e["status"] == TIMED_OUT for e in events),
+            # withheld SecAgg+ shares because the hospitals received different models
+            "refused": sum(e["status"] == "refused" for e in events),
             "events": events,
         }
 

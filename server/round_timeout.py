@@ -28,6 +28,10 @@ logger = logging.getLogger("fl_mia")
 TRAINED = "trained"
 CRASHED = "crashed"
 TIMED_OUT = "timed_out"
+# A hospital that withheld its SecAgg+ shares because the hospitals did not all receive the
+# same model (fl_mia.defences.consistency): a defence working, not a failure of the run.
+REFUSED = "refused"
+REFUSAL_MARK = "withholding SecAgg+ shares"
 
 
 class NoRepliesError(RuntimeError):
@@ -123,7 +127,7 @@ class RoundTimeoutGrid(Grid):
         for reply in replies:
             hospital = self._directory.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
             reason = _reply_failed(reply)
-            outcomes[hospital] = TRAINED if reason is None else CRASHED
+            outcomes[hospital] = TRAINED if reason is None else (REFUSED if REFUSAL_MARK in reason else CRASHED)
             if reason is not None:
                 reasons[hospital] = reason
         for node_id in sent_to:
@@ -137,7 +141,12 @@ class RoundTimeoutGrid(Grid):
                 )
         if server_round is not None and self._on_outcomes is not None:
             self._on_outcomes(server_round, dict(sorted(outcomes.items())))
-        if outcomes and TRAINED not in outcomes.values():
+        if outcomes and REFUSED in outcomes.values():
+            logger.warning(
+                "round %s: the hospitals refused to unmask the secure sum (inconsistent models); "
+                "the global model stays as it was", server_round,
+            )
+        if outcomes and not {TRAINED, REFUSED} & set(outcomes.values()):
             described = ", ".join(f"hospital {h} {s.replace('_', ' ')}" for h, s in sorted(outcomes.items()))
             raise NoRepliesError(
                 f"round {server_round}: no hospital replied ({described}); the run stops here. "

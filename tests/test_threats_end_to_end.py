@@ -53,3 +53,18 @@ def test_isolation_run_reports_threat_update_attacks_and_source_inference(tmp_pa
         assert 0.0 <= privacy[name]["overall"]["auc"] <= 1.0
     assert 0.0 <= privacy["source_inference"]["accuracy"] <= 1.0
     assert matrices["update_matrix.returned_loss"].shape[0] == 2
+
+
+@pytest.mark.slow
+def test_consistency_check_refuses_the_inconsistent_round_and_the_run_goes_on(tmp_path):
+    metrics, matrices = run(
+        tmp_path, "secagg-mi-checked",
+        federation={**ONE_ROUND, "rounds": 2},
+        threat={"poisoning": "model_inconsistency", "target_hospitals": [0], "poison_rounds": [2], "gradient_alignment": False},
+        defences={"secagg": {"enabled": True}, "consistency": {"mode": "refuse"}},
+    )
+    assert metrics["rounds_completed"] == 2
+    assert metrics["failures"]["refused"] == 2  # both hospitals withheld their shares in round 2
+    signal = matrices["update_matrix.returned_loss"]
+    assert np.isfinite(signal[0]).all()  # round 1: the (secure) aggregate was opened
+    assert np.isnan(signal[1]).all()  # round 2: the server learned nothing, target included
