@@ -7,7 +7,7 @@ the attacker is allowed to see (for one output channel, C = 1 holds p(lesion)).
 * ``probabilities``: sigmoid / softmax of the logits (no hardening);
 * ``argmax``: the one-hot predicted mask (label-only; p(lesion) ∈ {0, 1});
 * ``noisy_probabilities``: probabilities plus N(0, noise_std²), clipped to [0, 1] and,
-  for several classes, renormalised to sum to 1.
+  for several classes, renormalised to sum to 1 (uniform where every class clipped to 0).
 
 The noise is drawn from a seeded generator per call, so a run is reproducible, and
 fresh noise is drawn for every query (repeating a query does not return the same draw).
@@ -52,7 +52,9 @@ def harden_probabilities(logits: torch.Tensor, cfg: OutputConfig, *, generator: 
         noise = torch.randn(probs.shape, generator=generator, dtype=probs.dtype) * cfg.noise_std
         probs = (probs + noise).clamp(0.0, 1.0)
         if not binary:
-            probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
+            # A pixel whose noisy probabilities all clip to 0 releases the uniform distribution.
+            total = probs.sum(1, keepdim=True)
+            probs = torch.where(total > 0, probs / total.clamp_min(1e-12), torch.full_like(probs, 1.0 / probs.shape[1]))
     return probs
 
 
@@ -104,7 +106,7 @@ class HardenedTargetView(TargetView):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        round_tag = -1 if self.server_round is None else self.server_round
+        round_tag = "final" if self.server_round is None else self.server_round
         self._generator = torch_generator(self.seed, "output-hardening", round_tag)
 
     def _release(self, images: np.ndarray) -> torch.Tensor:
