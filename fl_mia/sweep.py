@@ -204,6 +204,8 @@ def run_sweep(
     Returns the rows of this sweep (``sweep.csv`` also keeps earlier sweeps' rows).
     """
     if run is None:
+        import flwr.common  # noqa: F401  Flower's console handler must exist before run_logging quiets it
+
         from fl_mia.experiment import run_experiment as run
     configs = sweep_configs(config, param=param, values=values, overrides=overrides or [])
     out = Path(out)
