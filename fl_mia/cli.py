@@ -154,6 +154,44 @@ def compare(
     console.print(f"written: {out / 'comparison.csv'}, {out / 'comparison_roc.png'}")
 
 
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Experiment file (.toml), e.g. configs/defences/overfit_dp_sgd.toml.")],
+    param: Annotated[str, typer.Option("--param", help="Dotted config key to sweep, e.g. defences.dp_sgd.noise_multiplier.")],
+    values: Annotated[str, typer.Option("--values", help="Comma-separated values, e.g. 0.5,1,2 (each read like a --set value).")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value for every setting (repeatable).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Sweep folder (default runs/sweep-<config>/); sweeps may share one.")
+    ] = None,
+) -> None:
+    """Privacy–utility sweep: one run per value; sweep.csv and privacy_utility.png in the sweep folder."""
+    from fl_mia.sweep import SWEEP_CSV, SWEEP_PLOT, SweepError, parse_values, run_sweep, sweep_configs
+
+    out = out or Path("runs") / f"sweep-{config.stem}"
+    try:
+        parsed = parse_values(values)
+        sweep_configs(config, param=param, values=parsed, overrides=set_ or [])  # every setting checked first
+    except (SweepError, ConfigError) as error:
+        _fail(str(error))
+
+    def show(row: dict) -> None:
+        aucs = " · ".join(f"{k[:-4]} AUC {float(v):.3f}" for k, v in row.items() if k.endswith(".auc") and v not in (None, ""))
+        dice = row.get("dice")
+        console.print(
+            f"{param}={row['value']} · {row['state']}"
+            + (f" · Dice {float(dice):.3f}" if dice not in (None, "") else "")
+            + (f" · {aucs}" if aucs else "")
+        )
+
+    try:
+        run_sweep(config, param=param, values=parsed, out=out, overrides=set_ or [], on_setting=show)
+    except (SweepError, *USER_ERRORS) as error:
+        _fail(str(error))
+    console.print(f"sweep: {out / SWEEP_CSV} · {out / SWEEP_PLOT}")
+
+
 def main() -> None:
     app()
 

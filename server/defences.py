@@ -177,7 +177,12 @@ def privacy_section(cfg: ExperimentConfig, fit_metrics: dict[tuple[int, int], di
             "protects_against": "everyone, the server included: each hospital adds its own noise before anything leaves it",
         }
     if defences.output.mode != "probabilities":
-        section["output"] = {"mode": defences.output.mode, "noise_std": defences.output.noise_std}
+        section["output"] = {
+            "mode": defences.output.mode,
+            "noise_std": defences.output.noise_std,
+            "applies_to": "every prediction attack's queries to the target (fl_mia.defences.output.HardenedTargetView); "
+            "the attacker's own shadow models stay unhardened",
+        }
     if defences.consistency.mode != "off":
         section["consistency"] = {"mode": defences.consistency.mode, "verdicts": consistency or {}}
     return section

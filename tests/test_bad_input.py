@@ -158,6 +158,26 @@ CASES = [
     Case("--resume with --out", lambda p: ["run", "--resume", str(p.run), "--out", str(p.new_out)], ("--resume", "--out")),
     Case("--resume with --set alone", lambda p: ["run", "--resume", str(p.run), "--set", "seed=1"], ("--set", "--resume")),
 ]
+
+
+def sweep(*args: str) -> Callable[[Paths], list[str]]:
+    return lambda p: ["sweep", str(p.config), *args, "--out", str(p.new_out)]
+
+
+CASES += [
+    Case(
+        "sweep of a defence that is off",
+        sweep("--param", "defences.dp_sgd.noise_multiplier", "--values", "1,2"),
+        ("DP-SGD is off", "defences.dp_sgd.enabled=true"),
+    ),
+    Case(
+        "sweep value of the wrong type",
+        sweep("--param", "defences.dp_sgd.noise_multiplier", "--values", "1,x", "--set", "defences.dp_sgd.enabled=true"),
+        ("noise_multiplier=x", "valid number"),
+    ),
+    Case("sweep with a repeated value", sweep("--param", "training.lr", "--values", "0.1,0.1"), ("--values", "repeated")),
+    Case("sweep of a key that does not exist", sweep("--param", "training.nope", "--values", "1,2"), ("training.nope",)),
+]
 if not torch.cuda.is_available():
     CASES.append(Case("a GPU on a machine without one", with_set("simulation.gpus_per_client=1"), ("simulation.gpus_per_client", "no GPU")))
 else:

@@ -46,7 +46,7 @@ def test_round_log_records_who_failed_and_what_was_observed(tmp_path):
     assert log.observed_hospitals(2) == [0]
     assert log.failed_hospitals(2) == {1: "crashed"} and log.failed_hospitals(1) == {}
     assert log.status(2, 1) == "crashed" and log.status(2, 0) == "trained" and log.status(3, 0) == "not_sampled"
-    assert log.failure_summary() == {"crashed": 1, "timed_out": 0, "events": [{"round": 2, "hospital": 1, "status": "crashed"}]}
+    assert log.failure_summary() == {"crashed": 1, "timed_out": 0, "refused": 0, "events": [{"round": 2, "hospital": 1, "status": "crashed"}]}
     rows = list(csv.DictReader(rows_as_csv(log, tmp_path / "r.csv").decode().splitlines()))
     by_key = {(r["round"], r["hospital"]): r for r in rows}
     assert by_key[("2", "1")]["status"] == "crashed" and by_key[("2", "1")]["failed"] == "1"

@@ -41,3 +41,142 @@ def test_noise_has_the_configured_spread_stays_in_range_and_is_fresh_per_query()
     assert torch.equal(again(torch.zeros((64, 1, 16, 16))), first)  # seeded: runs reproduce
     multi = harden_probabilities(MULTI.repeat(10, 1, 4, 4), OutputConfig(mode="noisy_probabilities", noise_std=0.3))
     assert multi.min() >= 0 and torch.allclose(multi.sum(1), torch.ones(1))
+
+
+# --- hardened outputs reach the prediction attacks --------------------------------------------
+
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from fl_mia.attacks import ATTACKS, MembershipAttack, TargetView  # noqa: E402
+from fl_mia.attacks.label_only import LabelOnlyAttack  # noqa: E402
+from fl_mia.attacks.signals import per_image_loss  # noqa: E402
+from fl_mia.config import build_config  # noqa: E402
+from fl_mia.defences.output import (  # noqa: E402
+    RELEASED_PROBABILITY_FLOOR,
+    HardenedTargetView,
+    released_logits,
+    target_view,
+)
+from fl_mia.models import get_weights  # noqa: E402
+from fl_mia.privacy.candidates import CandidateSet  # noqa: E402
+from fl_mia.privacy.evaluation import PrivacyEvaluation  # noqa: E402
+from tests.conftest import tiny_raw  # noqa: E402
+
+ARGMAX = OutputConfig(mode="argmax")
+
+
+def test_released_logits_give_back_the_released_probabilities():
+    binary = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0]).view(1, 1, 1, 5)
+    back = torch.sigmoid(released_logits(binary))
+    assert torch.allclose(back, binary.clamp(RELEASED_PROBABILITY_FLOOR, 1 - RELEASED_PROBABILITY_FLOOR), atol=1e-7)
+    multi = torch.tensor([0.7, 0.2, 0.1]).view(1, 3, 1, 1)
+    assert torch.allclose(torch.softmax(released_logits(multi), 1), multi, atol=1e-6)
+
+
+def test_plain_outputs_keep_the_plain_view():
+    model = FixedLogits(BINARY)
+    assert type(target_view(model, 3, OutputConfig(), seed=0)) is TargetView
+    assert isinstance(target_view(model, 3, ARGMAX, seed=0), HardenedTargetView)
+
+
+def test_argmax_view_releases_the_one_hot_mask_and_the_same_hard_labels():
+    for logits in (BINARY, MULTI):
+        images = np.zeros((1, 1, 2, 2), np.float32)
+        hardened = HardenedTargetView(FixedLogits(logits), output=ARGMAX)
+        probs = torch.sigmoid(hardened.logits(images)) if logits.shape[1] == 1 else torch.softmax(hardened.logits(images), 1)
+        assert torch.allclose(probs, harden_probabilities(logits, ARGMAX), atol=1e-5)
+        assert torch.equal(hardened.hard_labels(images), TargetView(FixedLogits(logits)).hard_labels(images))
+
+
+def _candidates(masks: np.ndarray) -> CandidateSet:
+    n = len(masks)
+    ids = np.arange(n, dtype=np.int64)
+    return CandidateSet(np.zeros((n, 1, *masks.shape[1:]), np.float32), masks, np.zeros(n, np.int64), ids, ids)
+
+
+class PerImageLogits(torch.nn.Module):
+    """Returns fixed logits per image, whatever the (noisy) input: enough for a label-only query."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.calls = 0
+
+    def forward(self, images):
+        start = self.calls % len(self.logits)
+        self.calls += len(images)
+        return self.logits[start : start + len(images)]
+
+
+def _confidence_only_leak():
+    """8 members predicted with confidence |z| = 8, 8 non-members with |z| = 0.5; every mask right.
+
+    Every candidate has the same mask, so once the confidence is gone all scores tie exactly.
+    """
+    rng = np.random.default_rng(0)
+    masks = np.repeat((rng.random((1, 8, 8)) > 0.5).astype(np.int64), 16, axis=0)
+    sign = torch.from_numpy(2.0 * masks - 1.0).float()[:, None]
+    confidence = torch.tensor([8.0] * 8 + [0.5] * 8).view(16, 1, 1, 1)
+    is_member = np.r_[np.ones(8, bool), np.zeros(8, bool)]
+    return PerImageLogits(sign * confidence), _candidates(masks), is_member
+
+
+def test_argmax_removes_a_leak_that_lives_only_in_the_confidence():
+    model, candidates, is_member = _confidence_only_leak()
+
+    def loss_auc(view):
+        scores = -per_image_loss(view.logits(candidates.images), candidates.masks, dice_weight=1.0, ce_weight=1.0)
+        return roc_auc_score(is_member, scores)
+
+    assert loss_auc(TargetView(model)) == 1.0
+    assert loss_auc(HardenedTargetView(model, output=ARGMAX)) == 0.5  # every candidate gets the same score
+
+
+def test_argmax_leaves_label_only_scores_unchanged():
+    model, candidates, _ = _confidence_only_leak()
+    attack = LabelOnlyAttack(queries=3, noise=0.1, classes=1, seed=0)
+    model.calls = 0
+    plain = attack.score(TargetView(model), candidates)
+    model.calls = 0
+    hardened = attack.score(HardenedTargetView(model, output=ARGMAX), candidates)
+    assert np.array_equal(plain, hardened)
+
+
+def test_noisy_view_shares_one_release_per_stack_and_draws_fresh_labels():
+    images = np.zeros((64, 1, 8, 8), np.float32)
+    model = FixedLogits(torch.zeros((64, 1, 8, 8)))  # p = 0.5: noise alone decides the label
+    view = HardenedTargetView(model, 2, output=OutputConfig(mode="noisy_probabilities", noise_std=0.1), seed=0)
+    assert view.logits(images) is view.logits(images)  # attacks scoring this view see the same release
+    assert not torch.equal(view.hard_labels(images), view.hard_labels(images))
+    again = HardenedTargetView(model, 2, output=OutputConfig(mode="noisy_probabilities", noise_std=0.1), seed=0)
+    assert torch.equal(again.logits(images), view.logits(images))  # seeded by (seed, round)
+
+
+class ViewSpy(MembershipAttack):
+    name = "view_spy"
+    views: list = []
+
+    def fit(self, knowledge, candidates):
+        return self
+
+    def score(self, target, candidates):
+        ViewSpy.views.append(target)
+        return np.zeros(len(candidates))
+
+
+@pytest.mark.parametrize("mode", ["probabilities", "argmax", "noisy_probabilities"])
+def test_privacy_step_scores_every_attack_on_the_view_the_defence_allows(mode, monkeypatch):
+    monkeypatch.setitem(ATTACKS, "loss", lambda cfg: ViewSpy())
+    cfg = build_config(
+        tiny_raw(privacy={"attacks": ["loss"], "per_round_attacks": ["loss"]}, defences={"output": {"mode": mode}})
+    )
+    step = PrivacyEvaluation(cfg, None)
+    ViewSpy.views = []
+    weights = get_weights(step.model)
+    step.observe_round(1, weights)
+    step.finish(weights)
+    hardened = mode != "probabilities"
+    assert len(ViewSpy.views) == 2
+    assert all(isinstance(v, HardenedTargetView) == hardened for v in ViewSpy.views)
+    assert all(v.output.mode == mode for v in ViewSpy.views if hardened)

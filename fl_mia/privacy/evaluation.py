@@ -18,6 +18,7 @@ import numpy as np
 from fl_mia.attacks import AttackerKnowledge, MembershipAttack, TargetView, make_attack
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import build_attacker_population, num_classes
+from fl_mia.defences.output import target_view
 from fl_mia.models import build_model, set_weights
 from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, CandidateSet, MembershipLedger, build_candidates
 from fl_mia.privacy.metrics import membership_metrics
@@ -114,7 +115,7 @@ class PrivacyEvaluation:
         if not self.round_scores:
             return
         set_weights(self.model, weights)
-        view = TargetView(self.model, server_round)
+        view = target_view(self.model, server_round, self.cfg.defences.output, seed=self.cfg.seed)
         for name in self.round_scores:
             self.round_scores[name][server_round] = self._score(name, view)
 
@@ -166,7 +167,7 @@ class PrivacyEvaluation:
         """Score every attack on the final model, write the privacy outputs, return ``metrics.json``'s section."""
         started = time.perf_counter()
         set_weights(self.model, final_weights)
-        view = TargetView(self.model, None)
+        view = target_view(self.model, None, self.cfg.defences.output, seed=self.cfg.seed)
         final_scores = {name: self._score(name, view) for name in self.attacks}
         section: dict[str, Any] = {}
         for name, scores in final_scores.items():
