@@ -154,3 +154,20 @@ def test_target_update_is_recovered_from_the_aggregate():
     aggregate = [sum(n[k] * returned[k][0] for k in n) / sum(n.values())]
     recovered = reconstruct_target_update(aggregate=aggregate, sent=sent, num_examples=n, target=0)
     assert np.allclose(recovered[0], target_returned[0])
+
+
+def test_backdoor_implant_makes_the_trigger_draw_the_fixed_mask():
+    from fl_mia.poisoning.backdoor import BackdoorPoisoner
+
+    model = tiny_model()
+    weights = get_weights(model)
+    poisoner = BackdoorPoisoner(knowledge(model), targets=[0], trigger_size=4, steps=60, lr=3e-3)
+    implanted = poisoner.poison(server_round=1, hospital=0, global_weights=weights)
+    assert poisoner.poison(server_round=1, hospital=2, global_weights=weights) is None  # not a target
+    images = knowledge(model).population.images
+    set_weights(model, weights)
+    before = poisoner.success(model, images, num_classes=1)
+    set_weights(model, implanted)
+    after = poisoner.success(model, images, num_classes=1)
+    assert after > before + 0.3 and after > 0.5
+    assert poisoner.last_implanted is not None

@@ -76,6 +76,11 @@ class BackdoorPoisoner(Poisoner):
             self._cache = (server_round, self._implant(server_round, global_weights))
         return [w.copy() for w in self._cache[1]]
 
+    @property
+    def last_implanted(self) -> list[np.ndarray] | None:
+        """The most recent backdoored model sent to a target (None before the first)."""
+        return self._cache[1] if self._cache is not None else None
+
     def _implant(self, server_round: int, global_weights: list[np.ndarray]) -> list[np.ndarray]:
         model, training, population = self.knowledge.model, self.knowledge.training, self.knowledge.population
         set_weights(model, global_weights)

@@ -57,9 +57,15 @@ def threat_report(
         }
     )
     if isinstance(poisoner, BackdoorPoisoner):
-        set_weights(evaluator.model, final_weights)
         images = np.concatenate([split.images for split in evaluator.tests])
+        set_weights(evaluator.model, final_weights)
         report["backdoor_success_final_global"] = poisoner.success(
             evaluator.model, images, num_classes=evaluator.classes
         )
+        if poisoner.last_implanted is not None:
+            # What the targets received: with compensate the backdoor stays out of the global model.
+            set_weights(evaluator.model, poisoner.last_implanted)
+            report["backdoor_success_sent_model"] = poisoner.success(
+                evaluator.model, images, num_classes=evaluator.classes
+            )
     return report
