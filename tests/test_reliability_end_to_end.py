@@ -64,7 +64,7 @@ def test_a_straggler_and_a_crash_are_dropped_and_the_run_completes(tmp_path):
     assert [rows[(str(r), "all")]["failed"] for r in (1, 2, 3)] == ["1", "1", "0"]
     assert rows[("1", "1")]["train_loss"] == "" and rows[("1", "1")]["participated"] == "0"
     assert result.metrics["failures"] == {
-        "crashed": 1, "timed_out": 1,
+        "crashed": 1, "timed_out": 1, "refused": 0,
         "events": [{"round": 1, "hospital": 1, "status": "timed_out"}, {"round": 2, "hospital": 0, "status": "crashed"}],
     }
     assert result.metrics["rounds_completed"] == 3
