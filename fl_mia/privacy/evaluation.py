@@ -17,9 +17,9 @@ import numpy as np
 
 from fl_mia.attacks import AttackerKnowledge, MembershipAttack, TargetView, make_attack
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import build_attacker_population, num_classes
+from fl_mia.data import build_attacker_population
 from fl_mia.defences.output import target_view
-from fl_mia.models import build_model, set_weights
+from fl_mia.models import build_experiment_model, set_weights
 from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, CandidateSet, MembershipLedger, build_candidates
 from fl_mia.privacy.metrics import membership_metrics
 from fl_mia.privacy.plots import plot_privacy_by_round, plot_roc_loglog
@@ -75,7 +75,7 @@ class PrivacyEvaluation:
             seed=cfg.seed,
         )
         self.attacks: dict[str, MembershipAttack] = {name: make_attack(name, cfg) for name in cfg.privacy.attacks}
-        self.model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task))
+        self.model = build_experiment_model(cfg)
         self.fit_seconds: dict[str, float] = {}
         self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
         self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in cfg.privacy.per_round_attacks}
@@ -84,7 +84,7 @@ class PrivacyEvaluation:
         self.updates: UpdateAttackRecorder | None = None
         if cfg.threat.update_attacks:
             self.updates = UpdateAttackRecorder(
-                model=build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task)),
+                model=build_experiment_model(cfg),
                 training=cfg.training,
                 images=self.candidates.images,
                 masks=self.candidates.masks,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fl_mia.attacks.signals import per_image_loss
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import set_weights
 from fl_mia.training import predict_logits
@@ -34,10 +35,7 @@ def candidate_losses(
     model: nn.Module, images: np.ndarray, masks: np.ndarray, *, dice_weight: float, ce_weight: float
 ) -> np.ndarray:
     """Per-image training loss of every candidate under ``model`` (eval mode), ``[N]``."""
-    logits = predict_logits(model, images)
-    return segmentation_loss(
-        logits, torch.as_tensor(masks), dice_weight=dice_weight, ce_weight=ce_weight, reduction="none"
-    ).numpy()
+    return per_image_loss(predict_logits(model, images), masks, dice_weight=dice_weight, ce_weight=ce_weight)
 
 
 def loss_signals(sent_losses: np.ndarray, returned_losses: np.ndarray) -> dict[str, np.ndarray]:
