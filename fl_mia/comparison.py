@@ -15,7 +15,13 @@ import numpy as np
 
 from fl_mia.run_folder import write_csv
 
-DEFAULT_ATTACKS = ("loss", "update.returned_loss", "update.loss_log_ratio.accumulated", "update.gradient_alignment.accumulated")
+DEFAULT_ATTACKS = (
+    "loss",
+    "update.returned_loss",
+    "update.loss_log_ratio.accumulated",
+    "update.gradient_alignment.accumulated",
+    "update.trap_trace",  # only runs of the trap-weights strategy have it
+)
 
 
 class ComparisonError(ValueError):

@@ -176,7 +176,7 @@ class SimulationConfig(_Section):
 class ThreatConfig(_Section):
     """What the server does: honest-but-curious FedAvg, or a poisoning strategy."""
 
-    poisoning: Literal["none", "gradient_ascent", "isolation", "model_inconsistency", "backdoor"] = Field(
+    poisoning: Literal["none", "gradient_ascent", "isolation", "model_inconsistency", "backdoor", "trap_weights"] = Field(
         "none", description="'none': honest-but-curious server; otherwise the malicious strategy it runs."
     )
     target_hospitals: list[int] = Field(
@@ -201,6 +201,13 @@ class ThreatConfig(_Section):
     backdoor_trigger_value: float = Field(4.0, description="backdoor: value written into the trigger (normalised units).")
     backdoor_steps: int = Field(20, ge=1, le=10_000, description="backdoor: fine-tuning steps before each sending.")
     backdoor_lr: float = Field(1e-3, gt=0.0, le=1.0, description="backdoor: learning rate of the implanting.")
+    trap_detectors_per_round: int = Field(
+        16, ge=1, le=4096,
+        description="trap_weights: candidates trapped per targeted hospital and poisoned round (one GroupNorm group of encoder.layer1.0.conv1 each).",
+    )
+    trap_fit_steps: int = Field(
+        60, ge=0, le=10_000, description="trap_weights: optimisation steps that separate a detector's target from the server's other scans."
+    )
     update_attacks: bool = Field(
         True, description="Score candidates on each hospital's update (loss reduction, gradient alignment, ...)."
     )
@@ -402,25 +409,27 @@ class ExperimentConfig(_Section):
         late = [r for r in self.threat.poison_rounds or [] if r > self.federation.rounds]
         if late:
             raise ValueError(f"threat.poison_rounds: round {late[0]} is after the last round (federation.rounds)")
+        if self.threat.poisoning == "trap_weights":
+            self._trap_weights_fit_the_model()
         return self
 
-    @model_validator(mode="after")
-    def _failures_name_real_hospitals_and_rounds(self) -> "ExperimentConfig":
-        k, rounds = self.federation.num_hospitals, self.federation.rounds
-        for kind in ("crashes", "stragglers"):
-            for entry in getattr(self.failures, kind):
-                if entry.hospital >= k:
-                    raise ValueError(
-                        f"failures.{kind}: hospital {entry.hospital} does not exist "
-                        f"(federation.num_hospitals={k}, ids 0..{k - 1})"
-                    )
-                late = [r for r in entry.rounds if r > rounds]
-                if late:
-                    raise ValueError(
-                        f"failures.{kind}: round {late[0]} of hospital {entry.hospital} is after "
-                        f"the last round (federation.rounds={rounds})"
-                    )
-        return self
+    def _trap_weights_fit_the_model(self) -> None:
+        # The trap reads "this parameter never moved" as "its detector never fired".
+        if self.training.weight_decay != 0:
+            raise ValueError(
+                "threat.poisoning=trap_weights: training.weight_decay must be 0 (decay moves every weight and hides the trap)"
+            )
+        if self.model.norm != "groupnorm" or not self.model.encoder.startswith(("resnet", "resnext")):
+            raise ValueError(
+                "threat.poisoning=trap_weights needs a ResNet-family encoder with GroupNorm: "
+                "set model.encoder = 'resnet18' (or another resnet) and model.norm = 'groupnorm'"
+            )
+        if not self.threat.update_attacks:
+            raise ValueError("threat.poisoning=trap_weights reads the hospitals' updates: set threat.update_attacks = true")
+        from fl_mia.models import build_experiment_model  # heavy imports only for this strategy
+        from fl_mia.poisoning.trap_weights import check_capacity
+
+        check_capacity(build_experiment_model(self), self.threat.trap_detectors_per_round)
 
     def sampled_per_round(self) -> int:
         """Hospitals sampled each round (what the server's strategy asks for)."""

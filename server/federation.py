@@ -102,6 +102,7 @@ def make_server_poisoner(cfg: ExperimentConfig, privacy):
         candidate_hospital=privacy.candidates.hospital,
         population=privacy.knowledge.population,
         seed=cfg.seed,
+        candidate_patients=privacy.candidates.patient_ids,
     )
     return make_poisoner(cfg.threat, knowledge)
 
@@ -151,6 +152,8 @@ def run_federation(
         checkpointer.register("privacy", privacy)
     if poisoner is not None:
         checkpointer.register("poisoner", poisoner)
+        if privacy is not None and privacy.updates is not None:
+            privacy.updates.add_signal_source(poisoner)  # e.g. the trap's trace, before a resume restores it
     done = checkpointer.restore(resume) if resume is not None else 0
 
     def after_round(server_round: int, weights: list[np.ndarray]) -> None:

@@ -2,8 +2,9 @@
 
 Only two hooks change: ``configure_fit`` replaces a targeted hospital's payload by a fresh
 one (the honest payload object is shared by every hospital of the round and is never
-touched), and ``prepare_for_aggregation`` optionally folds a poisoned hospital back in as
-"global model + its own update", so that the poison itself does not reach the global model.
+touched), and ``prepare_for_aggregation`` optionally folds a poisoned hospital back in
+(``Poisoner.fold_back``: "global model + its own update", or left out), so that the poison
+itself does not reach the global model.
 """
 
 from __future__ import annotations
@@ -91,9 +92,13 @@ class PoisoningFedAvg(HonestFedAvg):
         for proxy, res in results:
             hospital = partition_of(proxy, res, self.directory)
             if hospital in self.poisoned_this_round:
-                returned = parameters_to_ndarrays(res.parameters)
-                sent = parameters_to_ndarrays(self.sent_this_round[hospital])
-                honest_equivalent = [g + (r - s) for g, r, s in zip(self._global_this_round, returned, sent)]
-                res = FitRes(res.status, ndarrays_to_parameters(honest_equivalent), res.num_examples, res.metrics)
+                folded = self.poisoner.fold_back(
+                    global_weights=self._global_this_round,
+                    sent=parameters_to_ndarrays(self.sent_this_round[hospital]),
+                    returned=parameters_to_ndarrays(res.parameters),
+                )
+                if folded is None:
+                    continue  # the poisoner keeps this reply out of the global model
+                res = FitRes(res.status, ndarrays_to_parameters(folded), res.num_examples, res.metrics)
             prepared.append((proxy, res))
         return prepared

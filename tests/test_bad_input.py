@@ -157,6 +157,21 @@ CASES = [
     ),
     Case("--resume with --out", lambda p: ["run", "--resume", str(p.run), "--out", str(p.new_out)], ("--resume", "--out")),
     Case("--resume with --set alone", lambda p: ["run", "--resume", str(p.run), "--set", "seed=1"], ("--set", "--resume")),
+    Case(
+        "trap weights under weight decay",
+        with_set('threat.poisoning="trap_weights"', "training.weight_decay=0.01"),
+        ("trap_weights", "training.weight_decay must be 0"),
+    ),
+    Case(
+        "trap weights on BatchNorm",
+        with_set('threat.poisoning="trap_weights"', 'model.norm="batchnorm"'),
+        ("trap_weights", "model.norm = 'groupnorm'"),
+    ),
+    Case(
+        "more trap detectors than GroupNorm groups",
+        with_set('threat.poisoning="trap_weights"', "threat.trap_detectors_per_round=40"),
+        ("threat.trap_detectors_per_round = 40", "32 GroupNorm groups"),
+    ),
 ]
 
 

@@ -63,7 +63,7 @@ def payloads(s, weights, server_round=1):
     return {NODES[p.node_id]: ins for p, ins in instructions}, parameters
 
 
-@pytest.mark.parametrize("poisoning", ["gradient_ascent", "backdoor"])
+@pytest.mark.parametrize("poisoning", ["gradient_ascent", "backdoor", "trap_weights"])
 def test_untargeted_hospitals_get_exactly_the_honest_model_and_targets_a_fresh_one(poisoning):
     s, weights = strategy(poisoning, target_hospitals=[1])
     sent, shared = payloads(s, weights)

@@ -68,3 +68,19 @@ def test_consistency_check_refuses_the_inconsistent_round_and_the_run_goes_on(tm
     signal = matrices["update_matrix.returned_loss"]
     assert np.isfinite(signal[0]).all()  # round 1: the (secure) aggregate was opened
     assert np.isnan(signal[1]).all()  # round 2: the server learned nothing, target included
+
+
+@pytest.mark.slow
+def test_trap_weights_run_names_the_members_of_the_trapped_hospital(tmp_path):
+    metrics, matrices = run(
+        tmp_path, "trap",
+        federation={"rounds": 2, "num_hospitals": 2, "patients_per_hospital": 16},
+        threat={"poisoning": "trap_weights", "target_hospitals": [0], "poison_rounds": [2],
+                "trap_detectors_per_round": 32, "gradient_alignment": False},
+    )
+    trap = metrics["privacy"]["update.trap_trace"]["per_hospital"]["0"]
+    assert trap["auc"] >= 0.95 and trap["tpr_at_1pct_fpr"] >= 0.9
+    assert metrics["threat"]["trap"]["candidates_covered"] == 1.0
+    traces = matrices["update_matrix.trap_trace"]
+    assert np.isnan(traces[0]).all()  # round 1 was honest
+    assert np.isnan(traces[1][:, 1]).all()  # hospital 1 was never trapped

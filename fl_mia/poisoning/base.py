@@ -19,6 +19,7 @@ class PoisoningKnowledge:
     ``candidate_images``/``candidate_masks`` are the records it asks about (e.g. leaked
     scans) and ``candidate_hospital`` the hospital each is asked about; ``population`` is
     its own disjoint data; ``model`` a scratch model of the federation's architecture.
+    ``candidate_patients`` (optional) tells which candidates are slices of one patient.
     """
 
     model: nn.Module
@@ -28,6 +29,7 @@ class PoisoningKnowledge:
     candidate_hospital: np.ndarray
     population: Split
     seed: int
+    candidate_patients: np.ndarray | None = None
 
     def candidates_of(self, hospital: int) -> tuple[np.ndarray, np.ndarray]:
         chosen = self.candidate_hospital == hospital
@@ -53,6 +55,25 @@ class Poisoner(ABC):
 
     def observe_reply(self, *, server_round: int, hospital: int, returned: list[np.ndarray]) -> None:
         """Called with every hospital's returned weights (when the server can see them)."""
+
+    def fold_back(
+        self, *, global_weights: list[np.ndarray], sent: list[np.ndarray], returned: list[np.ndarray]
+    ) -> list[np.ndarray] | None:
+        """What a poisoned hospital contributes to the aggregate when ``threat.compensate`` is on.
+
+        By default "global model + its own update", so the poison itself stays out of the
+        global model; ``None`` leaves the reply out of the aggregate altogether.
+        """
+        return [g + (r - s) for g, r, s in zip(global_weights, returned, sent)]
+
+    # Poisoner-specific update signals (e.g. a trap's trace), scored beside the generic ones.
+    update_signal_names: tuple[str, ...] = ()
+
+    def update_signals(
+        self, *, server_round: int, hospital: int, sent: list[np.ndarray], returned: list[np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Per candidate, ``{signal: [N]}`` from one hospital's update (NaN where it says nothing)."""
+        return {}
 
     def describe(self) -> str:
         """One sentence: exactly what the server changes."""

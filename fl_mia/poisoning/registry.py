@@ -10,6 +10,7 @@ from fl_mia.poisoning.base import PoisoningKnowledge, Poisoner
 from fl_mia.poisoning.gradient_ascent import GradientAscentPoisoner
 from fl_mia.poisoning.isolation import IsolationPoisoner
 from fl_mia.poisoning.model_inconsistency import ModelInconsistencyPoisoner
+from fl_mia.poisoning.trap_weights import TrapWeightsPoisoner
 
 POISONERS: dict[str, Callable[[ThreatConfig, PoisoningKnowledge], Poisoner]] = {
     "gradient_ascent": lambda t, k: GradientAscentPoisoner(
@@ -21,6 +22,9 @@ POISONERS: dict[str, Callable[[ThreatConfig, PoisoningKnowledge], Poisoner]] = {
     "backdoor": lambda t, k: BackdoorPoisoner(
         k, targets=t.target_hospitals, trigger_size=t.backdoor_trigger_size, trigger_value=t.backdoor_trigger_value,
         steps=t.backdoor_steps, lr=t.backdoor_lr,
+    ),
+    "trap_weights": lambda t, k: TrapWeightsPoisoner(
+        k, targets=t.target_hospitals, detectors_per_round=t.trap_detectors_per_round, fit_steps=t.trap_fit_steps
     ),
 }
 

@@ -48,8 +48,17 @@ class UpdateAttackRecorder:
         self.masks = masks
         self.with_gradient_alignment = with_gradient_alignment
         signals = ALL_SIGNALS if with_gradient_alignment else LOSS_SIGNALS
-        shape = (total_rounds, len(images), num_hospitals)
-        self.scores: dict[str, np.ndarray] = {name: np.full(shape, np.nan) for name in signals}
+        self._shape = (total_rounds, len(images), num_hospitals)
+        self.scores: dict[str, np.ndarray] = {name: np.full(self._shape, np.nan) for name in signals}
+        self.signal_sources: list = []
+
+    def add_signal_source(self, source) -> None:
+        """Also record ``source.update_signals(...)`` (a poisoner's own signals, e.g. a trap's trace)."""
+        if not source.update_signal_names:
+            return
+        self.signal_sources.append(source)
+        for name in source.update_signal_names:
+            self.scores.setdefault(name, np.full(self._shape, np.nan))
 
     @property
     def signals(self) -> tuple[str, ...]:
@@ -87,6 +96,13 @@ class UpdateAttackRecorder:
                 )
                 for column, reply in enumerate(members):
                     self.scores["gradient_alignment"][index, :, reply.hospital] = cosines[:, column]
+        for source in self.signal_sources:
+            for reply in observed:
+                signals = source.update_signals(
+                    server_round=server_round, hospital=reply.hospital, sent=reply.sent_weights, returned=reply.weights
+                )
+                for name, values in signals.items():
+                    self.scores[name][index, :, reply.hospital] = values
 
     # Checkpoint protocol: the signals gathered so far.
     def state_dict(self) -> dict[str, np.ndarray]:
