@@ -318,6 +318,10 @@ class PrivacyConfig(_Section):
         ge=1,
         description="Members drawn per hospital (and as many non-members); default: as many as both pools allow.",
     )
+    match_lesion_area: bool = Field(
+        False,
+        description="Draw members and non-members with the same mix of lesion-free, small- and large-lesion scans, so that the mask alone cannot tell them apart (metrics.json privacy.candidate_set.lesion_area_auc shows how much it could).",
+    )
     shadow_epochs: int | None = Field(
         None,
         ge=1,

@@ -111,6 +111,27 @@ def test_candidates_are_reproducible(tiny_cfg):
     assert np.array_equal(first.image_ids, second.image_ids) and np.array_equal(ledger_a.keep, ledger_b.keep)
 
 
+def test_matched_candidates_leave_the_masks_nothing_to_tell():
+    """Plain draws on the overfit base differ in lesions (a mask-only score beats chance); matched ones do not."""
+    from fl_mia.config import load_config
+    from fl_mia.privacy.candidates import LESION_AREA_STRATA, lesion_area, lesion_strata
+
+    plain_cfg = load_config(ROOT / "configs" / "overfit.toml")
+    matched_cfg = load_config(ROOT / "configs" / "overfit.toml", ["privacy.match_lesion_area=true"])
+    plain, plain_ledger = build_candidates(plain_cfg)
+    assert abs(roc_auc_score(plain_ledger.is_member(), lesion_area(plain.masks, "lesion")) - 0.5) > 0.1
+    matched, ledger = build_candidates(matched_cfg)
+    is_member, areas = ledger.is_member(), lesion_area(matched.masks, "lesion")
+    assert abs(roc_auc_score(is_member, areas) - 0.5) <= 0.05
+    edges = np.quantile(areas[areas > 0], np.linspace(0, 1, LESION_AREA_STRATA + 1)[1:-1])
+    for k in range(matched_cfg.federation.num_hospitals):
+        drawn = matched.hospital == k
+        assert is_member[drawn].sum() == (~is_member[drawn]).sum() > 0
+        assert (areas[drawn & is_member] == 0).sum() == (areas[drawn & ~is_member] == 0).sum()
+        assert set(matched.image_ids[drawn & is_member]) <= set(build_hospital(matched_cfg, k).train.image_ids)
+    assert lesion_strata(areas, edges).max() <= LESION_AREA_STRATA
+
+
 # --- the ledger never reaches attack code ------------------------------------------------------
 
 

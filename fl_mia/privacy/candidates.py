@@ -5,6 +5,11 @@ its held-out pool (same scanner, never trained on). Both pools are split by pati
 so no patient is on both sides. Candidates are shuffled into one seeded order: their position
 says nothing about membership.
 
+Pools drawn at random can differ in what their masks show (one hospital's held-out patients
+may have more lesions than its training patients), and a mask-only "attack" would then beat
+chance without any model. With ``privacy.match_lesion_area`` both sides get the same number
+of scans from each lesion-area stratum (none, then quantiles of the lesion area).
+
 :class:`CandidateSet` is what attack code receives (images, masks, ids, the hospital a
 candidate was drawn for). :class:`MembershipLedger` is the truth; only the evaluation step
 (:mod:`fl_mia.privacy.evaluation`) reads it.
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import Split, build_hospital
+from fl_mia.data import Split, build_hospital, num_classes
 from fl_mia.seeding import rng_for
 
 CANDIDATE_COLUMNS = ["candidate", "hospital", "patient", "image"]
@@ -89,6 +94,60 @@ def _draw_by_patient(split: Split, count: int, rng: np.random.Generator) -> np.n
     return np.sort(np.asarray(chosen[:count], dtype=np.int64))
 
 
+LESION_AREA_STRATA = 3  # lesion-bearing strata (quantiles of the area) beside "no lesion"
+
+
+def lesion_area(masks: np.ndarray, task: str) -> np.ndarray:
+    """Share of each scan's pixels that are lesion (the task's last class), ``[N]``."""
+    lesion_class = num_classes(task) - 1
+    return (masks.reshape(len(masks), -1) == lesion_class).mean(axis=1)
+
+
+def lesion_strata(areas: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """0 for lesion-free scans, then 1.. by which area quantile the lesion falls in."""
+    return np.where(areas > 0, 1 + np.searchsorted(edges, areas, side="right"), 0)
+
+
+def _matched_quotas(member_strata: np.ndarray, non_member_strata: np.ndarray, count: int) -> np.ndarray:
+    """Scans per stratum for both sides: the pooled mix, capped by what both pools hold."""
+    strata = LESION_AREA_STRATA + 1
+    available = np.minimum(np.bincount(member_strata, minlength=strata), np.bincount(non_member_strata, minlength=strata))
+    pooled = np.bincount(np.concatenate([member_strata, non_member_strata]), minlength=strata)
+    quotas = np.minimum(available, np.floor(count * pooled / max(pooled.sum(), 1)).astype(int))
+    while quotas.sum() < count and (quotas < available).any():
+        spare = np.flatnonzero(quotas < available)
+        quotas[spare[np.argmax((available - quotas)[spare])]] += 1  # fill from the stratum with most to spare
+    return quotas
+
+
+def _draw_matched(split: Split, strata: np.ndarray, quotas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Patients in random order; a scan is taken while its stratum's quota is open."""
+    remaining = quotas.copy()
+    chosen: list[int] = []
+    for patient in rng.permutation(np.unique(split.patient_ids)):
+        for index in np.flatnonzero(split.patient_ids == patient):
+            if remaining[strata[index]] > 0:
+                remaining[strata[index]] -= 1
+                chosen.append(int(index))
+        if not remaining.any():
+            break
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _draw_members_and_non_members(
+    train: Split, heldout: Split, count: int, rng: np.random.Generator, *, match_lesion_area: bool, task: str
+) -> tuple[np.ndarray, np.ndarray]:
+    if not match_lesion_area:
+        return _draw_by_patient(train, count, rng), _draw_by_patient(heldout, count, rng)
+    train_area, heldout_area = lesion_area(train.masks, task), lesion_area(heldout.masks, task)
+    lesions = np.concatenate([train_area, heldout_area])
+    lesions = lesions[lesions > 0]
+    edges = np.quantile(lesions, np.linspace(0, 1, LESION_AREA_STRATA + 1)[1:-1]) if len(lesions) else np.zeros(0)
+    train_strata, heldout_strata = lesion_strata(train_area, edges), lesion_strata(heldout_area, edges)
+    quotas = _matched_quotas(train_strata, heldout_strata, count)
+    return _draw_matched(train, train_strata, quotas, rng), _draw_matched(heldout, heldout_strata, quotas, rng)
+
+
 def candidates_per_hospital(cfg: ExperimentConfig) -> list[int]:
     """Members drawn per hospital (equal to its non-members): the config's size, capped by both pools."""
     sizes = []
@@ -107,8 +166,10 @@ def build_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLed
     for k, count in enumerate(candidates_per_hospital(cfg)):
         hospital = build_hospital(cfg, k)
         rng = rng_for(cfg.seed, "candidates", k)
-        members = hospital.train.subset(_draw_by_patient(hospital.train, count, rng))
-        non_members = hospital.heldout.subset(_draw_by_patient(hospital.heldout, count, rng))
+        member_index, non_member_index = _draw_members_and_non_members(
+            hospital.train, hospital.heldout, count, rng, match_lesion_area=cfg.privacy.match_lesion_area, task=cfg.data.task
+        )
+        members, non_members = hospital.train.subset(member_index), hospital.heldout.subset(non_member_index)
         parts += [(members, k, True), (non_members, k, False)]
     pooled = Split.concatenate([split for split, _, _ in parts])
     drawn_for = np.concatenate([np.full(len(split), k, np.int64) for split, k, _ in parts])

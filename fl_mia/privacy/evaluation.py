@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from fl_mia.attacks import AttackerKnowledge, MembershipAttack, TargetView, make_attack
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import build_attacker_population
 from fl_mia.defences.output import target_view
 from fl_mia.models import build_experiment_model, set_weights
-from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, CandidateSet, MembershipLedger, build_candidates
+from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, CandidateSet, MembershipLedger, build_candidates, lesion_area
 from fl_mia.privacy.metrics import membership_metrics
 from fl_mia.privacy.plots import plot_privacy_by_round, plot_roc_loglog
 from fl_mia.privacy.shadows import ShadowStore
@@ -192,6 +193,7 @@ class PrivacyEvaluation:
                 name, overall["auc"], overall["tpr_at_1pct_fpr"], overall["tpr_at_0.1pct_fpr"],
             )
         is_member = self._ledger.is_member()
+        areas = lesion_area(self.candidates.masks, self.cfg.data.task)
         section["candidate_set"] = {
             "members": int(is_member.sum()),
             "non_members": int((~is_member).sum()),
@@ -199,6 +201,13 @@ class PrivacyEvaluation:
                 str(k): int(is_member[self.candidates.hospital == k].sum()) for k in np.unique(self.candidates.hospital)
             },
             "attacker_population_images": len(self.knowledge.population),
+            # How far the masks alone separate members: a model-free score every attack gets for free.
+            "lesion_area_auc": float(roc_auc_score(is_member, areas)),
+            "lesion_free_share": {
+                "members": float((areas[is_member] == 0).mean()),
+                "non_members": float((areas[~is_member] == 0).mean()),
+            },
+            "matched_lesion_area": self.cfg.privacy.match_lesion_area,
             "shadow_epochs": self.shadows.epochs,
             "shadow_train_seconds": dict(self.shadows.train_seconds),
         }
