@@ -262,55 +262,66 @@ class TrapWeightsPoisoner(Poisoner):
         return weights
 
     def _arm(self, global_weights: list[np.ndarray], chosen: np.ndarray) -> tuple[list[np.ndarray], list[Detector]]:
-        model, site = self.model, self.site
-        set_weights(model, global_weights)
-        constant = install_constant_feature(model, site)
-        _, _, conv, norm = site.modules(model)
-        k = self.knowledge
-        population = k.population.images
-        scans = np.concatenate([population, k.candidate_images])
+        """The global model with the constant feature and one detector per chosen candidate."""
+        set_weights(self.model, global_weights)
+        constant = install_constant_feature(self.model, self.site)
+        population = self.knowledge.population.images
+        scans = np.concatenate([population, self.knowledge.candidate_images])
         scan_patient = np.concatenate([np.full(len(population), -1), self.patients])
-        features = detector_inputs(model, site, scans)
-        patches = centred_patches(features, conv)  # [scans, positions, d]
-        usable = torch.ones(conv.weight.shape[1:], dtype=patches.dtype)
-        usable[constant] = 0.0  # the detector must not read the constant channels
-        patches = patches * usable.flatten()
+        held_against = [scan_patient != self.patients[c] for c in chosen]  # the candidate's own patient excepted
+        features = detector_inputs(self.model, self.site, scans)
+        filters, margins = self._fit_filters(features, constant, [len(population) + c for c in chosen], held_against)
+        separates = self._write_detectors(features, constant, filters, [len(population) + c for c in chosen], held_against)
+        detectors = [
+            Detector(int(c), group, margin, separates=ok)
+            for group, (c, margin, ok) in enumerate(zip(chosen, margins, separates))
+        ]
+        return get_weights(self.model), detectors
+
+    def _fit_filters(
+        self, features: torch.Tensor, constant: slice, targets: list[int], held_against: list[np.ndarray]
+    ) -> tuple[list[torch.Tensor], list[float]]:
+        conv = self.site.modules(self.model)[2]
+        usable = torch.ones(conv.weight.shape[1:])
+        usable[constant] = 0.0  # a detector must not read the constant channels
+        patches = centred_patches(features, conv) * usable.flatten()  # [scans, positions, d]
         positions = patches.shape[1]
         every_patch = patches.flatten(0, 1)
-        offset = len(population)
-        filters, relative_margins = [], []
-        for candidate in chosen:
-            held_against = torch.as_tensor(np.repeat(scan_patient != self.patients[candidate], positions))
-            weights, relative = fit_detector_filter(
-                patches[offset + candidate], every_patch, held_against=held_against, steps=self.fit_steps
+        filters, margins = [], []
+        for target, others in zip(targets, held_against):
+            unit, margin = fit_detector_filter(
+                patches[target], every_patch, held_against=torch.as_tensor(np.repeat(others, positions)), steps=self.fit_steps
             )
-            filters.append(weights)
-            relative_margins.append(relative)
-        with torch.no_grad():
-            groups = [slice(g * self.per_group, (g + 1) * self.per_group) for g in range(len(chosen))]
-            for rows, w in zip(groups, filters):
-                conv.weight[rows.start] = w.reshape(conv.weight.shape[1:])
-            responses = conv(features)[:, [rows.start for rows in groups]]
-            scale = CONSTANT_SCALE * float(responses.abs().max().clamp_min(1e-6))
-            centre = (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
-            for rows in groups:
-                reference = slice(rows.start + 1, rows.stop)
-                conv.weight[reference] = 0.0
-                conv.weight[reference, constant.start, centre[0], centre[1]] = scale
-            peaks = normalised_peaks(features, conv, norm)
-            detectors = []
-            for candidate, relative, rows in zip(chosen, relative_margins, groups):
-                detector_peaks = peaks[:, rows.start]
-                others = torch.as_tensor(scan_patient != self.patients[candidate])
-                own_peak, other_peak = float(detector_peaks[offset + candidate]), float(detector_peaks[others].max())
-                threshold = (own_peak + other_peak) / 2
-                # Output ≈ (w·(patch − mean) − threshold) in feature units: norm weight ≈ C/2.
-                norm.weight[rows.start], norm.bias[rows.start] = scale / 2, -scale / 2 * threshold
-                norm.weight[rows.start + 1 : rows.stop], norm.bias[rows.start + 1 : rows.stop] = 0.0, -1.0
-                detectors.append(
-                    Detector(int(candidate), rows.start // self.per_group, relative, separates=own_peak > other_peak)
-                )
-        return get_weights(model), detectors
+            filters.append(unit.reshape(conv.weight.shape[1:]))
+            margins.append(margin)
+        return filters, margins
+
+    @torch.no_grad()
+    def _write_detectors(
+        self, features: torch.Tensor, constant: slice, filters: list[torch.Tensor], targets: list[int],
+        held_against: list[np.ndarray],
+    ) -> list[bool]:
+        """Fill groups 0..n−1 of the detector layer; per detector, whether its target beats every other scan."""
+        _, _, conv, norm = self.site.modules(self.model)
+        groups = [slice(g * self.per_group, (g + 1) * self.per_group) for g in range(len(filters))]
+        for rows, unit in zip(groups, filters):
+            conv.weight[rows.start] = unit
+        responses = conv(features)[:, [rows.start for rows in groups]]
+        scale = CONSTANT_SCALE * float(responses.abs().max().clamp_min(1e-6))
+        centre = (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
+        for rows in groups:
+            conv.weight[rows.start + 1 : rows.stop] = 0.0
+            conv.weight[rows.start + 1 : rows.stop, constant.start, centre[0], centre[1]] = scale
+        peaks = normalised_peaks(features, conv, norm)
+        separates = []
+        for rows, target, others in zip(groups, targets, held_against):
+            own_peak, other_peak = float(peaks[target, rows.start]), float(peaks[torch.as_tensor(others), rows.start].max())
+            threshold = (own_peak + other_peak) / 2
+            # Output ≈ w·(patch − mean patch) − threshold, in feature units (GroupNorm divided by ≈ C/2).
+            norm.weight[rows.start], norm.bias[rows.start] = scale / 2, -scale / 2 * threshold
+            norm.weight[rows.start + 1 : rows.stop], norm.bias[rows.start + 1 : rows.stop] = 0.0, -1.0
+            separates.append(own_peak > other_peak)
+        return separates
 
     def fold_back(self, *, global_weights, sent, returned):
         return None  # a trapped model's update is not worth averaging: keep the global model clean
