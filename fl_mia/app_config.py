@@ -7,6 +7,8 @@ from pathlib import Path
 from fl_mia.config import ConfigError, ExperimentConfig, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Metrics/properties key by which a hospital names its partition to the server (both apps use it).
+PARTITION_KEY = "partition_id"
 
 
 def experiment_from_run_config(run_config: dict) -> ExperimentConfig:
@@ -24,7 +26,7 @@ def experiment_from_run_config(run_config: dict) -> ExperimentConfig:
     return load_config(path, overrides)
 
 
-__all__ = ["ConfigError", "experiment_from_run_config"]
+__all__ = ["PARTITION_KEY", "ConfigError", "experiment_from_run_config"]
 
 
 def run_folder_from_run_config(run_config: dict, cfg: ExperimentConfig) -> Path:

@@ -17,9 +17,8 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from fl_mia.app_config import PARTITION_KEY
 from fl_mia.seeding import rng_for
-
-PARTITION_KEY = "partition_id"
 
 
 @dataclass
