@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import Split, build_hospital, num_classes
+from fl_mia.data import Split, build_hospital
+from fl_mia.data.phantom import LESION
 from fl_mia.seeding import rng_for
 
 CANDIDATE_COLUMNS = ["candidate", "hospital", "patient", "image"]
@@ -98,8 +99,8 @@ LESION_AREA_STRATA = 3  # lesion-bearing strata (quantiles of the area) beside "
 
 
 def lesion_area(masks: np.ndarray, task: str) -> np.ndarray:
-    """Share of each scan's pixels that are lesion (the task's last class), ``[N]``."""
-    lesion_class = num_classes(task) - 1
+    """Share of each scan's pixels that are lesion, ``[N]``."""
+    lesion_class = 1 if task == "lesion" else LESION  # the binary task's foreground is the lesion
     return (masks.reshape(len(masks), -1) == lesion_class).mean(axis=1)
 
 
