@@ -162,6 +162,10 @@ class PrivacyEvaluation:
             "members": int(members.sum()),
             "accuracy": float((guess[members] == owner[members]).mean()) if members.any() else None,
             "chance": 1.0 / keep.shape[1],
+            # Naming always the hospital with most members needs no information either; with
+            # unequal hospitals it beats 1/K (and it is what ties, e.g. under SecAgg+, give).
+            "majority_share": float(np.bincount(owner[members], minlength=keep.shape[1]).max() / members.sum())
+            if members.any() else None,
         }
 
     def finish(self, final_weights: list[np.ndarray]) -> dict[str, Any]:
