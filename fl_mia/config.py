@@ -435,6 +435,24 @@ class ExperimentConfig(_Section):
 
         check_capacity(build_experiment_model(self), self.threat.trap_detectors_per_round)
 
+    @model_validator(mode="after")
+    def _failures_name_real_hospitals_and_rounds(self) -> "ExperimentConfig":
+        k, rounds = self.federation.num_hospitals, self.federation.rounds
+        for kind in ("crashes", "stragglers"):
+            for entry in getattr(self.failures, kind):
+                if entry.hospital >= k:
+                    raise ValueError(
+                        f"failures.{kind}: hospital {entry.hospital} does not exist "
+                        f"(federation.num_hospitals={k}, ids 0..{k - 1})"
+                    )
+                late = [r for r in entry.rounds if r > rounds]
+                if late:
+                    raise ValueError(
+                        f"failures.{kind}: round {late[0]} of hospital {entry.hospital} is after "
+                        f"the last round (federation.rounds={rounds})"
+                    )
+        return self
+
     def sampled_per_round(self) -> int:
         """Hospitals sampled each round (what the server's strategy asks for)."""
         return max(1, int(round(self.federation.fraction_fit * self.federation.num_hospitals)))
