@@ -205,6 +205,10 @@ class ThreatConfig(_Section):
         16, ge=1, le=4096,
         description="trap_weights: candidates trapped per targeted hospital and poisoned round (one GroupNorm group of encoder.layer1.0.conv1 each).",
     )
+    trap_in_turn: bool = Field(
+        True,
+        description="trap_weights: trap one target hospital per poisoned round, in turn (one reply left out per round), rather than all targets at once.",
+    )
     trap_fit_steps: int = Field(
         60, ge=0, le=10_000, description="trap_weights: optimisation steps that separate a detector's target from the server's other scans."
     )

@@ -140,3 +140,29 @@ def test_trapped_reply_is_left_out_of_the_aggregate(setting):
     kept = strategy.prepare_for_aggregation(1, results)
     assert [proxy.node_id for proxy, _ in kept] == [2002]
 
+
+
+def test_targets_are_trapped_one_per_round_in_turn(setting):
+    cfg, _, _, global_weights, knowledge = setting
+    threat = cfg.threat.model_copy(update={"target_hospitals": [0, 1], "trap_detectors_per_round": 2})
+    poisoner = make_poisoner(threat, knowledge)
+    sent = {
+        (r, h): poisoner.poison(server_round=r, hospital=h, global_weights=global_weights)
+        for r in (3, 4, 5) for h in (0, 1)
+    }
+    trapped = {pair for pair, weights in sent.items() if weights is not None}
+    assert trapped == {(3, 0), (4, 1), (5, 0)} == poisoner.poisoned_pairs()
+    restored = make_poisoner(threat, knowledge)
+    restored.load_state_dict(poisoner.state_dict())  # a resume continues the turns
+    assert restored.poison(server_round=6, hospital=1, global_weights=global_weights) is not None
+
+
+def test_stealth_compares_exactly_the_trapped_replies():
+    from fl_mia.poisoning.report import stealth
+
+    rows = [
+        {"round": r, "hospital": h, "first_batch_loss": 2.0 if (r, h) in {(1, 0), (2, 1)} else 1.0}
+        for r in (1, 2) for h in (0, 1)
+    ]
+    assert stealth(rows, poisoned={0, 1}, rounds={1, 2}, pairs={(1, 0), (2, 1)})["ratio"] == 2.0
+    assert stealth(rows, poisoned={0, 1}, rounds={1, 2})["ratio"] is None  # no untouched hospital by hospital alone

@@ -83,6 +83,10 @@ class Poisoner(ABC):
         """Hospitals whose payload this poisoner replaces (in the rounds it is active)."""
         return set(getattr(self, "targets", set()))
 
+    def poisoned_pairs(self) -> set[tuple[int, int]] | None:
+        """(round, hospital) of every payload replaced, when the poisoner keeps them; else ``None``."""
+        return None
+
     def report(self) -> dict:
         """Poisoner-specific figures for metrics.json (e.g. the ascent actually achieved)."""
         return {}

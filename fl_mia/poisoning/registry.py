@@ -24,7 +24,8 @@ POISONERS: dict[str, Callable[[ThreatConfig, PoisoningKnowledge], Poisoner]] = {
         steps=t.backdoor_steps, lr=t.backdoor_lr,
     ),
     "trap_weights": lambda t, k: TrapWeightsPoisoner(
-        k, targets=t.target_hospitals, detectors_per_round=t.trap_detectors_per_round, fit_steps=t.trap_fit_steps
+        k, targets=t.target_hospitals, detectors_per_round=t.trap_detectors_per_round, fit_steps=t.trap_fit_steps,
+        in_turn=t.trap_in_turn,
     ),
 }
 

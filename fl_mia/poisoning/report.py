@@ -12,23 +12,38 @@ from fl_mia.poisoning.backdoor import BackdoorPoisoner
 from fl_mia.poisoning.base import Poisoner
 
 
-def stealth(rows: list[dict[str, Any]], *, poisoned: set[int], rounds: set[int] | None) -> dict[str, Any]:
+def stealth(
+    rows: list[dict[str, Any]],
+    *,
+    poisoned: set[int],
+    rounds: set[int] | None,
+    pairs: set[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
     """First-batch training loss of poisoned vs untouched hospitals in the poisoned rounds.
 
     A hospital sees this loss before its first step on the model it received; a ratio near 1
-    means the poisoning does not show in what hospitals routinely log.
+    means the poisoning does not show in what hospitals routinely log. ``pairs`` (round,
+    hospital), when the poisoner knows them, say exactly which replies were poisoned (a
+    poisoner that takes its targets in turn poisons one hospital per round).
     """
-    def mean_loss(hospitals: set[int]) -> float | None:
-        values = [
-            float(r["first_batch_loss"])
-            for r in rows
-            if r["hospital"] != "all" and int(r["hospital"]) in hospitals and r.get("first_batch_loss") not in (None, "")
-            and int(r["round"]) > 0 and (rounds is None or int(r["round"]) in rounds)
-        ]
-        return float(np.mean(values)) if values else None
+    def is_poisoned(row) -> bool:
+        if pairs is not None:
+            return (int(row["round"]), int(row["hospital"])) in pairs
+        return int(row["hospital"]) in poisoned
 
-    hospitals = {int(r["hospital"]) for r in rows if r["hospital"] != "all"}
-    poisoned_loss, other_loss = mean_loss(poisoned), mean_loss(hospitals - poisoned)
+    def in_poisoned_round(row) -> bool:
+        if pairs is not None:
+            return int(row["round"]) in {r for r, _ in pairs}
+        return rounds is None or int(row["round"]) in rounds
+
+    losses: dict[bool, list[float]] = {True: [], False: []}
+    for row in rows:
+        if row["hospital"] == "all" or row.get("first_batch_loss") in (None, "") or int(row["round"]) <= 0:
+            continue
+        if in_poisoned_round(row):
+            losses[is_poisoned(row)].append(float(row["first_batch_loss"]))
+    poisoned_loss = float(np.mean(losses[True])) if losses[True] else None
+    other_loss = float(np.mean(losses[False])) if losses[False] else None
     return {
         "poisoned_first_batch_loss": poisoned_loss,
         "untouched_first_batch_loss": other_loss,
@@ -52,7 +67,7 @@ def threat_report(
             "poisoned_hospitals": sorted(poisoned),
             "poison_rounds": sorted(rounds) if rounds is not None else "all",
             "compensated": threat.compensate and not cfg.defences.secagg.enabled,
-            "stealth": stealth(round_log.rows(), poisoned=poisoned, rounds=rounds),
+            "stealth": stealth(round_log.rows(), poisoned=poisoned, rounds=rounds, pairs=poisoner.poisoned_pairs()),
             **poisoner.report(),
         }
     )

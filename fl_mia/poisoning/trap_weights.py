@@ -209,13 +209,24 @@ class TrapWeightsPoisoner(Poisoner):
     update_signal_names = (SIGNAL,)
 
     def __init__(
-        self, knowledge: PoisoningKnowledge, *, targets: list[int], detectors_per_round: int, fit_steps: int
+        self,
+        knowledge: PoisoningKnowledge,
+        *,
+        targets: list[int],
+        detectors_per_round: int,
+        fit_steps: int,
+        in_turn: bool = True,
     ) -> None:
         self.knowledge = knowledge
         self.model = knowledge.model
         self.site = TrapSite.of(self.model)
         capacity = check_capacity(self.model, detectors_per_round)
         self.targets = set(targets)
+        # One target per poisoned round, in turn: each round then loses one hospital's reply,
+        # not all of them, and the global model keeps training.
+        self.in_turn = in_turn
+        self.turns_taken = 0
+        self.turn_of_round: dict[int, int] = {}
         self.detectors_per_round = detectors_per_round
         self.fit_steps = fit_steps
         self.keys = list(self.model.state_dict())
@@ -226,13 +237,16 @@ class TrapWeightsPoisoner(Poisoner):
         # Round-robin over each target's candidates: trap the next ones each poisoned round.
         self.next_index = {k: 0 for k in self.targets}
         self.armed: dict[tuple[int, int], list[Detector]] = {}
+        self.trapped_pairs: set[tuple[int, int]] = set()
         self.margins: list[float] = []
         self.not_separating = 0
         self.ever_armed = np.zeros(num_candidates, dtype=bool)
 
     def describe(self) -> str:
+        targets = sorted(self.targets)
+        who = f"hospitals {targets}" + (" (one per poisoned round, in turn)" if self.in_turn and len(targets) > 1 else "")
         return (
-            f"hospitals {sorted(self.targets)} receive a model in which {self.site.stem_conv}'s first GroupNorm group "
+            f"{who} receive a model in which {self.site.stem_conv}'s first GroupNorm group "
             f"outputs a constant and up to {self.detectors_per_round} GroupNorm groups of {self.site.detector_conv} "
             "are replaced by per-candidate detectors (a fitted filter, constant reference channels, a threshold in "
             f"{self.site.detector_norm}); a candidate scores how much its group's weights changed; "
@@ -248,14 +262,25 @@ class TrapWeightsPoisoner(Poisoner):
         self.next_index[hospital] = (start + take) % len(pool)
         return pool[(start + np.arange(take)) % len(pool)]
 
+    def trapped_in(self, server_round: int) -> set[int]:
+        """The hospitals trapped in a poisoned round: every target, or the one whose turn it is."""
+        if not self.in_turn:
+            return self.targets
+        if server_round not in self.turn_of_round:
+            order = sorted(self.targets)
+            self.turn_of_round[server_round] = order[self.turns_taken % len(order)]
+            self.turns_taken += 1
+        return {self.turn_of_round[server_round]}
+
     def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:
-        if hospital not in self.targets:
+        if hospital not in self.trapped_in(server_round):
             return None
         chosen = self._next_candidates(hospital)
         if len(chosen) == 0:
             return None
         weights, detectors = self._arm(global_weights, chosen)
         self.armed[(server_round, hospital)] = detectors
+        self.trapped_pairs.add((server_round, hospital))
         self.margins += [d.margin for d in detectors]
         self.not_separating += sum(not d.separates for d in detectors)
         self.ever_armed[chosen] = True
@@ -332,6 +357,9 @@ class TrapWeightsPoisoner(Poisoner):
             scores[detector.candidate] = trap_trace(self.site, self.keys, self.per_group, detector.group, sent, returned)
         return {SIGNAL: scores}
 
+    def poisoned_pairs(self) -> set[tuple[int, int]]:
+        return set(self.trapped_pairs)
+
     def report(self) -> dict:
         pool = np.isin(self.knowledge.candidate_hospital, sorted(self.targets))
         margins = np.asarray(self.margins)
@@ -349,6 +377,8 @@ class TrapWeightsPoisoner(Poisoner):
         state: dict = {f"next:{k}": np.asarray(v) for k, v in self.next_index.items()}
         state["margins"] = np.asarray(self.margins, dtype=np.float64)
         state["not_separating"] = np.asarray(self.not_separating)
+        state["turns_taken"] = np.asarray(self.turns_taken)
+        state["trapped_pairs"] = np.asarray(sorted(self.trapped_pairs), dtype=np.int64).reshape(-1, 2)
         state["ever_armed"] = self.ever_armed.copy()
         return state
 
@@ -358,5 +388,7 @@ class TrapWeightsPoisoner(Poisoner):
                 self.next_index[int(key.split(":")[1])] = int(value)
         self.margins = list(np.asarray(state.get("margins", [])).tolist())
         self.not_separating = int(state.get("not_separating", 0))
+        self.turns_taken = int(state.get("turns_taken", 0))
+        self.trapped_pairs = {(int(r), int(h)) for r, h in np.asarray(state.get("trapped_pairs", np.zeros((0, 2))))}
         if "ever_armed" in state:
             self.ever_armed = np.asarray(state["ever_armed"], dtype=bool).copy()
