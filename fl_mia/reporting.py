@@ -144,6 +144,10 @@ def privacy_table(metrics: dict[str, Any]) -> Table | None:
     caption = f"{overall['members']} members / {overall['non_members']} non-members; bal. acc. at the best ROC threshold"
     if overall.get("resolution_note"):
         caption += f"; {overall['resolution_note']}"
+    confound = (privacy.get("candidate_set") or {}).get("lesion_area_auc")
+    if confound is not None:
+        # What the masks alone give: an attack near this figure may be reading lesions, not membership.
+        caption += f"; mask-only score (lesion area, no model): AUC {confound:.3f}"
     table.caption = caption
     return table
 
