@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from fl_mia.config import load_config
-from fl_mia.privacy.candidates import build_candidates
+from fl_mia.privacy.candidates import build_candidates, lesion_area
 
 
 def _auc(is_member: np.ndarray, scores: np.ndarray) -> float:
@@ -31,7 +31,7 @@ def stratified(run_dir: Path) -> None:
     candidates, _ = build_candidates(cfg)
     keep = np.load(run_dir / "keep.npy").astype(bool)  # [candidates, hospitals]
     is_member = keep[np.arange(len(keep)), candidates.hospital]  # in the hospital it was drawn for
-    area = candidates.masks.reshape(len(candidates), -1).sum(1)
+    area = lesion_area(candidates.masks, cfg.data.task)
     empty = area == 0
     print(f"{run_dir}: lesion-free slices {empty[is_member].mean():.0%} of members, {empty[~is_member].mean():.0%} of non-members;"
           f" AUC of −lesion area (no model) {_auc(is_member, -area):.3f}")

@@ -427,17 +427,12 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 "threat.poisoning=trap_weights: training.weight_decay must be 0 (decay moves every weight and hides the trap)"
             )
-        if self.model.norm != "groupnorm" or not self.model.encoder.startswith(("resnet", "resnext")):
-            raise ValueError(
-                "threat.poisoning=trap_weights needs a ResNet-family encoder with GroupNorm: "
-                "set model.encoder = 'resnet18' (or another resnet) and model.norm = 'groupnorm'"
-            )
         if not self.threat.update_attacks:
             raise ValueError("threat.poisoning=trap_weights reads the hospitals' updates: set threat.update_attacks = true")
-        from fl_mia.models import build_experiment_model  # heavy imports only for this strategy
-        from fl_mia.poisoning.trap_weights import check_capacity
+        from fl_mia.poisoning.trap_weights import check_config_capacity  # heavy imports only for this strategy
 
-        check_capacity(build_experiment_model(self), self.threat.trap_detectors_per_round)
+        # Also checks the model has the trap's site (a ResNet-family encoder with GroupNorm).
+        check_config_capacity(self.model, self.threat.trap_detectors_per_round)
 
     @model_validator(mode="after")
     def _failures_name_real_hospitals_and_rounds(self) -> "ExperimentConfig":

@@ -21,9 +21,9 @@ from strategies.malicious import PoisoningFedAvg
 NODES = {1001: 0, 2002: 1, 3003: 2}
 
 
-def manager():
-    m = PartitionSeededClientManager(seed=0, directory=NODES)
-    for node in NODES:
+def manager(directory=NODES):
+    m = PartitionSeededClientManager(seed=0, directory=directory)
+    for node in directory:
         proxy = MagicMock()
         proxy.node_id, proxy.cid = node, str(node)
         m.register(proxy)

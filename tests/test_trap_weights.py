@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from unittest.mock import MagicMock
-
 import numpy as np
 import pytest
 import torch
@@ -19,9 +17,9 @@ from fl_mia.poisoning import PoisoningKnowledge, make_poisoner
 from fl_mia.poisoning.trap_weights import TrapSite, detector_inputs
 from fl_mia.privacy.candidates import build_candidates
 from fl_mia.training import train_local
-from strategies.honest import PartitionSeededClientManager
 from strategies.malicious import PoisoningFedAvg
 from tests.conftest import tiny_raw
+from tests.test_poisoning_strategies import manager
 
 TRAP = {"poisoning": "trap_weights", "target_hospitals": [0], "trap_detectors_per_round": 16}
 
@@ -124,14 +122,9 @@ def test_trapped_reply_is_left_out_of_the_aggregate(setting):
         poisoner=make_poisoner(cfg.threat, knowledge), threat=cfg.threat, directory=directory, keep_weights=True,
         initial_parameters=ndarrays_to_parameters(global_weights),
     )
-    manager = PartitionSeededClientManager(seed=0, directory=directory)
-    proxies = {}
-    for node in directory:
-        proxy = MagicMock()
-        proxy.node_id, proxy.cid = node, str(node)
-        manager.register(proxy)
-        proxies[directory[node]] = proxy
-    instructions = strategy.configure_fit(1, ndarrays_to_parameters(global_weights), manager)
+    hospitals = manager(directory)
+    proxies = {directory[proxy.node_id]: proxy for proxy in hospitals.all().values()}
+    instructions = strategy.configure_fit(1, ndarrays_to_parameters(global_weights), hospitals)
     sent = {directory[p.node_id]: parameters_to_ndarrays(ins.parameters) for p, ins in instructions}
     results = [
         (proxies[h], FitRes(Status(Code.OK, ""), ndarrays_to_parameters(sent[h]), 10, {"partition_id": h}))

@@ -34,13 +34,15 @@ every weight), SecAgg+ (no per-hospital update) and the consistency check (a dif
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_mia.models import get_weights, set_weights
+from fl_mia.config import ModelConfig
+from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.poisoning.base import PoisoningKnowledge, Poisoner
 
 SIGNAL = "trap_trace"
@@ -101,6 +103,18 @@ def check_capacity(model: nn.Module, detectors_per_round: int) -> int:
             f"{site.detector_conv}; use at most {capacity} and spread candidates over more threat.poison_rounds"
         )
     return capacity
+
+
+@lru_cache(maxsize=8)
+def _scratch_model(model_json: str) -> nn.Module:
+    # Config validation runs again wherever a config is read (under `flwr run`, in every
+    # hospital's every round): build each model config's probe once per process.
+    return build_model(ModelConfig.model_validate_json(model_json), in_channels=1, classes=1)
+
+
+def check_config_capacity(model_cfg: ModelConfig, detectors_per_round: int) -> None:
+    """:func:`check_capacity` for a model config, at config load (one-line errors before any run)."""
+    check_capacity(_scratch_model(model_cfg.model_dump_json()), detectors_per_round)
 
 
 @dataclass
@@ -294,9 +308,10 @@ class TrapWeightsPoisoner(Poisoner):
         scans = np.concatenate([population, self.knowledge.candidate_images])
         scan_patient = np.concatenate([np.full(len(population), -1), self.patients])
         held_against = [scan_patient != self.patients[c] for c in chosen]  # the candidate's own patient excepted
+        targets = [len(population) + c for c in chosen]  # the chosen candidates' rows among the scans
         features = detector_inputs(self.model, self.site, scans)
-        filters, margins = self._fit_filters(features, constant, [len(population) + c for c in chosen], held_against)
-        separates = self._write_detectors(features, constant, filters, [len(population) + c for c in chosen], held_against)
+        filters, margins = self._fit_filters(features, constant, targets, held_against)
+        separates = self._write_detectors(features, constant, filters, targets, held_against)
         detectors = [
             Detector(int(c), group, margin, separates=ok)
             for group, (c, margin, ok) in enumerate(zip(chosen, margins, separates))
