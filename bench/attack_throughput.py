@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from fl_mia.attacks import TargetView, attack_names
-from fl_mia.config import load_config
+from fl_mia.config_loading import load_config
 from fl_mia.models import build_experiment_model
-from fl_mia.privacy.evaluation import PrivacyEvaluation
+from fl_mia.attacker import ServerAttacker
+from fl_mia.privacy.candidates import build_candidates
 from fl_mia.training import predict_logits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ def main() -> None:
     every_attack = "[" + ", ".join(f'"{name}"' for name in attack_names()) + "]"
     overrides = [f"privacy.attacks={every_attack}", "privacy.per_round_attacks=[]", "privacy.shadow_epochs=2"]
     cfg = load_config(args.config, overrides + args.overrides)
-    step = PrivacyEvaluation(cfg, run_dir=None)
+    step = ServerAttacker(cfg, build_candidates(cfg)[0], run_dir=None)
     images = step.candidates.images
     torch.manual_seed(0)
     model = build_experiment_model(cfg).eval()

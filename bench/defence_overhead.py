@@ -4,7 +4,7 @@
 
 1. A SecAgg+ round relative to a plain round: the same hospitals (real ``HospitalClient``
    training, the config's model) run a few rounds with and without SecAgg+ over the
-   in-process grid (``server/inprocess_grid.py``: Flower's workflows and the ClientApp with
+   in-process grid (``tests/inprocess_grid.py``: Flower's workflows and the ClientApp with
    its mods, one node after another, no Ray). Round 1 is dropped (warm-up); the median of
    the remaining rounds is compared. Also printed: the protocol alone (hospitals that return a
    fixed update of the model's size), i.e. the cost SecAgg+ adds whatever the training.
@@ -29,12 +29,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from flwr.app import Context, RecordDict  # noqa: E402
 
-from fl_mia.config import ExperimentConfig, load_config  # noqa: E402
+from fl_mia.config import ExperimentConfig
+from fl_mia.config_loading import load_config  # noqa: E402
 
 
 def _federated_round_seconds(cfg: ExperimentConfig, client_app, rounds: int) -> list[float]:
     from server.federation import run_federation
-    from server.inprocess_grid import InProcessGrid
+    from tests.inprocess_grid import InProcessGrid
     from fl_mia.run_folder import create_run_folder
 
     import tempfile

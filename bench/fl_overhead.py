@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fl_mia.config import load_config
+from fl_mia.config_loading import load_config
 from fl_mia.data import build_hospital
-from fl_mia.experiment import run_experiment
+from fl_mia.app.experiment import run_experiment
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights, set_weights
-from fl_mia.simulation_resources import available_cpus
+from fl_mia.app.simulation_resources import available_cpus
 from fl_mia.training import train_local
 from server.federation import initial_weights
 

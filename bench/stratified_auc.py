@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.config import load_config
+from fl_mia.config_loading import load_config
 from fl_mia.privacy.candidates import build_candidates, lesion_area
 
 

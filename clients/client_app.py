@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.client import ClientApp
 
-from fl_mia.app_config import experiment_from_run_config
+from fl_mia.run_config import experiment_from_run_config
 from fl_mia.config import ExperimentConfig
 from clients.hospital import HospitalClient
 from clients.mods import defences_mod

@@ -6,10 +6,11 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import Split
-from fl_mia.defences.dp_sgd import DP_PRIOR_STEPS_KEY, history_from_record, history_to_record, plan_for, train_local_dp
+from fl_mia.contracts import DP_ACCOUNTANT_STATE_KEY
+from fl_mia.defences.dp_sgd import history_from_record, history_to_record, plan_for, train_local_dp
 from fl_mia.training import TrainResult
 
-STATE_KEY = "fl_mia.dp_sgd.accountant"
+
 
 
 def train_dp_sgd(
@@ -23,14 +24,14 @@ def train_dp_sgd(
     """
     if node_state is None:
         raise ValueError("DP-SGD needs the node's context.state to keep its accountant across rounds")
-    history = history_from_record(node_state.config_records.get(STATE_KEY))
+    history = history_from_record(node_state.config_records.get(DP_ACCOUNTANT_STATE_KEY))
     if not history and prior_steps > 0:
         # A resumed run starts with fresh nodes; the server checkpointed how many DP steps this
         # hospital took. Noise and sample rate are fixed by the config, so that rebuilds the history.
         plan = plan_for(cfg, len(split))
         history = [(plan.noise_multiplier, plan.sample_rate, prior_steps)]
     outcome = train_local_dp(model, split, cfg, history=history, seed=cfg.seed, tags=tags)
-    node_state.config_records[STATE_KEY] = ConfigRecord(history_to_record(outcome.history))
+    node_state.config_records[DP_ACCOUNTANT_STATE_KEY] = ConfigRecord(history_to_record(outcome.history))
     return outcome.result, {
         "dp_epsilon": outcome.epsilon,
         "dp_delta": outcome.plan.delta,

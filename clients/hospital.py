@@ -8,13 +8,14 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
-from fl_mia.app_config import PARTITION_KEY
+from fl_mia.contracts import PARTITION_KEY
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import build_hospital, num_classes
 from fl_mia.failures import simulate_failure
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
-from clients.dp_state import DP_PRIOR_STEPS_KEY, train_dp_sgd
+from fl_mia.contracts import DP_PRIOR_STEPS_KEY
+from clients.dp_state import train_dp_sgd
 
 
 class HospitalClient(NumPyClient):

@@ -125,7 +125,7 @@ def defences_mod(cfg: ExperimentConfig | None = None):
         if cfg is not None:
             experiment = cfg
         else:
-            from fl_mia.app_config import experiment_from_run_config
+            from fl_mia.run_config import experiment_from_run_config
 
             experiment = experiment_from_run_config(ctxt.run_config)
         return _chain(hospital_mods(experiment), call_next)(msg, ctxt)

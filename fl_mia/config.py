@@ -1,19 +1,18 @@
-"""Typed experiment configuration: one TOML file = one experiment.
+"""Typed experiment configuration: one TOML file = one experiment (the schema only).
 
-Everything is validated once, at load, so that a bad value fails with the name of
-its field before any data is generated or any Ray worker is started.
+A leaf module: it imports nothing else of fl_mia. Values and cross-field rules are checked
+by pydantic at load, so a bad value fails with the name of its field. Reading files,
+``extends`` and ``--set`` live in :mod:`fl_mia.config_loading`; checks that need a model,
+a registry or a poisoner run once in :mod:`fl_mia.preflight`.
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from fl_mia.defences.config import DefencesConfig, check_defences
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -135,13 +134,6 @@ class ModelConfig(_Section):
     encoder_weights_path: Path | None = Field(
         None, description="Local file of encoder weights (state dict); nothing is ever downloaded."
     )
-
-    @model_validator(mode="after")
-    def _smp_knows_it(self) -> "ModelConfig":
-        from fl_mia.models import check_model_config  # smp import is heavy; only when validating
-
-        check_model_config(self)
-        return self
 
 
 class TrainingConfig(_Section):
@@ -304,6 +296,140 @@ class FailuresConfig(_Section):
             return self.straggle_delay_s
         return (self.round_timeout_s or 0.0) + self.first_round_allowance_s + 5.0
 
+
+class SecAggConfig(_Section):
+    """Flower's SecAgg+ protocol: the server-side strategy sees only the sum of the updates."""
+
+    enabled: bool = Field(False, description="Secure aggregation with Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod).")
+    num_shares: int = Field(
+        0, ge=0, description="Shares of each hospital's secrets (SecAgg+ neighbours); 0 = every sampled hospital (plain SecAgg)."
+    )
+    reconstruction_threshold: int = Field(
+        0, ge=0, description="Shares needed to unmask; 0 = Flower's default, two thirds of num_shares (at least 2). Must not exceed num_shares."
+    )
+    clipping_range: float = Field(
+        1.0,
+        gt=0.0,
+        description="SecAgg+ clips every sent value to ±clipping_range before quantising; hospitals send deltas "
+        "(returned − received weights) and refuse to send one beyond it, so nothing is clipped silently.",
+    )
+    quantization_range: int = Field(
+        2**22, ge=2**8, le=2**30, description="Integer levels over [−clipping_range, clipping_range] (resolution of the sum)."
+    )
+    timeout_s: float | None = Field(None, gt=0.0, description="Seconds each SecAgg+ stage waits for replies (default: no limit).")
+
+
+class CentralDpConfig(_Section):
+    """Client-level central DP with Flower's fixed-clipping wrappers."""
+
+    mode: Literal["off", "client_clipping", "server_clipping"] = Field(
+        "off",
+        description="'client_clipping': hospitals clip their update (fixedclipping_mod), the server adds noise; "
+        "'server_clipping': the server clips every update and adds noise. Server noise does not protect against the server.",
+    )
+    noise_multiplier: float = Field(0.5, ge=0.0, description="Gaussian noise std as a multiple of clipping_norm (on the sum of updates).")
+    clipping_norm: float = Field(1.0, gt=0.0, description="L2 bound on each hospital's update (returned − received weights).")
+    delta: float = Field(1e-3, gt=0.0, lt=1.0, description="δ of the (ε, δ) client-level guarantee reported.")
+
+
+class DpSgdConfig(_Section):
+    """Sample-level DP-SGD on every hospital with Opacus."""
+
+    enabled: bool = Field(False, description="Train each hospital with Opacus DP-SGD (per-image clipping, Poisson batches, noise).")
+    noise_multiplier: float | None = Field(
+        1.0, ge=0.0, description="Noise std as a multiple of max_grad_norm; ignored when target_epsilon is set."
+    )
+    target_epsilon: float | None = Field(
+        None, gt=0.0, description="Aim for this ε after all rounds (make_private_with_epsilon over every local step of the run)."
+    )
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Per-image gradient clipping bound.")
+    delta: float | None = Field(None, gt=0.0, lt=1.0, description="δ per hospital; default 1/(training images of the hospital).")
+    accountant: Literal["rdp", "prv", "gdp"] = Field("rdp", description="Opacus privacy accountant used for ε.")
+
+
+class OutputConfig(_Section):
+    """What a prediction attacker may see of a model's outputs (output hardening)."""
+
+    mode: Literal["probabilities", "argmax", "noisy_probabilities"] = Field(
+        "probabilities", description="'argmax': one-hot masks only; 'noisy_probabilities': Gaussian noise on the probabilities."
+    )
+    noise_std: float = Field(0.1, ge=0.0, description="Std of the Gaussian noise added to probabilities (noisy_probabilities).")
+
+
+class ConsistencyConfig(_Section):
+    """Hospitals check that they all received the same model (against model inconsistency)."""
+
+    mode: Literal["off", "flag", "refuse"] = Field(
+        "off",
+        description="Compare hashes of the received model on a channel the server does not control: 'refuse' withholds "
+        "the SecAgg+ unmasking shares so the round's aggregate cannot be opened; 'flag' only records the mismatch.",
+    )
+
+
+class DefencesConfig(_Section):
+    """Defences switched on for this experiment (all off by default; they combine)."""
+
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    central_dp: CentralDpConfig = Field(default_factory=CentralDpConfig)
+    dp_sgd: DpSgdConfig = Field(default_factory=DpSgdConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+
+    @model_validator(mode="after")
+    def _self_consistent(self) -> "DefencesConfig":
+        if self.dp_sgd.enabled and self.dp_sgd.target_epsilon is None and self.dp_sgd.noise_multiplier is None:
+            raise ValueError("dp_sgd.noise_multiplier: set a noise multiplier or dp_sgd.target_epsilon")
+        if self.secagg.enabled and self.central_dp.mode == "server_clipping":
+            raise ValueError(
+                "central_dp.mode: 'server_clipping' needs every hospital's update, which SecAgg+ hides; "
+                "use 'client_clipping' with secagg"
+            )
+        if self.consistency.mode != "off" and not self.secagg.enabled:
+            raise ValueError(
+                "consistency.mode: the check guards the SecAgg+ aggregate (hospitals withhold unmasking shares); "
+                "enable secagg, or set consistency.mode = 'off'"
+            )
+        return self
+
+    def active(self) -> list[str]:
+        """Names of the defences in force, for metrics.json and the report."""
+        names = []
+        if self.secagg.enabled:
+            names.append("secagg+")
+        if self.central_dp.mode != "off":
+            names.append(f"central_dp:{self.central_dp.mode}")
+        if self.dp_sgd.enabled:
+            names.append("dp_sgd")
+        if self.output.mode != "probabilities":
+            names.append(f"output:{self.output.mode}")
+        if self.consistency.mode != "off":
+            names.append(f"consistency:{self.consistency.mode}")
+        return names
+
+
+def check_defences(defences: DefencesConfig, *, num_hospitals: int, sampled: int, norm: str) -> None:
+    """Cross-section checks (defences against federation and model); ``ValueError`` naming the field."""
+    secagg = defences.secagg
+    if secagg.enabled:
+        if sampled < 2:
+            raise ValueError(
+                f"defences.secagg.enabled: SecAgg+ needs at least 2 hospitals per round, {sampled} are sampled"
+            )
+        if secagg.num_shares > sampled:
+            raise ValueError(
+                f"defences.secagg.num_shares={secagg.num_shares} exceeds the {sampled} hospitals sampled per round"
+            )
+        if secagg.reconstruction_threshold > (secagg.num_shares or sampled):
+            raise ValueError(
+                f"defences.secagg.reconstruction_threshold={secagg.reconstruction_threshold} exceeds the "
+                f"{secagg.num_shares or sampled} shares per secret (num_shares, or the {sampled} sampled hospitals)"
+            )
+    if defences.dp_sgd.enabled and norm != "groupnorm":
+        raise ValueError(
+            "defences.dp_sgd.enabled: DP-SGD needs per-image gradients, which BatchNorm mixes; set model.norm = 'groupnorm'"
+        )
+
+
 class PrivacyConfig(_Section):
     """Membership inference run by the server after training (attacks on predictions)."""
 
@@ -355,11 +481,7 @@ class PrivacyConfig(_Section):
     @field_validator("attacks", "per_round_attacks")
     @classmethod
     def _registered(cls, value: list[str]) -> list[str]:
-        from fl_mia.attacks.registry import attack_names  # torch import is heavy; only when validating
-
-        unknown = [name for name in value if name not in attack_names()]
-        if unknown:
-            raise ValueError(f"unknown attack {unknown[0]!r}; choose from {', '.join(attack_names())}")
+        # Whether each name is a registered attack is checked by the preflight (fl_mia.preflight).
         if len(set(value)) != len(value):
             raise ValueError("lists an attack twice")
         return value
@@ -429,10 +551,7 @@ class ExperimentConfig(_Section):
             )
         if not self.threat.update_attacks:
             raise ValueError("threat.poisoning=trap_weights reads the hospitals' updates: set threat.update_attacks = true")
-        from fl_mia.poisoning.trap_weights import check_config_capacity  # heavy imports only for this strategy
-
-        # Also checks the model has the trap's site (a ResNet-family encoder with GroupNorm).
-        check_config_capacity(self.model, self.threat.trap_detectors_per_round)
+        # Whether the model has the trap's site and room for its detectors: fl_mia.preflight.
 
     @model_validator(mode="after")
     def _failures_name_real_hospitals_and_rounds(self) -> "ExperimentConfig":
@@ -469,101 +588,3 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _drop_none(item) for key, item in value.items() if item is not None}
     return value
-
-
-def _format_validation_error(error: ValidationError, source: str) -> str:
-    errors = error.errors()
-    # A misspelt key also leaves the right one missing; the spelling is the thing to fix.
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown key; check the spelling against the config reference in README.md"
-    elif message.startswith("Value error, "):
-        message = message[len("Value error, "):]
-    # A model-level error names a section but the message already names the fields.
-    if not first["loc"]:
-        return f"{source}: {message}"  # top-level checks name their dotted fields themselves
-    return f"{source}: {field}: {message}"
-
-
-def _parse_override_value(text: str) -> Any:
-    """Read an override value as TOML (numbers, booleans, lists, quoted strings), else as text."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides to a raw config dict (a copy is returned)."""
-    result = json.loads(json.dumps(raw))
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {override!r}: expected dotted.key=value, e.g. federation.rounds=3")
-        node = result
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {override!r}: {part} is a value, not a section")
-            node = child
-        node[parts[-1]] = _parse_override_value(value.strip())
-    return result
-
-
-def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a raw dict; raise :class:`ConfigError` with one line naming the field."""
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, source)) from None
-
-
-def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file's table, with ``extends = "other.toml"`` (relative to the file) merged under it."""
-    if not path.is_file():
-        origin = f" (extended by {seen[-1]})" if seen else ""
-        raise ConfigError(f"{path}: no such config file{origin}; give the path of a .toml experiment file")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read it ({error.strerror}); check its permissions") from None
-    parent = raw.pop("extends", None)
-    if parent is None:
-        return raw
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: extends: must be a path string, e.g. extends = \"../quickstart.toml\"")
-    base = _read_raw(path.parent / parent, (*seen, path.resolve()))
-    base.pop("name", None)  # a derived experiment is named after its own file
-    return _deep_merge(base, raw)
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load, override and validate an experiment file.
-
-    A file may start with ``extends = "base.toml"`` to inherit everything it does not set
-    (threat models and defences are small files over a shared base). The experiment
-    ``name`` defaults to the file's stem so that run folders are named after the config
-    that produced them.
-    """
-    path = Path(path)
-    raw = _read_raw(path)
-    raw.setdefault("name", path.stem)
-    raw = apply_overrides(raw, overrides or [])
-    return build_config(raw, source=str(path))

@@ -52,7 +52,7 @@ class RoundLog:
     _failures: dict[int, int] = field(default_factory=dict)
     _outcomes: dict[int, dict[int, str]] = field(default_factory=dict)
 
-    # RoundObserver protocol (strategies.honest)
+    # RoundObserver protocol (fl_mia.contracts)
     def on_fit_replies(self, server_round: int, replies: list, failures: int) -> None:
         for reply in replies:
             self._fit[(server_round, reply.hospital)] = {"num_examples": reply.num_examples, **reply.metrics}
@@ -79,10 +79,6 @@ class RoundLog:
         if (server_round, hospital) in self._fit:
             return TRAINED
         return self._outcomes.get(server_round, {}).get(hospital, NOT_SAMPLED)
-
-    def observed_hospitals(self, server_round: int) -> list[int]:
-        """Hospitals whose update of ``server_round`` reached the server."""
-        return sorted(h for (r, h) in self._fit if r == server_round)
 
     def failed_hospitals(self, server_round: int) -> dict[int, str]:
         """Hospitals sampled in ``server_round`` whose update never arrived, with why."""

@@ -119,21 +119,6 @@ def fit_workflow(cfg: ExperimentConfig):
     )
 
 
-def secagg_error_bound(cfg: ExperimentConfig, num_examples: list[int]) -> float:
-    """Largest error of one value of the SecAgg+ average against the plain weighted average.
-
-    Each hospital's value is scaled by r = n / max_weight and stochastically rounded to a
-    grid of step 2·clipping_range / quantization_range (error below one step); the sum is
-    divided by Σ r. So |secure − plain| < len(n) · step / Σ r (plus the rounding of r itself,
-    of relative size 1 / quantization_range).
-    """
-    secagg = cfg.defences.secagg
-    step = 2 * secagg.clipping_range / secagg.quantization_range
-    max_weight = secagg_max_weight(cfg)
-    ratios = [n / max_weight for n in num_examples]
-    return len(num_examples) * step / sum(ratios) + 2 * secagg.clipping_range / secagg.quantization_range
-
-
 def privacy_section(cfg: ExperimentConfig, fit_metrics: dict[tuple[int, int], dict], *, consistency=None) -> dict:
     """The ``defences`` block of metrics.json: what is in force, ε, what each ε protects against."""
     defences = cfg.defences

@@ -21,14 +21,16 @@ from fl_mia.checkpoint import Checkpoint, Checkpointer
 from fl_mia.config import ExperimentConfig
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
-from fl_mia.poisoning import PoisoningKnowledge, make_poisoner
+from fl_mia.poisoning import make_poisoner
 from fl_mia.poisoning.report import threat_report
-from fl_mia.privacy.evaluation import privacy_evaluation
+from fl_mia.attacker import ServerAttacker, server_attacker
+from fl_mia.privacy.candidates import build_candidates
+from fl_mia.privacy.evaluation import Referee
 from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
 from server.defences import add_defence_outputs, fit_workflow, wrap_strategy
-from fl_mia.defences.dp_sgd import DP_PRIOR_STEPS_KEY
+from fl_mia.contracts import DP_PRIOR_STEPS_KEY
 from server.hospital_directory import discover_hospitals
 from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
@@ -90,21 +92,11 @@ def build_strategy(
     )
 
 
-def make_server_poisoner(cfg: ExperimentConfig, privacy):
-    """The dishonest server's poisoner, armed with what the attacker holds (never the ledger)."""
+def make_server_poisoner(cfg: ExperimentConfig, attacker: ServerAttacker | None):
+    """The dishonest server's poisoner, armed with what the attacker knows (never the ledger)."""
     if cfg.threat.poisoning == "none":
         return None
-    knowledge = PoisoningKnowledge(
-        model=build_experiment_model(cfg),
-        training=cfg.training,
-        candidate_images=privacy.candidates.images,
-        candidate_masks=privacy.candidates.masks,
-        candidate_hospital=privacy.candidates.hospital,
-        population=privacy.knowledge.population,
-        seed=cfg.seed,
-        candidate_patients=privacy.candidates.patient_ids,
-    )
-    return make_poisoner(cfg.threat, knowledge)
+    return make_poisoner(cfg.threat, attacker.knowledge, build_experiment_model(cfg))
 
 
 def weighted_train_loss(fit_metrics: list[tuple[int, dict]]) -> dict:
@@ -142,23 +134,26 @@ def run_federation(
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
     evaluator = GlobalModelEvaluator(cfg)
-    privacy = privacy_evaluation(cfg, run_dir)  # the server is the attacker: it runs in this process
+    # The referee draws the candidates and keeps their ledger; the attacker (the server itself,
+    # in this process) gets the candidates alone.
+    candidates, ledger = build_candidates(cfg) if cfg.privacy.enabled else (None, None)
+    attacker = server_attacker(cfg, candidates, run_dir) if candidates is not None else None
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
     checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
     checkpointer.register("round_log", round_log)
     checkpointer.register("client_manager", client_manager)
-    poisoner = make_server_poisoner(cfg, privacy)
-    if privacy is not None:
-        checkpointer.register("privacy", privacy)
+    poisoner = make_server_poisoner(cfg, attacker)
+    if attacker is not None:
+        checkpointer.register("privacy", attacker)
     if poisoner is not None:
         checkpointer.register("poisoner", poisoner)
-        if privacy is not None and privacy.updates is not None:
-            privacy.updates.add_signal_source(poisoner)  # e.g. the trap's trace, before a resume restores it
+        if attacker is not None and attacker.updates is not None:
+            attacker.updates.add_signal_source(poisoner)  # e.g. the trap's trace, before a resume restores it
     done = checkpointer.restore(resume) if resume is not None else 0
 
     def after_round(server_round: int, weights: list[np.ndarray]) -> None:
-        if privacy is not None:
-            privacy.observe_round(server_round, weights)
+        if attacker is not None:
+            attacker.observe_round(server_round, weights)
         checkpointer.save(server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started)
 
     strategy = wrap_strategy(
@@ -172,7 +167,7 @@ def run_federation(
                 f"{DP_PRIOR_STEPS_KEY}{hospital}": int(steps)
                 for hospital, steps in round_log.latest_fit_metric("dp_steps_total").items()
             },
-            update_observer=privacy.updates if privacy is not None else None,
+            update_observer=attacker.updates if attacker is not None else None,
             poisoner=poisoner,
         ),
     )
@@ -192,7 +187,15 @@ def run_federation(
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
-    privacy_section = privacy.finish(final) if privacy else None
+    privacy_section = None
+    if attacker is not None:
+        finishing = time.perf_counter()
+        scores = attacker.finish(final)
+        referee = Referee(cfg, candidates, ledger, run_dir)
+        privacy_section = referee.judge(
+            scores, population_images=len(attacker.knowledge.population), shadows=attacker.shadows
+        )
+        privacy_section["candidate_set"]["finish_seconds"] = time.perf_counter() - finishing
     write_federation_outputs(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,

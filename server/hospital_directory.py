@@ -15,7 +15,7 @@ from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp.grid import Grid
 
-from fl_mia.app_config import PARTITION_KEY
+from fl_mia.contracts import PARTITION_KEY
 
 
 class FederationError(RuntimeError):

@@ -13,8 +13,9 @@ from flwr.app import Context
 from flwr.server import ServerApp
 from flwr.serverapp.grid import Grid
 
-from fl_mia.app_config import experiment_from_run_config, run_folder_from_run_config
+from fl_mia.run_config import experiment_from_run_config, run_folder_from_run_config
 from fl_mia.config import ExperimentConfig
+from fl_mia.preflight import preflight
 from fl_mia.run_folder import set_status
 from server.federation import run_federation
 
@@ -31,7 +32,9 @@ def make_server_app(
             run_federation(grid, context, cfg, run_dir, on_round_end, resume=resume)
             return
         # `flwr run .`: this process owns the run folder from start to finish.
-        experiment = experiment_from_run_config(context.run_config)
+        # The one place under `flwr run` where the experiment is checked beyond its schema;
+        # hospitals read the same file and trust this check.
+        experiment = preflight(experiment_from_run_config(context.run_config))
         folder = run_folder_from_run_config(context.run_config, experiment)
         try:
             run_federation(grid, context, experiment, folder, on_round_end)

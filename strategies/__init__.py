@@ -1,5 +1,5 @@
-"""Server strategies: the honest FedAvg baseline (and, later, malicious variants of it)."""
+"""Server strategies: the honest FedAvg baseline and the poisoning variant of it."""
 
-from strategies.honest import HonestFedAvg, PartitionSeededClientManager, RoundObserver
+from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 
-__all__ = ["HonestFedAvg", "PartitionSeededClientManager", "RoundObserver"]
+__all__ = ["HonestFedAvg", "PartitionSeededClientManager"]

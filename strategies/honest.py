@@ -8,8 +8,6 @@ partition id each hospital reports instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
@@ -17,29 +15,8 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from fl_mia.app_config import PARTITION_KEY
+from fl_mia.contracts import PARTITION_KEY, HospitalReply, RoundObserver
 from fl_mia.seeding import rng_for
-
-
-@dataclass
-class HospitalReply:
-    """What the server holds after one hospital's fit in one round."""
-
-    round: int
-    hospital: int
-    num_examples: int
-    metrics: dict[str, Scalar]
-    weights: list[np.ndarray] | None = field(default=None, repr=False)  # the hospital's model as the server sees it
-    sent_weights: list[np.ndarray] | None = field(default=None, repr=False)  # what the server sent it
-    # "reply": its own returned model; "aggregate": only the new aggregate (SecAgg+);
-    # "reconstructed": recovered from the aggregate by a dishonest server.
-    view: str = "reply"
-
-
-class RoundObserver(Protocol):
-    """Receives, in partition order, every reply of a round before aggregation."""
-
-    def on_fit_replies(self, server_round: int, replies: list[HospitalReply], failures: int) -> None: ...
 
 
 def partition_of(proxy: ClientProxy, fit_res: FitRes, directory: dict[int, int]) -> int:

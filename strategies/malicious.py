@@ -80,12 +80,15 @@ class PoisoningFedAvg(HonestFedAvg):
     def prepare_for_aggregation(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
     ) -> list[tuple[ClientProxy, FitRes]]:
-        for proxy, res in results:
-            self.poisoner.observe_reply(
-                server_round=server_round,
-                hospital=partition_of(proxy, res, self.directory),
-                returned=parameters_to_ndarrays(res.parameters),
-            )
+        if not self.secure_aggregation:
+            # Under SecAgg+ every reply carries the same average delta, not the hospital's model:
+            # a poisoner must never take it for one (preflight also refuses isolation there).
+            for proxy, res in results:
+                self.poisoner.observe_reply(
+                    server_round=server_round,
+                    hospital=partition_of(proxy, res, self.directory),
+                    returned=parameters_to_ndarrays(res.parameters),
+                )
         if not self.threat.compensate or not self.poisoned_this_round or self.secure_aggregation:
             return results  # under SecAgg+ the replies are one masked sum: nothing to fold back one by one
         prepared = []

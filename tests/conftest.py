@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fl_mia.config import ExperimentConfig, build_config
+from fl_mia.config import ExperimentConfig
+from fl_mia.config_loading import build_config
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from clients.mods import defences_mod
 from server.defences import fit_workflow, wrap_strategy
-from server.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import InProcessGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 
 SHAPES = [(3, 4), (5,), (2, 2, 2)]

@@ -19,9 +19,10 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from fl_mia.attacks import AttackerKnowledge, TargetView, attack_names, make_attack
-from fl_mia.config import TrainingConfig, build_config
+from fl_mia.config import TrainingConfig
+from fl_mia.config_loading import build_config
 from fl_mia.data import Split
-from fl_mia.privacy.candidates import CandidateSet
+from fl_mia.knowledge import CandidateSet
 from fl_mia.seeding import int_seed, rng_for
 from fl_mia.training import train_local
 from tests.conftest import tiny_raw
@@ -78,9 +79,10 @@ def as_candidates(split: Split) -> CandidateSet:
     return CandidateSet(split.images, split.masks, np.zeros(len(split), np.int64), split.patient_ids, split.image_ids)
 
 
-def knowledge() -> AttackerKnowledge:
+def knowledge(candidates: CandidateSet) -> AttackerKnowledge:
     return AttackerKnowledge(
-        population=synthetic_split(64, seed=1, first_id=10_000), shadows=TinyShadows(), dice_weight=1.0, ce_weight=1.0, seed=0
+        population=synthetic_split(64, seed=1, first_id=10_000), candidates=candidates, training=TrainingConfig(),
+        shadows=TinyShadows(), seed=0,
     )
 
 
@@ -95,7 +97,7 @@ def separable():
     target = train_tiny(members, name="target")
     candidates = as_candidates(Split.concatenate([members, unseen]))
     is_member = np.r_[np.ones(32, bool), np.zeros(32, bool)]
-    return knowledge(), target, candidates, is_member
+    return knowledge(candidates), target, candidates, is_member
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ def control():
     target = train_tiny(trained_on, name="target")
     candidates = as_candidates(Split.concatenate([called_members, non_members]))
     is_member = np.r_[np.ones(300, bool), np.zeros(300, bool)]
-    return knowledge(), target, candidates, is_member
+    return knowledge(candidates), target, candidates, is_member
 
 
 def auc_of(name: str, setting) -> float:

@@ -20,8 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer
-from fl_mia.cli import app
-from fl_mia.config import build_config
+from fl_mia.app.cli import app
+from fl_mia.config_loading import build_config
 from fl_mia.round_log import RoundLog
 from fl_mia.run_folder import set_status, write_toml
 from strategies.honest import PartitionSeededClientManager

@@ -3,7 +3,7 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from fl_mia.cli import app
+from fl_mia.app.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / "configs" / "quickstart.toml")

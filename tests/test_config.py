@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from fl_mia.config import ConfigError, apply_overrides, build_config, load_config
+from fl_mia.config import ConfigError
+from fl_mia.config_loading import apply_overrides, build_config, load_config
+from fl_mia.preflight import preflight
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -10,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def one_line_error(raw: dict) -> str:
     with pytest.raises(ConfigError) as info:
-        build_config(raw, source="exp.toml")
+        preflight(build_config(raw, source="exp.toml"), source="exp.toml")
     message = str(info.value)
     assert "\n" not in message
     return message

@@ -2,7 +2,8 @@
 
 import pytest
 
-from fl_mia.config import ConfigError, build_config
+from fl_mia.config import ConfigError
+from fl_mia.config_loading import build_config
 from tests.conftest import tiny_raw
 
 

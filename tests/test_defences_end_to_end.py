@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fl_mia.config import build_config, load_config
-from fl_mia.experiment import run_experiment
+from fl_mia.config_loading import build_config, load_config
+from fl_mia.app.experiment import run_experiment
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent

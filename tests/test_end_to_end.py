@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from fl_mia.config import build_config
-from fl_mia.experiment import run_experiment
+from fl_mia.config_loading import build_config
+from fl_mia.app.experiment import run_experiment
 from tests.conftest import tiny_raw
 
 

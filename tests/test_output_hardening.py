@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fl_mia.defences.config import OutputConfig
-from fl_mia.defences.output import HardenedPredictor, harden_probabilities
+from fl_mia.config import OutputConfig
+from fl_mia.defences.output import harden_probabilities
 
 
 class FixedLogits(torch.nn.Module):
@@ -33,12 +33,13 @@ def test_argmax_leaves_only_the_predicted_mask():
 
 def test_noise_has_the_configured_spread_stays_in_range_and_is_fresh_per_query():
     logits = torch.zeros((64, 1, 16, 16))  # p = 0.5 everywhere: clipping to [0, 1] never bites at std 0.1
-    predictor = HardenedPredictor(FixedLogits(logits), OutputConfig(mode="noisy_probabilities", noise_std=0.1), seed=0)
-    first, second = predictor(torch.zeros((64, 1, 16, 16))), predictor(torch.zeros((64, 1, 16, 16)))
+    noisy = OutputConfig(mode="noisy_probabilities", noise_std=0.1)
+    generator = torch.Generator().manual_seed(0)
+    first, second = harden_probabilities(logits, noisy, generator=generator), harden_probabilities(logits, noisy, generator=generator)
     assert (first - 0.5).std().item() == pytest.approx(0.1, rel=0.03)
     assert not torch.equal(first, second)
-    again = HardenedPredictor(FixedLogits(logits), OutputConfig(mode="noisy_probabilities", noise_std=0.1), seed=0)
-    assert torch.equal(again(torch.zeros((64, 1, 16, 16))), first)  # seeded: runs reproduce
+    again = harden_probabilities(logits, noisy, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, first)  # seeded: runs reproduce
     multi = harden_probabilities(MULTI.repeat(10, 1, 4, 4), OutputConfig(mode="noisy_probabilities", noise_std=0.3))
     assert multi.min() >= 0 and torch.allclose(multi.sum(1), torch.ones(1))
 
@@ -51,7 +52,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from fl_mia.attacks import ATTACKS, MembershipAttack, TargetView  # noqa: E402
 from fl_mia.attacks.label_only import LabelOnlyAttack  # noqa: E402
 from fl_mia.attacks.signals import per_image_loss  # noqa: E402
-from fl_mia.config import build_config  # noqa: E402
+from fl_mia.config_loading import build_config  # noqa: E402
 from fl_mia.defences.output import (  # noqa: E402
     RELEASED_PROBABILITY_FLOOR,
     HardenedTargetView,
@@ -59,8 +60,8 @@ from fl_mia.defences.output import (  # noqa: E402
     target_view,
 )
 from fl_mia.models import get_weights  # noqa: E402
-from fl_mia.privacy.candidates import CandidateSet  # noqa: E402
-from fl_mia.privacy.evaluation import PrivacyEvaluation  # noqa: E402
+from fl_mia.knowledge import CandidateSet  # noqa: E402
+from tests.privacy_step import PrivacyStep  # noqa: E402
 from tests.conftest import tiny_raw  # noqa: E402
 
 ARGMAX = OutputConfig(mode="argmax")
@@ -171,7 +172,7 @@ def test_privacy_step_scores_every_attack_on_the_view_the_defence_allows(mode, m
     cfg = build_config(
         tiny_raw(privacy={"attacks": ["loss"], "per_round_attacks": ["loss"]}, defences={"output": {"mode": mode}})
     )
-    step = PrivacyEvaluation(cfg, None)
+    step = PrivacyStep(cfg, None)
     ViewSpy.views = []
     weights = get_weights(step.model)
     step.observe_round(1, weights)

@@ -2,15 +2,18 @@ import hashlib
 
 import numpy as np
 
-from fl_mia.config import build_config
-from fl_mia.data import build_attacker_population, build_federation, build_hospital
+from fl_mia.config_loading import build_config
+from fl_mia.data import build_attacker_population, build_hospital
 from fl_mia.data.phantom import LESION, ORGAN, PatientAnatomy, ScannerProfile, render_slice
 from tests.conftest import tiny_raw
 
 
+def all_hospitals(cfg):
+    return [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
+
+
 def test_every_image_is_unique_across_hospitals_and_attacker(tiny_cfg):
-    data = build_federation(tiny_cfg)
-    splits = [s for h in data.hospitals for s in (h.train, h.heldout, h.test)] + [data.attacker]
+    splits = [s for h in all_hospitals(tiny_cfg) for s in (h.train, h.heldout, h.test)] + [build_attacker_population(tiny_cfg)]
     digests = [hashlib.sha1(img.tobytes()).hexdigest() for s in splits for img in s.images]
     ids = np.concatenate([s.image_ids for s in splits])
     assert len(set(digests)) == len(digests)
@@ -18,19 +21,18 @@ def test_every_image_is_unique_across_hospitals_and_attacker(tiny_cfg):
 
 
 def test_patients_never_straddle_splits_hospitals_or_attacker(tiny_cfg):
-    data = build_federation(tiny_cfg)
     owners = []
-    for hospital in data.hospitals:
+    for hospital in all_hospitals(tiny_cfg):
         for split in (hospital.train, hospital.heldout, hospital.test):
             assert len(split) > 0
             owners.append(set(split.patient_ids.tolist()))
-    owners.append(set(data.attacker.patient_ids.tolist()))
+    owners.append(set(build_attacker_population(tiny_cfg).patient_ids.tolist()))
     for i in range(len(owners)):
         for j in range(i + 1, len(owners)):
             assert not owners[i] & owners[j]
     # every patient contributes all of its slices to one split
     slices = tiny_cfg.data.slices_per_patient
-    for hospital in data.hospitals:
+    for hospital in all_hospitals(tiny_cfg):
         _, counts = np.unique(hospital.train.patient_ids, return_counts=True)
         assert (counts == slices).all()
 

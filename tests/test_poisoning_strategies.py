@@ -13,8 +13,9 @@ from fl_mia.config import ModelConfig, ThreatConfig, TrainingConfig
 from fl_mia.data import Split
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import build_model, get_weights, set_weights
-from fl_mia.poisoning import PoisoningKnowledge, make_poisoner
-from fl_mia.poisoning.model_inconsistency import reconstruct_target_update, silenced_weights, update_is_silenced
+from fl_mia.knowledge import AttackerKnowledge, CandidateSet
+from fl_mia.poisoning import make_poisoner
+from fl_mia.poisoning.model_inconsistency import reconstruct_target_update, silenced_weights
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 from strategies.malicious import PoisoningFedAvg
 
@@ -40,10 +41,8 @@ def knowledge(model, n=6, size=32):
     images = rng.standard_normal((n, 1, size, size)).astype(np.float32)
     masks = (rng.random((n, size, size)) > 0.8).astype(np.int64)
     population = Split(images, masks, np.arange(n), np.arange(n))
-    return PoisoningKnowledge(
-        model=model, training=TrainingConfig(), candidate_images=images, candidate_masks=masks,
-        candidate_hospital=np.array([0, 0, 0, 1, 1, 1]), population=population, seed=0,
-    )
+    candidates = CandidateSet(images, masks, np.array([0, 0, 0, 1, 1, 1]), np.arange(n), np.arange(n))
+    return AttackerKnowledge(population=population, candidates=candidates, training=TrainingConfig(), shadows=None, seed=0)
 
 
 def strategy(poisoning: str, **threat):
@@ -51,7 +50,7 @@ def strategy(poisoning: str, **threat):
     cfg = ThreatConfig(poisoning=poisoning, **threat)
     weights = get_weights(model)
     s = PoisoningFedAvg(
-        poisoner=make_poisoner(cfg, knowledge(model)), threat=cfg, directory=NODES, keep_weights=True,
+        poisoner=make_poisoner(cfg, knowledge(model), model), threat=cfg, directory=NODES, keep_weights=True,
         initial_parameters=ndarrays_to_parameters(weights),
     )
     return s, weights
@@ -87,7 +86,7 @@ def test_gradient_ascent_reaches_its_loss_ratio_on_the_target_candidates():
     sent, _ = payloads(s, weights)
     model = tiny_model()
     k = knowledge(model)
-    images, masks = torch.as_tensor(k.candidate_images[:3]), torch.as_tensor(k.candidate_masks[:3])
+    images, masks = torch.as_tensor(k.candidates.images[:3]), torch.as_tensor(k.candidates.masks[:3])
 
     def loss(w):
         set_weights(model, w)
@@ -135,6 +134,16 @@ def test_compensation_keeps_the_poison_out_of_the_global_model():
     assert honest.prepare_for_aggregation(1, replies) is replies
 
 
+def update_is_silenced(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> bool:
+    """True when, for this model, only the segmentation head's bias gets a gradient."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    segmentation_loss(model(images), masks).backward()
+    moving = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0]
+    model.zero_grad(set_to_none=True)
+    return all(name.startswith("segmentation_head") and name.endswith("bias") for name in moving)
+
+
 def test_model_inconsistency_silences_every_update_but_the_targets():
     model = tiny_model()
     weights = get_weights(model)
@@ -161,7 +170,7 @@ def test_backdoor_implant_makes_the_trigger_draw_the_fixed_mask():
 
     model = tiny_model()
     weights = get_weights(model)
-    poisoner = BackdoorPoisoner(knowledge(model), targets=[0], trigger_size=4, steps=60, lr=3e-3)
+    poisoner = BackdoorPoisoner(knowledge(model), model, targets=[0], trigger_size=4, steps=60, lr=3e-3)
     implanted = poisoner.poison(server_round=1, hospital=0, global_weights=weights)
     assert poisoner.poison(server_round=1, hospital=2, global_weights=weights) is None  # not a target
     images = knowledge(model).population.images

@@ -14,11 +14,16 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fl_mia.attacks import ATTACKS, MembershipAttack, attack_names, make_attack
-from fl_mia.config import ConfigError, build_config
+from fl_mia.config import ConfigError
+from fl_mia.config_loading import build_config
+from fl_mia.preflight import preflight
 from fl_mia.data import build_hospital
 from fl_mia.models import build_model, get_weights
-from fl_mia.privacy.candidates import CandidateSet, MembershipLedger, build_candidates
-from fl_mia.privacy.evaluation import PrivacyEvaluation, privacy_evaluation, round_score_key
+from fl_mia.knowledge import CandidateSet
+from fl_mia.privacy.candidates import MembershipLedger, build_candidates
+from fl_mia.attacker import server_attacker
+from fl_mia.privacy.evaluation import round_score_key
+from tests.privacy_step import PrivacyStep
 from fl_mia.privacy.metrics import membership_metrics, tpr_at_fpr
 from fl_mia.run_folder import write_json
 from tests.conftest import tiny_raw
@@ -113,7 +118,7 @@ def test_candidates_are_reproducible(tiny_cfg):
 
 def test_matched_candidates_leave_the_masks_nothing_to_tell():
     """Plain draws on the overfit base differ in lesions (a mask-only score beats chance); matched ones do not."""
-    from fl_mia.config import load_config
+    from fl_mia.config_loading import load_config
     from fl_mia.privacy.candidates import LESION_AREA_STRATA, lesion_area, lesion_strata
 
     plain_cfg = load_config(ROOT / "configs" / "overfit.toml")
@@ -188,9 +193,9 @@ class SpyAttack(MembershipAttack):
 def test_privacy_step_hands_attacks_no_ledger(monkeypatch, tmp_path):
     monkeypatch.setitem(ATTACKS, "loss", lambda cfg: SpyAttack())
     cfg = build_config(tiny_raw(privacy={"attacks": ["loss"], "per_round_attacks": ["loss"]}))
-    step = PrivacyEvaluation(cfg, tmp_path)
-    SpyAttack.ledger, SpyAttack.calls = step._ledger, []
-    assert _contains_ledger({"x": [step._ledger]}, step._ledger, set())  # the guard does see it
+    step = PrivacyStep(cfg, tmp_path)
+    SpyAttack.ledger, SpyAttack.calls = step.ledger, []
+    assert _contains_ledger({"x": [step.ledger]}, step.ledger, set())  # the guard does see it
     weights = get_weights(step.model)
     step.observe_round(0, weights)
     step.finish(weights)
@@ -202,7 +207,7 @@ def test_privacy_step_hands_attacks_no_ledger(monkeypatch, tmp_path):
 
 def test_unknown_attack_names_the_field():
     with pytest.raises(ConfigError, match="privacy.attacks.*unknown attack 'lyra'"):
-        build_config(tiny_raw(privacy={"attacks": ["lyra"]}))
+        preflight(build_config(tiny_raw(privacy={"attacks": ["lyra"], "per_round_attacks": []})))
 
 
 def test_per_round_attacks_must_be_listed_attacks():
@@ -212,8 +217,10 @@ def test_per_round_attacks_must_be_listed_attacks():
 
 def test_privacy_step_is_skipped_without_attacker_data():
     # Shadow models need the attacker's own scans; a federation without them still runs.
-    assert privacy_evaluation(build_config(tiny_raw(federation={"attacker_patients": 0})), None) is None
-    assert privacy_evaluation(build_config(tiny_raw(privacy={"enabled": False})), None) is None
+    no_data = build_config(tiny_raw(federation={"attacker_patients": 0}))
+    assert server_attacker(no_data, build_candidates(no_data)[0], None) is None
+    disabled = build_config(tiny_raw(privacy={"enabled": False}))
+    assert server_attacker(disabled, build_candidates(disabled)[0], None) is None
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -226,7 +233,7 @@ FAST_PRIVACY = {
 
 def run_privacy_step(run_dir: Path) -> dict:
     cfg = build_config(tiny_raw(privacy=FAST_PRIVACY))
-    step = PrivacyEvaluation(cfg, run_dir)
+    step = PrivacyStep(cfg, run_dir)
     torch.manual_seed(0)  # the "global model" here is a fixed random initialisation
     weights = get_weights(build_model(cfg.model, in_channels=1, classes=1))
     step.observe_round(0, weights)
@@ -283,6 +290,6 @@ def test_same_config_same_scores_file(privacy_run, tmp_path):
 
 def test_shadows_are_reused_from_the_run_folder(privacy_run):
     cfg = build_config(tiny_raw(privacy=FAST_PRIVACY))
-    step = PrivacyEvaluation(cfg, privacy_run)
-    step._fitted("loss")
-    assert step.shadows.train_seconds == {}  # loaded, not trained again
+    step = PrivacyStep(cfg, privacy_run)
+    step.attacker._fitted("loss")
+    assert step.attacker.shadows.train_seconds == {}  # loaded, not trained again

@@ -17,9 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from fl_mia.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint
-from fl_mia.cli import app
-from fl_mia.config import build_config
-from fl_mia.experiment import run_experiment
+from fl_mia.app.cli import app
+from fl_mia.config_loading import build_config
+from fl_mia.app.experiment import run_experiment
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def _kill_after_first_checkpoint(config: Path, run_dir: Path, cfg) -> int:
     """Start ``fl-mia run`` in its own process group; SIGKILL it once round 1 is checkpointed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fl_mia.cli", "run", str(config), "--out", str(run_dir)],
+        [sys.executable, "-m", "fl_mia.app.cli", "run", str(config), "--out", str(run_dir)],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from fl_mia import experiment, run_folder
+from fl_mia import run_folder
+from fl_mia.app import experiment
 from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer
-from fl_mia.config import build_config
-from fl_mia.experiment import resume_experiment, run_experiment
-from fl_mia.resume import resumable_run
+from fl_mia.config_loading import build_config
+from fl_mia.app.experiment import resume_experiment, run_experiment
+from fl_mia.app.resume import resumable_run
 from fl_mia.round_log import RoundLog
 from fl_mia.run_folder import atomic_write_text, create_run_folder, read_status, write_toml
 from strategies.honest import PartitionSeededClientManager

@@ -3,12 +3,28 @@
 import numpy as np
 import pytest
 
-from fl_mia.config import build_config
-from server.defences import secagg_error_bound
+from fl_mia.config import ExperimentConfig
+from fl_mia.config_loading import build_config
+from server.defences import secagg_max_weight
 from tests.conftest import tiny_raw
 from tests.flower_doubles import base_weights, plain_fedavg, run_rounds
 
 SIZES = [16, 10, 6]  # unequal on purpose: SecAgg+ must weight by num_examples like FedAvg
+
+
+def secagg_error_bound(cfg: ExperimentConfig, num_examples: list[int]) -> float:
+    """Largest error of one value of the SecAgg+ average against the plain weighted average.
+
+    Each hospital's value is scaled by r = n / max_weight and stochastically rounded to a
+    grid of step 2·clipping_range / quantization_range (error below one step); the sum is
+    divided by Σ r. So |secure − plain| < len(n) · step / Σ r (plus the rounding of r itself,
+    of relative size 1 / quantization_range).
+    """
+    secagg = cfg.defences.secagg
+    step = 2 * secagg.clipping_range / secagg.quantization_range
+    max_weight = secagg_max_weight(cfg)
+    ratios = [n / max_weight for n in num_examples]
+    return len(num_examples) * step / sum(ratios) + 2 * secagg.clipping_range / secagg.quantization_range
 
 
 def cfg_with(**secagg):

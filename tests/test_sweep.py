@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from fl_mia.cli import app
+from fl_mia.app.cli import app
 from fl_mia.config import ExperimentConfig
 from fl_mia.run_folder import create_run_folder, set_status, write_json, write_toml
-from fl_mia.sweep import (
+from fl_mia.app.sweep import (
     SWEEP_CSV,
     SWEEP_PLOT,
     SweepError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl_mia.config import build_config
-from fl_mia.experiment import run_experiment
+from fl_mia.config_loading import build_config
+from fl_mia.app.experiment import run_experiment
 from tests.conftest import tiny_raw
 
 ONE_ROUND = {"rounds": 1, "num_hospitals": 2, "patients_per_hospital": 8}

@@ -8,12 +8,13 @@ import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.config import build_config
+from fl_mia.config_loading import build_config
 from fl_mia.data import build_attacker_population
 from fl_mia.data.federation import build_hospital
 from fl_mia.defences.dp_sgd import train_local_dp
 from fl_mia.models import build_experiment_model, get_weights, set_weights
-from fl_mia.poisoning import PoisoningKnowledge, make_poisoner
+from fl_mia.knowledge import AttackerKnowledge
+from fl_mia.poisoning import make_poisoner
 from fl_mia.poisoning.trap_weights import TrapSite, detector_inputs
 from fl_mia.privacy.candidates import build_candidates
 from fl_mia.training import train_local
@@ -44,10 +45,8 @@ def setting():
     torch.manual_seed(0)
     model = build_experiment_model(cfg)
     train_local(model, population, cfg.training, seed=1, tags=("global",))
-    knowledge = PoisoningKnowledge(
-        model=build_experiment_model(cfg), training=cfg.training, candidate_images=candidates.images,
-        candidate_masks=candidates.masks, candidate_hospital=candidates.hospital, population=population, seed=0,
-        candidate_patients=candidates.patient_ids,
+    knowledge = AttackerKnowledge(
+        population=population, candidates=candidates, training=cfg.training, shadows=None, seed=0
     )
     return cfg, candidates, ledger.is_member(), get_weights(model), knowledge
 
@@ -55,7 +54,7 @@ def setting():
 def trap_round(setting, train, server_round=1):
     """Arm the trap for hospital 0, let ``train`` run local training, return the armed traces."""
     cfg, candidates, is_member, global_weights, knowledge = setting
-    poisoner = make_poisoner(cfg.threat, knowledge)
+    poisoner = make_poisoner(cfg.threat, knowledge, build_experiment_model(cfg))
     sent = poisoner.poison(server_round=server_round, hospital=0, global_weights=global_weights)
     model = build_experiment_model(cfg)
     set_weights(model, sent)
@@ -95,9 +94,10 @@ def test_dp_sgd_noise_moves_every_detector_and_the_trap_no_longer_separates(sett
 
 def test_the_trap_changes_only_what_it_says(setting):
     cfg, _, _, global_weights, knowledge = setting
-    poisoner = make_poisoner(cfg.threat, knowledge)
+    scratch = build_experiment_model(cfg)
+    poisoner = make_poisoner(cfg.threat, knowledge, scratch)
     sent = poisoner.poison(server_round=1, hospital=0, global_weights=global_weights)
-    keys = list(knowledge.model.state_dict())
+    keys = list(scratch.state_dict())
     changed = {k for k, a, b in zip(keys, sent, global_weights) if not np.array_equal(a, b)}
     assert changed == {
         "encoder.conv1.weight", "encoder.bn1.weight", "encoder.bn1.bias",
@@ -110,7 +110,7 @@ def test_the_trap_changes_only_what_it_says(setting):
     # The constant feature really is constant, whatever the scan.
     model = build_experiment_model(cfg)
     set_weights(model, sent)
-    features = detector_inputs(model, TrapSite.of(model), knowledge.candidate_images[:4])
+    features = detector_inputs(model, TrapSite.of(model), knowledge.candidates.images[:4])
     assert torch.allclose(features[:, 0], torch.ones_like(features[:, 0]))
     assert poisoner.poison(server_round=1, hospital=1, global_weights=global_weights) is None  # not a target
 
@@ -119,7 +119,7 @@ def test_trapped_reply_is_left_out_of_the_aggregate(setting):
     cfg, _, _, global_weights, knowledge = setting
     directory = {1001: 0, 2002: 1}
     strategy = PoisoningFedAvg(
-        poisoner=make_poisoner(cfg.threat, knowledge), threat=cfg.threat, directory=directory, keep_weights=True,
+        poisoner=make_poisoner(cfg.threat, knowledge, build_experiment_model(cfg)), threat=cfg.threat, directory=directory, keep_weights=True,
         initial_parameters=ndarrays_to_parameters(global_weights),
     )
     hospitals = manager(directory)
@@ -138,14 +138,14 @@ def test_trapped_reply_is_left_out_of_the_aggregate(setting):
 def test_targets_are_trapped_one_per_round_in_turn(setting):
     cfg, _, _, global_weights, knowledge = setting
     threat = cfg.threat.model_copy(update={"target_hospitals": [0, 1], "trap_detectors_per_round": 2})
-    poisoner = make_poisoner(threat, knowledge)
+    poisoner = make_poisoner(threat, knowledge, build_experiment_model(cfg))
     sent = {
         (r, h): poisoner.poison(server_round=r, hospital=h, global_weights=global_weights)
         for r in (3, 4, 5) for h in (0, 1)
     }
     trapped = {pair for pair, weights in sent.items() if weights is not None}
     assert trapped == {(3, 0), (4, 1), (5, 0)} == poisoner.poisoned_pairs()
-    restored = make_poisoner(threat, knowledge)
+    restored = make_poisoner(threat, knowledge, build_experiment_model(cfg))
     restored.load_state_dict(poisoner.state_dict())  # a resume continues the turns
     assert restored.poison(server_round=6, hospital=1, global_weights=global_weights) is not None
 

@@ -11,7 +11,8 @@ from fl_mia.models import build_model, get_weights
 from fl_mia.training import train_local
 from fl_mia.data import Split
 from fl_mia.update_attacks.recorder import UpdateAttackRecorder, candidate_round_scores, candidate_scores, source_guess
-from strategies.honest import HospitalReply
+from fl_mia.contracts import HospitalReply
+from fl_mia.knowledge import AttackerKnowledge, CandidateSet
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,9 @@ def setting():
 
 def recorder_for(setting, rounds=2):
     model, images, masks, _, _ = setting
-    return UpdateAttackRecorder(
-        model=model, training=TrainingConfig(), images=images, masks=masks, num_hospitals=3, total_rounds=rounds
-    )
+    candidates = CandidateSet(images, masks, np.zeros(len(images), np.int64), np.arange(len(images)), np.arange(len(images)))
+    knowledge = AttackerKnowledge(population=None, candidates=candidates, training=TrainingConfig(), shadows=None, seed=0)
+    return UpdateAttackRecorder(knowledge, model=model, num_hospitals=3, total_rounds=rounds)
 
 
 def replies(setting, server_round):
@@ -96,7 +97,7 @@ def test_state_round_trips_for_checkpoints(setting):
 def test_compare_refuses_runs_with_different_candidates(tmp_path):
     import json
 
-    from fl_mia.comparison import ComparisonError, load_runs
+    from fl_mia.app.comparison import ComparisonError, load_runs
 
     for name, hospitals in (("a", "0,0"), ("b", "0,1")):
         run = tmp_path / name

@@ -7,7 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.config import TrainingConfig, build_config
+from fl_mia.config import TrainingConfig
+from fl_mia.config_loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import train_local
@@ -15,7 +16,8 @@ from fl_mia.update_attacks.signals import (
     ALL_SIGNALS,
     gradient_alignment,
     gradient_alignment_loop,
-    round_signals,
+    candidate_losses,
+    loss_signals,
     update_vector,
 )
 from tests.conftest import tiny_raw
@@ -37,6 +39,30 @@ def hospital_round():
     sent = get_weights(model)
     train_local(model, hospital.train, TrainingConfig(lr=2e-3, local_epochs=20), seed=1)
     return cfg, hospital, model, sent, get_weights(model)
+
+
+def round_signals(
+    model: nn.Module,
+    *,
+    sent: list[np.ndarray],
+    returned: list[np.ndarray],
+    images: np.ndarray,
+    masks: np.ndarray,
+    dice_weight: float,
+    ce_weight: float,
+    with_gradient_alignment: bool = True,
+) -> dict[str, np.ndarray]:
+    """Every signal for one hospital and round. ``model`` is scratch space (its weights are overwritten)."""
+    set_weights(model, returned)
+    returned_losses = candidate_losses(model, images, masks, dice_weight=dice_weight, ce_weight=ce_weight)
+    set_weights(model, sent)
+    sent_losses = candidate_losses(model, images, masks, dice_weight=dice_weight, ce_weight=ce_weight)
+    signals = loss_signals(sent_losses, returned_losses)
+    if with_gradient_alignment:
+        signals["gradient_alignment"] = gradient_alignment(
+            model, [update_vector(model, sent, returned)], images, masks, dice_weight=dice_weight, ce_weight=ce_weight
+        )[:, 0]
+    return signals
 
 
 def signals_for(model, sent, returned, images, masks):

@@ -5,8 +5,9 @@ Importing this package registers the attacks on predictions: ``loss``, ``learned
 """
 
 from fl_mia.attacks import label_only, learned, lira, loss_threshold  # noqa: F401  (registration)
-from fl_mia.attacks.base import AttackerKnowledge, MembershipAttack, ShadowTrainer, TargetView
+from fl_mia.attacks.base import MembershipAttack, TargetView
 from fl_mia.attacks.registry import ATTACKS, attack_names, make_attack, register_attack
+from fl_mia.knowledge import AttackerKnowledge, ShadowTrainer
 
 __all__ = [
     "ATTACKS",

@@ -2,10 +2,10 @@
 
 An attack never receives the membership ledger. It gets:
 
-- :class:`AttackerKnowledge`: the attacker's own labelled population data (disjoint from
-  every hospital) and a way to train shadow models with the hospitals' recipe;
-- the :class:`~fl_mia.privacy.candidates.CandidateSet`: the scans it asks about (the
-  attacker holds them, with their masks);
+- :class:`~fl_mia.knowledge.AttackerKnowledge`: the attacker's own labelled population data
+  (disjoint from every hospital), the hospitals' recipe and a way to train shadow models;
+- the :class:`~fl_mia.knowledge.CandidateSet`: the scans it asks about (the attacker holds
+  them, with their masks);
 - a :class:`TargetView`: what the server holds of the model under attack.
 
 Attacks follow scikit-learn's manners: every parameter in ``__init__``, ``fit`` returns
@@ -17,37 +17,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from fl_mia.data import Split
-from fl_mia.privacy.candidates import CandidateSet
+from fl_mia.knowledge import AttackerKnowledge, CandidateSet
 from fl_mia.segmentation_metrics import hard_predictions
 from fl_mia.training import predict_logits
-
-
-class ShadowTrainer(Protocol):
-    """Trains (or loads from its cache) a model on ``split`` with the hospitals' recipe.
-
-    ``name`` identifies the shadow: the same name and data give the same, cached model, so
-    several attacks share their shadows.
-    """
-
-    def train(self, name: str, split: Split) -> nn.Module: ...
-
-
-@dataclass
-class AttackerKnowledge:
-    """Everything the attacker owns besides the target: its data and its training recipe."""
-
-    population: Split  # the attacker's own labelled scans, disjoint from every hospital
-    shadows: ShadowTrainer
-    dice_weight: float  # the hospitals' loss, known to the server (it configured the training)
-    ce_weight: float
-    seed: int
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from fl_mia.attacks.base import AttackerKnowledge, MembershipAttack, TargetView
 from fl_mia.attacks.registry import register_attack
 from fl_mia.data import num_classes
-from fl_mia.privacy.candidates import CandidateSet
+from fl_mia.knowledge import CandidateSet
 from fl_mia.segmentation_metrics import confusion_counts, dice_iou_per_image
 from fl_mia.seeding import torch_generator
 

@@ -17,7 +17,7 @@ from fl_mia.attacks.registry import register_attack
 from fl_mia.attacks.shadow_data import reference_shadow
 from fl_mia.attacks.signals import log_true_class_probability, mask_channels, probability_maps
 from fl_mia.data import Split
-from fl_mia.privacy.candidates import CandidateSet
+from fl_mia.knowledge import CandidateSet
 from fl_mia.seeding import rng_for
 from fl_mia.training import predict_logits
 

@@ -21,7 +21,7 @@ from fl_mia.attacks.registry import register_attack
 from fl_mia.attacks.shadow_data import balanced_inclusion
 from fl_mia.attacks.signals import logit_mean_confidence
 from fl_mia.data import Split
-from fl_mia.privacy.candidates import CandidateSet
+from fl_mia.knowledge import CandidateSet
 from fl_mia.training import predict_logits
 
 GLOBAL_VARIANCE_BELOW = 64  # Carlini et al.: per-example variances need many shadows

@@ -8,7 +8,7 @@ from fl_mia.attacks.base import AttackerKnowledge, MembershipAttack, TargetView
 from fl_mia.attacks.registry import register_attack
 from fl_mia.attacks.shadow_data import reference_shadow
 from fl_mia.attacks.signals import per_image_loss
-from fl_mia.privacy.candidates import CandidateSet
+from fl_mia.knowledge import CandidateSet
 from fl_mia.training import predict_logits
 
 

@@ -20,7 +20,6 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.data.phantom import LESION, ORGAN, PatientAnatomy, ScannerProfile, render_patient
 from fl_mia.seeding import rng_for
 
-SPLITS = ("train", "heldout", "test")
 
 
 @dataclass
@@ -60,12 +59,6 @@ class HospitalData:
     train: Split
     heldout: Split
     test: Split
-
-
-@dataclass
-class FederatedData:
-    hospitals: list[HospitalData]
-    attacker: Split
 
 
 def num_classes(task: str) -> int:
@@ -180,21 +173,11 @@ def build_attacker_population(cfg: ExperimentConfig) -> Split:
     return Split.concatenate(parts)
 
 
-def build_federation(cfg: ExperimentConfig) -> FederatedData:
-    return FederatedData(
-        hospitals=[build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)],
-        attacker=build_attacker_population(cfg),
-    )
-
-
 __all__ = [
-    "FederatedData",
     "HospitalData",
     "ORGAN",
-    "SPLITS",
     "Split",
     "build_attacker_population",
-    "build_federation",
     "build_hospital",
     "num_classes",
     "patient_assignment",

@@ -67,10 +67,6 @@ def plan_for(cfg: ExperimentConfig, num_train: int) -> DpSgdPlan:
     return DpSgdPlan(sample_rate, steps_per_round, total_steps, noise, dp.max_grad_norm, delta, dp.accountant)
 
 
-# Fit-config key prefix (+ partition id): DP-SGD steps a hospital took before a resume.
-DP_PRIOR_STEPS_KEY = "dp_prior_steps_"
-
-
 def train_local_dp(
     model: nn.Module,
     split: Split,

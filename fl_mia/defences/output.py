@@ -1,8 +1,7 @@
 """Output hardening: what a prediction attacker sees instead of the raw logits.
 
-Hand the attack code a :class:`HardenedPredictor` in place of the model: it maps a
-stack of images ``[N, C_in, H, W]`` to the per-pixel class probabilities ``[N, C, H, W]``
-the attacker is allowed to see (for one output channel, C = 1 holds p(lesion)).
+:func:`harden_probabilities` maps a model's logits ``[N, C, H, W]`` to the per-pixel class
+probabilities the attacker is allowed to see (for one output channel, C = 1 holds p(lesion)).
 
 * ``probabilities``: sigmoid / softmax of the logits (no hardening);
 * ``argmax``: the one-hot predicted mask (label-only; p(lesion) ∈ {0, 1});
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from fl_mia.attacks.base import TargetView
-from fl_mia.defences.config import OutputConfig
+from fl_mia.config import OutputConfig
 from fl_mia.seeding import torch_generator
 from fl_mia.segmentation_metrics import hard_predictions
 from fl_mia.training import predict_logits
@@ -56,28 +55,6 @@ def harden_probabilities(logits: torch.Tensor, cfg: OutputConfig, *, generator: 
             total = probs.sum(1, keepdim=True)
             probs = torch.where(total > 0, probs / total.clamp_min(1e-12), torch.full_like(probs, 1.0 / probs.shape[1]))
     return probs
-
-
-class HardenedPredictor:
-    """``predictor(images) -> probabilities`` as the defence lets an attacker see them.
-
-    Parameters
-    ----------
-    model:
-        The segmentation model (logits out); evaluated in eval mode, without gradients.
-    cfg:
-        ``defences.output`` of the experiment.
-    seed:
-        Seeds the noise stream of ``noisy_probabilities``.
-    """
-
-    def __init__(self, model: nn.Module, cfg: OutputConfig, *, seed: int = 0) -> None:
-        self.model = model
-        self.cfg = cfg
-        self._generator = torch.Generator().manual_seed(seed)
-
-    def __call__(self, images: np.ndarray | torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
-        return harden_probabilities(predict_logits(self.model, images, batch_size=batch_size), self.cfg, generator=self._generator)
 
 
 def released_logits(probs: torch.Tensor, *, floor: float = RELEASED_PROBABILITY_FLOOR) -> torch.Tensor:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import get_weights, set_weights
-from fl_mia.poisoning.base import PoisoningKnowledge, Poisoner
+from fl_mia.knowledge import AttackerKnowledge
+from fl_mia.poisoning.base import Poisoner
 from fl_mia.segmentation_metrics import confusion_counts, hard_predictions, summarize
 from fl_mia.seeding import torch_generator
 from fl_mia.training import predict_logits
@@ -40,7 +42,8 @@ class BackdoorPoisoner(Poisoner):
 
     def __init__(
         self,
-        knowledge: PoisoningKnowledge,
+        knowledge: AttackerKnowledge,
+        model: nn.Module,
         *,
         targets: list[int],
         trigger_size: int = 6,
@@ -52,6 +55,7 @@ class BackdoorPoisoner(Poisoner):
         if len(knowledge.population) == 0:
             raise ValueError("threat.poisoning=backdoor needs attacker data: set federation.attacker_patients > 0")
         self.knowledge = knowledge
+        self.model = model  # scratch: its weights are overwritten
         self.targets = set(targets)
         self.trigger_size = trigger_size
         self.trigger_value = trigger_value
@@ -61,6 +65,17 @@ class BackdoorPoisoner(Poisoner):
         masks = knowledge.population.masks
         self.target_mask = backdoor_mask(masks.shape[1:], size=trigger_size, foreground_class=int(masks.max() or 1))
         self._cache: tuple[int, list[np.ndarray]] | None = None
+
+    def effect_report(
+        self, *, model: nn.Module, final_weights: list[np.ndarray], test_images: np.ndarray, num_classes: int
+    ) -> dict:
+        set_weights(model, final_weights)
+        report = {"backdoor_success_final_global": self.success(model, test_images, num_classes=num_classes)}
+        if self.last_implanted is not None:
+            # What the targets received: with compensate the backdoor stays out of the global model.
+            set_weights(model, self.last_implanted)
+            report["backdoor_success_sent_model"] = self.success(model, test_images, num_classes=num_classes)
+        return report
 
     def describe(self) -> str:
         return (
@@ -82,7 +97,7 @@ class BackdoorPoisoner(Poisoner):
         return self._cache[1] if self._cache is not None else None
 
     def _implant(self, server_round: int, global_weights: list[np.ndarray]) -> list[np.ndarray]:
-        model, training, population = self.knowledge.model, self.knowledge.training, self.knowledge.population
+        model, training, population = self.model, self.knowledge.training, self.knowledge.population
         set_weights(model, global_weights)
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)

@@ -1,39 +1,12 @@
-"""The interface of a poisoner and what the server-side attacker holds."""
+"""The interface of a poisoner (what it knows is :class:`fl_mia.knowledge.AttackerKnowledge`)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
 
-from fl_mia.config import TrainingConfig
-from fl_mia.data import Split
-
-
-@dataclass
-class PoisoningKnowledge:
-    """Everything the server may use to poison: no hospital data, no membership ledger.
-
-    ``candidate_images``/``candidate_masks`` are the records it asks about (e.g. leaked
-    scans) and ``candidate_hospital`` the hospital each is asked about; ``population`` is
-    its own disjoint data; ``model`` a scratch model of the federation's architecture.
-    ``candidate_patients`` (optional) tells which candidates are slices of one patient.
-    """
-
-    model: nn.Module
-    training: TrainingConfig
-    candidate_images: np.ndarray
-    candidate_masks: np.ndarray
-    candidate_hospital: np.ndarray
-    population: Split
-    seed: int
-    candidate_patients: np.ndarray | None = None
-
-    def candidates_of(self, hospital: int) -> tuple[np.ndarray, np.ndarray]:
-        chosen = self.candidate_hospital == hospital
-        return self.candidate_images[chosen], self.candidate_masks[chosen]
 
 
 class Poisoner(ABC):
@@ -89,6 +62,12 @@ class Poisoner(ABC):
 
     def report(self) -> dict:
         """Poisoner-specific figures for metrics.json (e.g. the ascent actually achieved)."""
+        return {}
+
+    def effect_report(
+        self, *, model: nn.Module, final_weights: list[np.ndarray], test_images: np.ndarray, num_classes: int
+    ) -> dict:
+        """What the poisoning did to the models, measured on the hospitals' test scans (``model``: scratch)."""
         return {}
 
     # Checkpoint protocol (fl_mia.checkpoint); stateless poisoners keep nothing.

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import get_weights, set_weights
-from fl_mia.poisoning.base import PoisoningKnowledge, Poisoner
+from fl_mia.knowledge import AttackerKnowledge
+from fl_mia.poisoning.base import Poisoner
 
 LAYER_PREFIXES = {"all": ("",), "decoder": ("decoder", "segmentation_head"), "head": ("segmentation_head",)}
 
@@ -27,7 +29,8 @@ class GradientAscentPoisoner(Poisoner):
 
     def __init__(
         self,
-        knowledge: PoisoningKnowledge,
+        knowledge: AttackerKnowledge,
+        model: nn.Module,
         *,
         targets: list[int],
         target_loss_ratio: float = 2.0,
@@ -40,6 +43,7 @@ class GradientAscentPoisoner(Poisoner):
         if layers not in LAYER_PREFIXES:
             raise ValueError(f"threat.ascent_layers must be one of {', '.join(LAYER_PREFIXES)}")
         self.knowledge = knowledge
+        self.model = model  # scratch: its weights are overwritten
         self.targets = set(targets)
         self.target_loss_ratio = target_loss_ratio
         self.max_steps = max_steps
@@ -70,10 +74,10 @@ class GradientAscentPoisoner(Poisoner):
     def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:
         if hospital not in self.targets:
             return None
-        images, masks = self.knowledge.candidates_of(hospital)
+        images, masks = self.knowledge.candidates.of_hospital(hospital)
         if len(images) == 0:
             return None
-        model, training = self.knowledge.model, self.knowledge.training
+        model, training = self.model, self.knowledge.training
         set_weights(model, global_weights)
         model.eval()  # normalisation statistics stay those of the global model
         prefixes = LAYER_PREFIXES[self.layers]

@@ -83,15 +83,3 @@ class ModelInconsistencyPoisoner(Poisoner):
         if hospital in self.targets:
             return None
         return silenced_weights(self.model, global_weights)
-
-
-def update_is_silenced(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> bool:
-    """True when, for this model, only the segmentation head's bias gets a gradient."""
-    from fl_mia.losses import segmentation_loss
-
-    model.train()
-    model.zero_grad(set_to_none=True)
-    segmentation_loss(model(images), masks).backward()
-    moving = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0]
-    model.zero_grad(set_to_none=True)
-    return all(name.startswith("segmentation_head") and name.endswith("bias") for name in moving)

@@ -7,8 +7,6 @@ from typing import Any
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.models import set_weights
-from fl_mia.poisoning.backdoor import BackdoorPoisoner
 from fl_mia.poisoning.base import Poisoner
 
 
@@ -71,16 +69,8 @@ def threat_report(
             **poisoner.report(),
         }
     )
-    if isinstance(poisoner, BackdoorPoisoner):
-        images = np.concatenate([split.images for split in evaluator.tests])
-        set_weights(evaluator.model, final_weights)
-        report["backdoor_success_final_global"] = poisoner.success(
-            evaluator.model, images, num_classes=evaluator.classes
-        )
-        if poisoner.last_implanted is not None:
-            # What the targets received: with compensate the backdoor stays out of the global model.
-            set_weights(evaluator.model, poisoner.last_implanted)
-            report["backdoor_success_sent_model"] = poisoner.success(
-                evaluator.model, images, num_classes=evaluator.classes
-            )
+    images = np.concatenate([split.images for split in evaluator.tests])
+    report.update(
+        poisoner.effect_report(model=evaluator.model, final_weights=final_weights, test_images=images, num_classes=evaluator.classes)
+    )
     return report

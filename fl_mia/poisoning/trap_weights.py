@@ -34,7 +34,6 @@ every weight), SecAgg+ (no per-hospital update) and the consistency check (a dif
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -43,7 +42,8 @@ from torch import nn
 
 from fl_mia.config import ModelConfig
 from fl_mia.models import build_model, get_weights, set_weights
-from fl_mia.poisoning.base import PoisoningKnowledge, Poisoner
+from fl_mia.knowledge import AttackerKnowledge
+from fl_mia.poisoning.base import Poisoner
 
 SIGNAL = "trap_trace"
 # How much larger than any detector response the constant channels are: large enough that
@@ -103,18 +103,6 @@ def check_capacity(model: nn.Module, detectors_per_round: int) -> int:
             f"{site.detector_conv}; use at most {capacity} and spread candidates over more threat.poison_rounds"
         )
     return capacity
-
-
-@lru_cache(maxsize=8)
-def _scratch_model(model_json: str) -> nn.Module:
-    # Config validation runs again wherever a config is read (under `flwr run`, in every
-    # hospital's every round): build each model config's probe once per process.
-    return build_model(ModelConfig.model_validate_json(model_json), in_channels=1, classes=1)
-
-
-def check_config_capacity(model_cfg: ModelConfig, detectors_per_round: int) -> None:
-    """:func:`check_capacity` for a model config, at config load (one-line errors before any run)."""
-    check_capacity(_scratch_model(model_cfg.model_dump_json()), detectors_per_round)
 
 
 @dataclass
@@ -224,7 +212,8 @@ class TrapWeightsPoisoner(Poisoner):
 
     def __init__(
         self,
-        knowledge: PoisoningKnowledge,
+        knowledge: AttackerKnowledge,
+        model: nn.Module,
         *,
         targets: list[int],
         detectors_per_round: int,
@@ -232,7 +221,7 @@ class TrapWeightsPoisoner(Poisoner):
         in_turn: bool = True,
     ) -> None:
         self.knowledge = knowledge
-        self.model = knowledge.model
+        self.model = model  # scratch: its weights are overwritten
         self.site = TrapSite.of(self.model)
         capacity = check_capacity(self.model, detectors_per_round)
         self.targets = set(targets)
@@ -245,9 +234,8 @@ class TrapWeightsPoisoner(Poisoner):
         self.fit_steps = fit_steps
         self.keys = list(self.model.state_dict())
         self.per_group = self.site.modules(self.model)[3].num_channels // capacity
-        num_candidates = len(knowledge.candidate_images)
-        patients = knowledge.candidate_patients
-        self.patients = np.asarray(patients) if patients is not None else np.arange(num_candidates)
+        num_candidates = len(knowledge.candidates)
+        self.patients = np.asarray(knowledge.candidates.patient_ids)
         # Round-robin over each target's candidates: trap the next ones each poisoned round.
         self.next_index = {k: 0 for k in self.targets}
         self.armed: dict[tuple[int, int], list[Detector]] = {}
@@ -268,7 +256,7 @@ class TrapWeightsPoisoner(Poisoner):
         )
 
     def _next_candidates(self, hospital: int) -> np.ndarray:
-        pool = np.flatnonzero(self.knowledge.candidate_hospital == hospital)
+        pool = np.flatnonzero(self.knowledge.candidates.hospital == hospital)
         if len(pool) == 0:
             return pool
         take = min(self.detectors_per_round, len(pool))
@@ -305,7 +293,7 @@ class TrapWeightsPoisoner(Poisoner):
         set_weights(self.model, global_weights)
         constant = install_constant_feature(self.model, self.site)
         population = self.knowledge.population.images
-        scans = np.concatenate([population, self.knowledge.candidate_images])
+        scans = np.concatenate([population, self.knowledge.candidates.images])
         scan_patient = np.concatenate([np.full(len(population), -1), self.patients])
         held_against = [scan_patient != self.patients[c] for c in chosen]  # the candidate's own patient excepted
         targets = [len(population) + c for c in chosen]  # the chosen candidates' rows among the scans
@@ -367,7 +355,7 @@ class TrapWeightsPoisoner(Poisoner):
         return None  # a trapped model's update is not worth averaging: keep the global model clean
 
     def update_signals(self, *, server_round: int, hospital: int, sent, returned) -> dict[str, np.ndarray]:
-        scores = np.full(len(self.knowledge.candidate_images), np.nan)
+        scores = np.full(len(self.knowledge.candidates.images), np.nan)
         for detector in self.armed.get((server_round, hospital), []):
             scores[detector.candidate] = trap_trace(self.site, self.keys, self.per_group, detector.group, sent, returned)
         return {SIGNAL: scores}
@@ -376,7 +364,7 @@ class TrapWeightsPoisoner(Poisoner):
         return set(self.trapped_pairs)
 
     def report(self) -> dict:
-        pool = np.isin(self.knowledge.candidate_hospital, sorted(self.targets))
+        pool = np.isin(self.knowledge.candidates.hospital, sorted(self.targets))
         margins = np.asarray(self.margins)
         return {
             "trap": {

@@ -10,51 +10,22 @@ may have more lesions than its training patients), and a mask-only "attack" woul
 chance without any model. With ``privacy.match_lesion_area`` both sides get the same number
 of scans from each lesion-area stratum (none, then quantiles of the lesion area).
 
-:class:`CandidateSet` is what attack code receives (images, masks, ids, the hospital a
-candidate was drawn for). :class:`MembershipLedger` is the truth; only the evaluation step
-(:mod:`fl_mia.privacy.evaluation`) reads it.
+The referee's side: the attacker receives the :class:`~fl_mia.knowledge.CandidateSet`
+(images, masks, ids, the hospital a candidate was drawn for); :class:`MembershipLedger` is
+the truth, and only the judging step (:mod:`fl_mia.privacy.evaluation`) reads it.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import Split, build_hospital
 from fl_mia.data.phantom import LESION
+from fl_mia.knowledge import CandidateSet
 from fl_mia.seeding import rng_for
 
 CANDIDATE_COLUMNS = ["candidate", "hospital", "patient", "image"]
-
-
-@dataclass(frozen=True)
-class CandidateSet:
-    """Candidate scans the attacker asks about, in one fixed order.
-
-    ``hospital[i]`` is the hospital candidate ``i`` was drawn for (whose membership the
-    attack is asked about), not whether it is a member.
-    """
-
-    images: np.ndarray  # float32 [N, 1, H, W]
-    masks: np.ndarray  # int64 [N, H, W]
-    hospital: np.ndarray  # int64 [N]
-    patient_ids: np.ndarray  # int64 [N]
-    image_ids: np.ndarray  # int64 [N]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def as_split(self) -> Split:
-        """The candidates as a labelled split (what a shadow model can train on)."""
-        return Split(self.images, self.masks, self.patient_ids, self.image_ids)
-
-    def table_rows(self) -> list[dict[str, int]]:
-        return [
-            {"candidate": i, "hospital": int(h), "patient": int(p), "image": int(m)}
-            for i, (h, p, m) in enumerate(zip(self.hospital, self.patient_ids, self.image_ids))
-        ]
 
 
 class MembershipLedger:

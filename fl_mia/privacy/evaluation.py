@@ -1,37 +1,28 @@
-"""The privacy step of a run: the server attacks, then evaluation joins the ledger.
+"""The referee: joins the attacker's scores with the membership ledger, and writes them.
 
-Runs in the server process. :meth:`PrivacyEvaluation.observe_round` scores the per-round
-attacks on each round's global model as the strategy evaluates it; :meth:`finish` scores
-every attack on the final model, joins the scores with the ledger (the only place that reads
-it) and writes ``keep.npy``, ``candidates.csv``, ``scores.npz`` and the figures.
+The only code that reads the ledger. It receives the attacker's
+:class:`~fl_mia.attacker.AttackScores` after training, computes every attack's membership
+metrics (overall, per hospital, per round), the source-inference accuracy and the
+candidate set's mask-only confound, and writes ``keep.npy``, ``candidates.csv``,
+``scores.npz`` and the figures.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.attacks import AttackerKnowledge, MembershipAttack, TargetView, make_attack
+from fl_mia.attacker import AttackScores
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import build_attacker_population
-from fl_mia.defences.output import target_view
-from fl_mia.models import build_experiment_model, set_weights
-from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, CandidateSet, MembershipLedger, build_candidates, lesion_area
+from fl_mia.knowledge import CandidateSet
+from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, MembershipLedger, lesion_area
 from fl_mia.privacy.metrics import membership_metrics
 from fl_mia.privacy.plots import plot_privacy_by_round, plot_roc_loglog
-from fl_mia.privacy.shadows import ShadowStore
 from fl_mia.run_folder import write_csv, write_npy, write_npz
-from fl_mia.update_attacks.recorder import (
-    UpdateAttackRecorder,
-    candidate_round_scores,
-    candidate_scores,
-    source_guess,
-)
 
 logger = logging.getLogger("fl_mia")
 
@@ -60,84 +51,14 @@ def attack_metrics(
     }
 
 
-class PrivacyEvaluation:
-    """The honest-but-curious server's membership inference on the models it holds."""
+class Referee:
+    """Holds the ground truth of one run's candidates and judges the attacker's scores."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, candidates: CandidateSet, ledger: MembershipLedger, run_dir: Path | None) -> None:
         self.cfg = cfg
+        self.candidates = candidates
+        self._ledger = ledger
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.candidates, self._ledger = build_candidates(cfg)
-        self.shadows = ShadowStore(cfg, self.run_dir / "shadows" if self.run_dir is not None else None)
-        self.knowledge = AttackerKnowledge(
-            population=build_attacker_population(cfg),
-            shadows=self.shadows,
-            dice_weight=cfg.training.dice_weight,
-            ce_weight=cfg.training.ce_weight,
-            seed=cfg.seed,
-        )
-        self.attacks: dict[str, MembershipAttack] = {name: make_attack(name, cfg) for name in cfg.privacy.attacks}
-        self.model = build_experiment_model(cfg)
-        self.fit_seconds: dict[str, float] = {}
-        self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
-        self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in cfg.privacy.per_round_attacks}
-        # The server's white-box view of each hospital's update (issue 4): a round observer the
-        # strategy feeds with the model it sent and the one it got back, hospital by hospital.
-        self.updates: UpdateAttackRecorder | None = None
-        if cfg.threat.update_attacks:
-            self.updates = UpdateAttackRecorder(
-                model=build_experiment_model(cfg),
-                training=cfg.training,
-                images=self.candidates.images,
-                masks=self.candidates.masks,
-                num_hospitals=cfg.federation.num_hospitals,
-                total_rounds=cfg.federation.rounds,
-                with_gradient_alignment=cfg.threat.gradient_alignment,
-            )
-
-    def _fitted(self, name: str) -> MembershipAttack:
-        attack = self.attacks[name]
-        if name not in self.fit_seconds:
-            started = time.perf_counter()
-            attack.fit(self.knowledge, self.candidates)
-            self.fit_seconds[name] = time.perf_counter() - started
-        return attack
-
-    def _score(self, name: str, view: TargetView) -> np.ndarray:
-        attack = self._fitted(name)
-        started = time.perf_counter()
-        scores = np.asarray(attack.score(view, self.candidates), dtype=np.float64)
-        self.score_seconds[name] += time.perf_counter() - started
-        if scores.shape != (len(self.candidates),):
-            raise ValueError(f"attack {name} returned {scores.shape} scores for {len(self.candidates)} candidates")
-        return scores
-
-    def observe_round(self, server_round: int, weights: list[np.ndarray]) -> None:
-        """Score the per-round attacks on this round's global model (0 = untrained)."""
-        if not self.round_scores:
-            return
-        set_weights(self.model, weights)
-        view = target_view(self.model, server_round, self.cfg.defences.output, seed=self.cfg.seed)
-        for name in self.round_scores:
-            self.round_scores[name][server_round] = self._score(name, view)
-
-    # Checkpoint protocol (fl_mia.checkpoint): the per-round scores gathered so far.
-    def state_dict(self) -> dict[str, Any]:
-        state = {
-            f"{name}@{server_round}": scores
-            for name, rounds in self.round_scores.items()
-            for server_round, scores in rounds.items()
-        }
-        if self.updates is not None:
-            state.update(self.updates.state_dict())
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.updates is not None:
-            self.updates.load_state_dict({k: v for k, v in state.items() if k.startswith("update:")})
-        for key, scores in state.items():
-            name, _, server_round = key.rpartition("@")
-            if name in self.round_scores:
-                self.round_scores[name][int(server_round)] = np.asarray(scores)
 
     def _result(
         self, scores: np.ndarray, *, threshold: float | None, per_round: dict[int, np.ndarray] | None
@@ -151,11 +72,10 @@ class PrivacyEvaluation:
             }
         return result
 
-    def _source_inference(self) -> dict[str, Any]:
+    def _source_inference(self, guess: np.ndarray) -> dict[str, Any]:
         """Which hospital holds each member: the update attack's guess against the ledger."""
         keep = self._ledger.keep
         members = keep.any(axis=1)
-        guess = source_guess(self.updates)
         owner = keep.argmax(axis=1)
         return {
             "signal": "update.returned_loss.accumulated (standardised per hospital)",
@@ -168,29 +88,23 @@ class PrivacyEvaluation:
             if members.any() else None,
         }
 
-    def finish(self, final_weights: list[np.ndarray]) -> dict[str, Any]:
-        """Score every attack on the final model, write the privacy outputs, return ``metrics.json``'s section."""
-        started = time.perf_counter()
-        set_weights(self.model, final_weights)
-        view = target_view(self.model, None, self.cfg.defences.output, seed=self.cfg.seed)
-        final_scores = {name: self._score(name, view) for name in self.attacks}
+    def judge(self, scores: AttackScores, *, population_images: int, shadows) -> dict[str, Any]:
+        """``metrics.json``'s privacy section; writes the privacy outputs into the run folder."""
         section: dict[str, Any] = {}
-        for name, scores in final_scores.items():
-            threshold = self.attacks[name].decision_threshold_
-            result = self._result(scores, threshold=threshold, per_round=self.round_scores.get(name))
+        for name in scores.final:
+            if name in scores.update_attack_names:
+                continue
+            threshold = scores.decision_thresholds.get(name)
+            result = self._result(scores.final[name], threshold=threshold, per_round=scores.per_round.get(name))
             result["decision_threshold"] = threshold
-            result["fit_seconds"] = self.fit_seconds.get(name)
-            result["score_seconds"] = self.score_seconds[name]
+            result["fit_seconds"] = scores.fit_seconds.get(name)
+            result["score_seconds"] = scores.score_seconds.get(name)
             section[name] = result
-        update_round_scores: dict[str, dict[int, np.ndarray]] = {}
-        if self.updates is not None and self.updates.observed_anything:
-            drawn_for = self.candidates.hospital
-            update_round_scores = candidate_round_scores(self.updates, drawn_for)
-            for name, scores in candidate_scores(self.updates, drawn_for).items():
-                final_scores[name] = scores
-                section[name] = self._result(scores, threshold=None, per_round=update_round_scores.get(name))
-            section["source_inference"] = self._source_inference()
-        for name in final_scores:
+        for name in scores.update_attack_names:
+            section[name] = self._result(scores.final[name], threshold=None, per_round=scores.per_round.get(name))
+        if scores.source_guess is not None:
+            section["source_inference"] = self._source_inference(scores.source_guess)
+        for name in scores.final:
             overall = section[name]["overall"]
             logger.info(
                 "privacy %s: AUC %.3f, TPR@1%%FPR %.3f, TPR@0.1%%FPR %.3f",
@@ -204,7 +118,7 @@ class PrivacyEvaluation:
             "per_hospital": {
                 str(k): int(is_member[self.candidates.hospital == k].sum()) for k in np.unique(self.candidates.hospital)
             },
-            "attacker_population_images": len(self.knowledge.population),
+            "attacker_population_images": population_images,
             # How far the masks alone separate members: a model-free score every attack gets for free.
             "lesion_area_auc": float(roc_auc_score(is_member, areas)),
             "lesion_free_share": {
@@ -212,46 +126,29 @@ class PrivacyEvaluation:
                 "non_members": float((areas[~is_member] == 0).mean()),
             },
             "matched_lesion_area": self.cfg.privacy.match_lesion_area,
-            "shadow_epochs": self.shadows.epochs,
-            "shadow_train_seconds": dict(self.shadows.train_seconds),
+            "shadow_epochs": shadows.epochs,
+            "shadow_train_seconds": dict(shadows.train_seconds),
         }
         if self.run_dir is not None:
-            self._write_outputs(final_scores, section, update_round_scores)
-        section["candidate_set"]["finish_seconds"] = time.perf_counter() - started
+            self._write_outputs(scores, section)
         return section
 
-    def _write_outputs(
-        self,
-        final_scores: dict[str, np.ndarray],
-        section: dict[str, Any],
-        update_round_scores: dict[str, dict[int, np.ndarray]],
-    ) -> None:
+    def _write_outputs(self, scores: AttackScores, section: dict[str, Any]) -> None:
         run_dir = self.run_dir
         write_npy(run_dir / "keep.npy", self._ledger.keep)
         write_csv(run_dir / "candidates.csv", self.candidates.table_rows(), CANDIDATE_COLUMNS)
-        arrays = dict(final_scores)
-        for name, rounds in {**self.round_scores, **update_round_scores}.items():
+        arrays = dict(scores.final)
+        for name, rounds in scores.per_round.items():
             arrays.update({round_score_key(name, r): s for r, s in rounds.items()})
-        if self.updates is not None and self.updates.observed_anything:
-            # [rounds, candidates, hospitals], NaN where unobserved: any other aggregation can be re-scored.
-            arrays.update({f"update_matrix.{name}": values for name, values in self.updates.scores.items()})
+        # [rounds, candidates, hospitals], NaN where unobserved: any other aggregation can be re-scored.
+        arrays.update({f"update_matrix.{name}": values for name, values in scores.update_matrices.items()})
         write_npz(run_dir / "scores.npz", arrays)
         is_member = self._ledger.is_member()
         title = f"{self.cfg.name} · {int(is_member.sum())} members / {int((~is_member).sum())} non-members"
         # Prediction attacks and the accumulated update attacks: the last-round variants would crowd the plot.
-        plotted = {n: (s, is_member) for n, s in final_scores.items() if not n.startswith("update.") or n.endswith(".accumulated")}
+        plotted = {n: (s, is_member) for n, s in scores.final.items() if not n.startswith("update.") or n.endswith(".accumulated")}
         plot_roc_loglog(run_dir / "roc_loglog.png", plotted, title=title)
-        by_round = [name for name in final_scores if "per_round" in section[name]]
+        by_round = [name for name in scores.final if "per_round" in section[name]]
         if by_round:
             per_round = {name: {int(r): m for r, m in section[name]["per_round"].items()} for name in by_round}
             plot_privacy_by_round(run_dir / "privacy_by_round.png", per_round, title=self.cfg.name)
-
-
-def privacy_evaluation(cfg: ExperimentConfig, run_dir: Path | None) -> PrivacyEvaluation | None:
-    """The run's privacy step, or None when it is off, lists no attack, or the attacker has no data."""
-    if not cfg.privacy.enabled or not cfg.privacy.attacks:
-        return None
-    if cfg.federation.attacker_patients < 2:
-        logger.warning("privacy step skipped: federation.attacker_patients < 2 leaves the attacker no shadow data")
-        return None
-    return PrivacyEvaluation(cfg, run_dir)

@@ -1,6 +1,6 @@
 """Scores every candidate on every hospital's update, round by round, as the server sees them.
 
-A :class:`~strategies.honest.RoundObserver`: the strategy hands it each round's replies
+A :class:`~fl_mia.contracts.RoundObserver`: the strategy hands it each round's replies
 (the model sent to each hospital and the one that came back). Nothing but images, masks
 and weights reaches it: membership is joined later, by the evaluation step.
 """
@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 from torch import nn
 
-from fl_mia.config import TrainingConfig
+from fl_mia.knowledge import AttackerKnowledge
 from fl_mia.models import set_weights
 from fl_mia.update_attacks.signals import ALL_SIGNALS, LOSS_SIGNALS, candidate_losses, gradient_alignment, loss_signals, update_vector
 
@@ -33,22 +33,20 @@ class UpdateAttackRecorder:
 
     def __init__(
         self,
+        knowledge: AttackerKnowledge,
         *,
         model: nn.Module,
-        training: TrainingConfig,
-        images: np.ndarray,
-        masks: np.ndarray,
         num_hospitals: int,
         total_rounds: int,
         with_gradient_alignment: bool = True,
     ) -> None:
-        self.model = model
-        self.training = training
-        self.images = images
-        self.masks = masks
+        self.model = model  # scratch: its weights are overwritten
+        self.training = knowledge.training
+        self.images = knowledge.candidates.images
+        self.masks = knowledge.candidates.masks
         self.with_gradient_alignment = with_gradient_alignment
         signals = ALL_SIGNALS if with_gradient_alignment else LOSS_SIGNALS
-        self._shape = (total_rounds, len(images), num_hospitals)
+        self._shape = (total_rounds, len(self.images), num_hospitals)
         self.scores: dict[str, np.ndarray] = {name: np.full(self._shape, np.nan) for name in signals}
         self.signal_sources: list = []
 
@@ -128,9 +126,6 @@ class UpdateAttackRecorder:
         values = self.scores[signal]
         seen_any = (~np.isnan(values)).any(0)
         return np.where(seen_any, np.nansum(values, axis=0), np.nan)
-
-
-VARIANTS = ("last_round", "accumulated")
 
 
 def _fill_unobserved(values: np.ndarray) -> np.ndarray:

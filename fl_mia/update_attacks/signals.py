@@ -125,27 +125,3 @@ def gradient_alignment_loop(
         scores.append(float(torch.dot(gradient, update_flat) / (gradient.norm() * update_flat.norm() + 1e-12)))
     model.zero_grad(set_to_none=True)
     return np.array(scores)
-
-
-def round_signals(
-    model: nn.Module,
-    *,
-    sent: list[np.ndarray],
-    returned: list[np.ndarray],
-    images: np.ndarray,
-    masks: np.ndarray,
-    dice_weight: float,
-    ce_weight: float,
-    with_gradient_alignment: bool = True,
-) -> dict[str, np.ndarray]:
-    """Every signal for one hospital and round. ``model`` is scratch space (its weights are overwritten)."""
-    set_weights(model, returned)
-    returned_losses = candidate_losses(model, images, masks, dice_weight=dice_weight, ce_weight=ce_weight)
-    set_weights(model, sent)
-    sent_losses = candidate_losses(model, images, masks, dice_weight=dice_weight, ce_weight=ce_weight)
-    signals = loss_signals(sent_losses, returned_losses)
-    if with_gradient_alignment:
-        signals["gradient_alignment"] = gradient_alignment(
-            model, [update_vector(model, sent, returned)], images, masks, dice_weight=dice_weight, ce_weight=ce_weight
-        )[:, 0]
-    return signals

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from fl_mia.checkpoint import Checkpoint, read_checkpoint
-from fl_mia.config import ConfigError, ExperimentConfig, load_config
+from fl_mia.config import ConfigError, ExperimentConfig
+from fl_mia.config_loading import load_config
 from fl_mia.run_folder import RunFolderError, read_status
 
 

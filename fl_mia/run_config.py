@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fl_mia.config import ConfigError, ExperimentConfig, load_config
+from fl_mia.config import ExperimentConfig
+from fl_mia.config_loading import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# Metrics/properties key by which a hospital names its partition to the server (both apps use it).
-PARTITION_KEY = "partition_id"
 
 
 def experiment_from_run_config(run_config: dict) -> ExperimentConfig:
@@ -24,9 +23,6 @@ def experiment_from_run_config(run_config: dict) -> ExperimentConfig:
                  for key, value in run_config.items() if str(key).startswith("set.")]
     overrides = [o.replace("'", '"') for o in overrides]
     return load_config(path, overrides)
-
-
-__all__ = ["PARTITION_KEY", "ConfigError", "experiment_from_run_config"]
 
 
 def run_folder_from_run_config(run_config: dict, cfg: ExperimentConfig) -> Path:

@@ -42,7 +42,7 @@ def torch_threads(count: int):
 
 
 class ShadowStore:
-    """Implements :class:`fl_mia.attacks.ShadowTrainer` for a run: train once, then load."""
+    """Implements :class:`fl_mia.knowledge.ShadowTrainer` for a run: train once, then load."""
 
     def __init__(self, cfg: ExperimentConfig, folder: Path | None) -> None:
         self.cfg = cfg

@@ -2,7 +2,7 @@
 
 ``fl-mia sweep CONFIG --param defences.dp_sgd.noise_multiplier --values 0.5,1,2 --out DIR``
 runs every setting as its own run folder ``DIR/<config>__<param>=<value>/`` (with
-:func:`fl_mia.experiment.run_experiment`) and keeps ``DIR/sweep.csv`` — one row per setting:
+:func:`fl_mia.app.experiment.run_experiment`) and keeps ``DIR/sweep.csv`` — one row per setting:
 Dice, ε, wall time, and every attack's AUC and TPR at 1% FPR — and ``DIR/privacy_utility.png``
 (attack strength against Dice) up to date after each setting.
 
@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fl_mia.config import ConfigError, ExperimentConfig, load_config
+from fl_mia.config import ConfigError, ExperimentConfig
+from fl_mia.preflight import load_experiment
 from fl_mia.reporting import read_metrics
 from fl_mia.run_folder import atomic_write_bytes, read_status, write_csv
 
@@ -77,7 +78,7 @@ def sweep_configs(config: Path, *, param: str, values: list[str], overrides: lis
     configs = []
     for value in values:
         try:
-            cfg = load_config(config, [*overrides, f"{param}={value}"])
+            cfg = load_experiment(config, [*overrides, f"{param}={value}"])
         except ConfigError as error:
             raise SweepError(f"{param}={value}: {error}") from None
         _check_param_matters(cfg, param)
@@ -199,14 +200,14 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Run (or read back) every setting, rewriting ``sweep.csv`` and the figure after each one.
 
-    ``run(cfg, out=folder)`` defaults to :func:`fl_mia.experiment.run_experiment`. A setting
+    ``run(cfg, out=folder)`` defaults to :func:`fl_mia.app.experiment.run_experiment`. A setting
     that raises is recorded with ``state = failed`` and the sweep goes on; the error is logged.
     Returns the rows of this sweep (``sweep.csv`` also keeps earlier sweeps' rows).
     """
     if run is None:
         import flwr.common  # noqa: F401  Flower's console handler must exist before run_logging quiets it
 
-        from fl_mia.experiment import run_experiment as run
+        from fl_mia.app.experiment import run_experiment as run
     configs = sweep_configs(config, param=param, values=values, overrides=overrides or [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

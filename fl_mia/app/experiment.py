@@ -22,7 +22,7 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.reporting import read_metrics
 from fl_mia.round_log import RoundProgress
 from fl_mia.run_folder import create_run_folder, set_status, write_toml
-from fl_mia.simulation_resources import backend_config, check_resources
+from fl_mia.app.simulation_resources import backend_config, check_resources
 
 logger = logging.getLogger("fl_mia")
 
@@ -114,7 +114,7 @@ def resume_experiment(
     ``cfg``, when given, must equal the run's config. The outputs equal an uninterrupted
     run's except the wall-clock fields (README, "Reproducibility").
     """
-    from fl_mia.resume import resumable_run
+    from fl_mia.app.resume import resumable_run
 
     saved, checkpoint = resumable_run(Path(run_dir), cfg)
     check_resources(saved.simulation, num_hospitals=saved.federation.num_hospitals)

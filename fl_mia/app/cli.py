@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fl_mia.config import ConfigError, load_config
+from fl_mia.config import ConfigError
+from fl_mia.preflight import load_experiment
 from fl_mia.round_log import RoundProgress
 from fl_mia.run_folder import RunFolderError
 
@@ -39,7 +40,7 @@ def run(
     ] = None,
 ) -> None:
     """Run one experiment: federated training, then the outputs in a new run folder."""
-    from fl_mia.experiment import resume_experiment, run_experiment
+    from fl_mia.app.experiment import resume_experiment, run_experiment
     from fl_mia.reporting import render_summary
     from server.hospital_directory import FederationError
     from server.round_timeout import NoRepliesError
@@ -53,11 +54,11 @@ def run(
     cfg = None
     if config is not None:
         try:
-            cfg = load_config(config, set_ or [])
+            cfg = load_experiment(config, set_ or [])
         except ConfigError as error:
             _fail(str(error))
     if resume is not None:
-        from fl_mia.resume import resumable_run
+        from fl_mia.app.resume import resumable_run
 
         try:
             cfg, checkpoint = resumable_run(resume, cfg)
@@ -66,7 +67,7 @@ def run(
 
     # Everything checkable is checked before the banner, so rejected input prints one line.
     from fl_mia.run_folder import check_new_run_folder
-    from fl_mia.simulation_resources import check_resources
+    from fl_mia.app.simulation_resources import check_resources
 
     try:
         check_resources(cfg.simulation, num_hospitals=cfg.federation.num_hospitals)
@@ -129,7 +130,7 @@ def compare(
     """Compare threat models or defences: a table and a log-log ROC overlay on the same candidates."""
     from rich.table import Table
 
-    from fl_mia.comparison import DEFAULT_ATTACKS, ComparisonError, load_runs, write_comparison
+    from fl_mia.app.comparison import DEFAULT_ATTACKS, ComparisonError, load_runs, write_comparison
 
     try:
         runs = load_runs(run_dirs)
@@ -167,7 +168,7 @@ def sweep(
     ] = None,
 ) -> None:
     """Privacy–utility sweep: one run per value; sweep.csv and privacy_utility.png in the sweep folder."""
-    from fl_mia.sweep import SWEEP_CSV, SWEEP_PLOT, SweepError, parse_values, run_sweep, sweep_configs
+    from fl_mia.app.sweep import SWEEP_CSV, SWEEP_PLOT, SweepError, parse_values, run_sweep, sweep_configs
 
     out = out or Path("runs") / f"sweep-{config.stem}"
     try:

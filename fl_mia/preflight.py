@@ -1,0 +1,77 @@
+"""Checks that need more than the schema: a model, a registry, a poisoner's preconditions.
+
+:mod:`fl_mia.config` is a leaf (pydantic types and cross-field rules only). What can only
+be known by building something — does smp build this model, are the attacks registered,
+does the trap fit into the encoder, does the threat make sense under the defences — is
+checked here, once per experiment, by whoever starts it: the CLI (``fl-mia run``, sweeps,
+suites), the ServerApp under ``flwr run``. Hospitals never run it: they receive a config
+the server has already checked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fl_mia.config import ConfigError, ExperimentConfig
+from fl_mia.config_loading import load_config
+
+
+def _model_builds(cfg: ExperimentConfig) -> None:
+    from fl_mia.models import check_model_config
+
+    check_model_config(cfg.model)
+
+
+def _attacks_registered(cfg: ExperimentConfig) -> None:
+    from fl_mia.attacks.registry import attack_names
+
+    for field in ("attacks", "per_round_attacks"):
+        unknown = [name for name in getattr(cfg.privacy, field) if name not in attack_names()]
+        if unknown:
+            raise ValueError(f"privacy.{field}: unknown attack {unknown[0]!r}; choose from {', '.join(attack_names())}")
+
+
+def _threat_fits_the_defences(cfg: ExperimentConfig) -> None:
+    poisoning, secagg = cfg.threat.poisoning, cfg.defences.secagg.enabled
+    if poisoning == "isolation" and secagg:
+        # Under SecAgg+ the server never holds a hospital's own model, only the sum: it has
+        # nothing to send back, and sending the aggregate delta as a model would be nonsense.
+        raise ValueError(
+            "threat.poisoning=isolation needs each hospital's own returned model, which SecAgg+ hides; "
+            "use model_inconsistency under secagg, or turn defences.secagg.enabled off"
+        )
+    if poisoning == "model_inconsistency":
+        from fl_mia.models import build_experiment_model
+        from fl_mia.poisoning.model_inconsistency import silencing_keys
+
+        silencing_keys(build_experiment_model(cfg))  # the decoder must have a norm layer to silence
+
+
+def _trap_fits_the_model(cfg: ExperimentConfig) -> None:
+    if cfg.threat.poisoning != "trap_weights":
+        return
+    from fl_mia.models import build_model
+    from fl_mia.poisoning.trap_weights import check_capacity
+
+    # Also checks the model has the trap's site (a ResNet-family encoder with GroupNorm).
+    check_capacity(build_model(cfg.model, in_channels=1, classes=1), cfg.threat.trap_detectors_per_round)
+
+
+CHECKS = (_model_builds, _attacks_registered, _threat_fits_the_defences, _trap_fits_the_model)
+
+
+def preflight(cfg: ExperimentConfig, *, source: str = "config") -> ExperimentConfig:
+    """Run every check that needs models or registries; :class:`ConfigError` in one line."""
+    for check in CHECKS:
+        try:
+            check(cfg)
+        except ValueError as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"{source}: {error}") from None
+    return cfg
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an experiment file and run the preflight: what every entry point starts with."""
+    return preflight(load_config(path, overrides), source=str(path))
