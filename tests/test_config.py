@@ -91,7 +91,31 @@ def test_every_config_in_configs_folder_loads():
     files = sorted((ROOT / "configs").rglob("*.toml"))
     assert files
     for path in files:
-        load_config(path)
+        preflight(load_config(path), source=str(path))
+
+
+@pytest.mark.parametrize("folder", ["defences", "threats"])
+def test_threat_and_defence_configs_are_overlays_on_a_base(folder):
+    import tomllib
+
+    files = sorted((ROOT / "configs" / folder).glob("*.toml"))
+    bases = {"honest.toml"}  # the threat comparison's own base (a smaller setting than the quickstart)
+    for path in files:
+        if path.name in bases:
+            continue
+        raw = tomllib.loads(path.read_text())
+        assert "extends" in raw, f"{path.name} copies its base instead of extending it"
+        assert set(raw) - {"extends", "name"} <= {"threat", "defences", "privacy"}, (
+            f"{path.name} restates sections of its base: {sorted(set(raw) - {'extends', 'name', 'threat', 'defences', 'privacy'})}"
+        )
+
+
+def test_no_two_config_files_define_the_same_experiment():
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "configs").rglob("*.toml")):
+        experiment = load_config(path).model_dump_json(exclude={"name"})
+        assert experiment not in seen, f"{path} and {seen[experiment]} define the same experiment"
+        seen[experiment] = path
 
 
 def test_readme_documents_every_config_key():
