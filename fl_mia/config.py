@@ -343,7 +343,13 @@ class DpSgdConfig(_Section):
         None, gt=0.0, description="Aim for this ε after all rounds (make_private_with_epsilon over every local step of the run)."
     )
     max_grad_norm: float = Field(1.0, gt=0.0, description="Per-image gradient clipping bound.")
-    delta: float | None = Field(None, gt=0.0, lt=1.0, description="δ per hospital; default 1/(training images of the hospital).")
+    delta: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="δ per hospital; default min(1e-5, 1/(10·n)) for n training images of the hospital "
+        "(well below 1/n). ε is also always reported at δ = 1e-5.",
+    )
     accountant: Literal["rdp", "prv", "gdp"] = Field("rdp", description="Opacus privacy accountant used for ε.")
 
 
