@@ -443,7 +443,7 @@ class PrivacyConfig(_Section):
     attacks: list[str] = Field(
         default_factory=lambda: ["loss", "label_only"],
         description="Attacks on the final global model, by registry name: loss, learned_type1, learned_type2, "
-        "loss_map, lira_offline, lira_online, label_only.",
+        "loss_map, lira_offline, lira_online, rmia, label_only.",
     )
     per_round_attacks: list[str] = Field(
         default_factory=lambda: ["loss"],
@@ -465,11 +465,16 @@ class PrivacyConfig(_Section):
         description="Epochs of each shadow model over its data; default: federation.rounds × training.local_epochs.",
     )
     shadow_models: int = Field(
-        4, ge=2, le=256, description="Shadow models K of LiRA, each trained on a random half (even numbers balance IN/OUT)."
+        4, ge=2, le=256, description="Shadow models K of LiRA (and reference models of RMIA), each trained on a random half (even numbers balance IN/OUT)."
     )
     lira_global_variance: Literal["auto", "always", "never"] = Field(
         "auto", description="LiRA: one pooled variance for all candidates ('auto': when shadow_models < 64)."
     )
+    rmia_offline_a: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="RMIA offline: Pr(x) ≈ ½((1 + a)·Pr_OUT(x) + (1 − a)) from OUT-only reference models (Zarifzadeh et al. 2024).",
+    )
+    rmia_gamma: float = Field(1.0, gt=0.0, description="RMIA: x dominates z when LR(x) / LR(z) > gamma.")
     attack_epochs: int = Field(
         30, ge=1, le=1000, description="Epochs of the learned attack classifiers (output map, loss map)."
     )
