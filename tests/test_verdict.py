@@ -46,3 +46,33 @@ def test_sweep_row_carries_the_verdict():
     row = sweep_row(metrics, series="s", config="c", param="p", value="1", run_dir="r", state="done")
     assert row["strongest_attack"] == "update.returned_loss.accumulated" and row["strongest_auc"] == 0.694
     assert row["largest_empirical_epsilon"] == 0.9 and row["epsilon_dp_sgd_at_1e-5"] == 14.2
+
+
+# --- wired into the referee -------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from fl_mia.privacy.dp_audit import empirical_epsilon  # noqa: E402
+from tests.test_privacy import privacy_run  # noqa: E402,F401  (fixture)
+
+
+def test_referee_audits_every_attack_and_counts_it_in_the_verdict(privacy_run):
+    metrics = json.loads((privacy_run / "metrics.json").read_text())["privacy"]
+    keep = np.load(privacy_run / "keep.npy")
+    scores = np.load(privacy_run / "scores.npz")
+    hospital = np.array([int(line.split(",")[1]) for line in (privacy_run / "candidates.csv").read_text().splitlines()[1:]])
+    is_member = keep[np.arange(len(keep)), hospital]
+    for attack in ("loss", "label_only", "lira_online"):
+        assert metrics[attack]["empirical_epsilon"] == empirical_epsilon(scores[attack], is_member, delta=1e-5)
+    assert metrics["verdict"]["attacks_counted"] == sorted(["loss", "label_only", "lira_online"])
+
+
+def test_roc_figure_draws_the_dp_bound(tmp_path):
+    from fl_mia.privacy.plots import plot_roc_loglog
+
+    curves = {"a": (np.r_[np.ones(5), np.zeros(5)], np.r_[np.ones(5, bool), np.zeros(5, bool)])}
+    plot_roc_loglog(tmp_path / "plain.png", curves, title="t")
+    plot_roc_loglog(tmp_path / "bound.png", curves, title="t", dp_bound=(2.0, 1e-5))
+    assert (tmp_path / "bound.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
