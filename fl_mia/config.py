@@ -467,8 +467,8 @@ class PrivacyConfig(_Section):
     shadow_mode: Literal["central", "federated", "as_target"] = Field(
         "central",
         description="How shadow models train: 'central' (one model, shadow_epochs epochs), 'federated' (a FedAvg "
-        "federation of shadow hospitals with the target's rounds, sampling and local epochs), 'as_target' "
-        "(federated, plus the target's DP-SGD and output hardening when it uses them).",
+        "federation of shadow hospitals with the target's rounds, sampling and local epochs; shadow_epochs is not "
+        "used), 'as_target' (federated, plus the target's DP-SGD and output hardening when it uses them).",
     )
     shadow_models: int = Field(
         4, ge=2, le=256, description="Shadow models K of LiRA (and reference models of RMIA), each trained on a random half (even numbers balance IN/OUT)."
@@ -502,15 +502,6 @@ class PrivacyConfig(_Section):
         if len(set(value)) != len(value):
             raise ValueError("lists an attack twice")
         return value
-
-    @model_validator(mode="after")
-    def _shadow_epochs_only_central(self) -> "PrivacyConfig":
-        if self.shadow_mode != "central" and self.shadow_epochs is not None:
-            raise ValueError(
-                f"shadow_epochs: federated shadows train with the target's rounds and local epochs; "
-                f"remove privacy.shadow_epochs or set privacy.shadow_mode = 'central' (it is {self.shadow_mode!r})"
-            )
-        return self
 
     @model_validator(mode="after")
     def _per_round_subset(self) -> "PrivacyConfig":

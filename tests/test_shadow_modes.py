@@ -6,7 +6,6 @@ import torch
 
 from fl_mia.attacks.shadow_federation import fedavg, shadow_hospitals
 from fl_mia.attacks.shadows import HardenedShadow, ShadowStore
-from fl_mia.config import ConfigError
 from fl_mia.config_loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.defences.output import RELEASED_PROBABILITY_FLOOR
@@ -86,6 +85,7 @@ def test_as_target_serves_argmax_outputs_when_the_target_does(data):
     assert not isinstance(plain, HardenedShadow)
 
 
-def test_shadow_epochs_with_federated_shadows_is_rejected():
-    with pytest.raises(ConfigError, match="shadow_epochs"):
-        cfg_with(shadow_mode="federated", shadow_epochs=3)
+def test_shadow_epochs_gives_way_to_the_targets_rounds_in_federated_mode(caplog):
+    store = ShadowStore(cfg_with(shadow_mode="federated", shadow_epochs=3), None)
+    assert store.epochs == 2 * 1  # tiny: 2 rounds of 1 local epoch
+    assert "shadow_epochs = 3 is not used" in caplog.text

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +98,9 @@ class HardenedShadow(nn.Module):
         return released_logits(harden_probabilities(self.model(images), self.output, generator=self._generator))
 
 
+logger = logging.getLogger("fl_mia")
+
+
 class ShadowStore:
     """Implements :class:`fl_mia.knowledge.ShadowTrainer` for a run: train once, then load."""
 
@@ -106,6 +110,11 @@ class ShadowStore:
         self.mode = cfg.privacy.shadow_mode
         # Federated shadows train exactly as the target: its rounds × local epochs.
         self.epochs = cfg.shadow_epochs() if self.mode == "central" else cfg.federation.rounds * cfg.training.local_epochs
+        if self.mode != "central" and cfg.privacy.shadow_epochs is not None:
+            logger.warning(
+                "privacy.shadow_epochs = %d is not used with shadow_mode = %r: shadows run the target's %d rounds of %d local epochs",
+                cfg.privacy.shadow_epochs, self.mode, cfg.federation.rounds, cfg.training.local_epochs,
+            )
         self.training = cfg.training.model_copy(update={"local_epochs": self.epochs})
         self.train_seconds: dict[str, float] = {}
         self.train_images: dict[str, int] = {}
