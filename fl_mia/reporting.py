@@ -14,8 +14,8 @@ from rich.table import Table
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.models import count_parameters, set_weights
-from fl_mia.round_log import ROUND_COLUMNS, TIMING_COLUMNS, RoundLog
 from fl_mia.privacy.verdict import verdict_line
+from fl_mia.round_log import ROUND_COLUMNS, TIMING_COLUMNS, RoundLog
 from fl_mia.run_folder import atomic_write_bytes, write_csv, write_json
 
 UTILITY_KEYS = ("dice", "iou", "dice_pooled", "iou_pooled", "dice_lesion_images", "loss")

@@ -18,8 +18,8 @@ from sklearn.metrics import roc_auc_score
 
 from fl_mia.attacker import AttackScores
 from fl_mia.config import ExperimentConfig
-from fl_mia.knowledge import CandidateSet
 from fl_mia.defences.accounting import REFERENCE_DELTA
+from fl_mia.knowledge import CandidateSet
 from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, MembershipLedger, lesion_area
 from fl_mia.privacy.dp_audit import empirical_epsilon
 from fl_mia.privacy.metrics import membership_metrics
