@@ -25,6 +25,7 @@ from flwr.app import ConfigRecord, RecordDict
 from fl_mia.config import ExperimentConfig
 from fl_mia.contracts import DP_ACCOUNTANT_STATE_KEY, DP_NOISE_SECRET_STATE_KEY
 from fl_mia.data import Split
+from fl_mia.defences.accounting import REFERENCE_DELTA, epsilon_of
 from fl_mia.defences.dp_sgd import history_from_record, history_to_record, plan_for, train_local_dp
 from fl_mia.seeding import int_seed
 from fl_mia.training import TrainResult
@@ -85,6 +86,8 @@ def train_dp_sgd(
     return outcome.result, {
         "dp_epsilon": outcome.epsilon,
         "dp_delta": outcome.plan.delta,
+        # The same spend at δ = 1e-5, comparable across runs whatever δ each configured.
+        "dp_epsilon_at_reference_delta": epsilon_of(outcome.history, delta=REFERENCE_DELTA, accountant=outcome.plan.accountant),
         "dp_noise_multiplier": outcome.plan.noise_multiplier,
         "dp_sample_rate": outcome.plan.sample_rate,
         "dp_steps_total": sum(steps for _, _, steps in outcome.history),

@@ -343,7 +343,13 @@ class DpSgdConfig(_Section):
         None, gt=0.0, description="Aim for this ε after all rounds (make_private_with_epsilon over every local step of the run)."
     )
     max_grad_norm: float = Field(1.0, gt=0.0, description="Per-image gradient clipping bound.")
-    delta: float | None = Field(None, gt=0.0, lt=1.0, description="δ per hospital; default 1/(training images of the hospital).")
+    delta: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="δ per hospital; default min(1e-5, 1/(10·n)) for n training images of the hospital "
+        "(well below 1/n). ε is also always reported at δ = 1e-5.",
+    )
     accountant: Literal["rdp", "prv", "gdp"] = Field("rdp", description="Opacus privacy accountant used for ε.")
 
 
@@ -437,7 +443,7 @@ class PrivacyConfig(_Section):
     attacks: list[str] = Field(
         default_factory=lambda: ["loss", "label_only"],
         description="Attacks on the final global model, by registry name: loss, learned_type1, learned_type2, "
-        "loss_map, lira_offline, lira_online, label_only.",
+        "loss_map, lira_offline, lira_online, rmia, label_only.",
     )
     per_round_attacks: list[str] = Field(
         default_factory=lambda: ["loss"],
@@ -458,12 +464,23 @@ class PrivacyConfig(_Section):
         le=10_000,
         description="Epochs of each shadow model over its data; default: federation.rounds × training.local_epochs.",
     )
+    shadow_mode: Literal["central", "federated", "as_target"] = Field(
+        "central",
+        description="How shadow models train: 'central' (one model, shadow_epochs epochs), 'federated' (a FedAvg "
+        "federation of shadow hospitals with the target's rounds, sampling and local epochs; shadow_epochs is not "
+        "used), 'as_target' (federated, plus the target's DP-SGD and output hardening when it uses them).",
+    )
     shadow_models: int = Field(
-        4, ge=2, le=256, description="Shadow models K of LiRA, each trained on a random half (even numbers balance IN/OUT)."
+        4, ge=2, le=256, description="Shadow models K of LiRA (and reference models of RMIA), each trained on a random half (even numbers balance IN/OUT)."
     )
     lira_global_variance: Literal["auto", "always", "never"] = Field(
         "auto", description="LiRA: one pooled variance for all candidates ('auto': when shadow_models < 64)."
     )
+    rmia_offline_a: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="RMIA offline: Pr(x) ≈ ½((1 + a)·Pr_OUT(x) + (1 − a)) from OUT-only reference models (Zarifzadeh et al. 2024).",
+    )
+    rmia_gamma: float = Field(1.0, gt=0.0, description="RMIA: x dominates z when LR(x) / LR(z) > gamma.")
     attack_epochs: int = Field(
         30, ge=1, le=1000, description="Epochs of the learned attack classifiers (output map, loss map)."
     )

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.models import count_parameters, set_weights
+from fl_mia.privacy.verdict import verdict_line
 from fl_mia.round_log import ROUND_COLUMNS, TIMING_COLUMNS, RoundLog
 from fl_mia.run_folder import atomic_write_bytes, write_csv, write_json
 
@@ -166,4 +167,7 @@ def render_summary(metrics: dict[str, Any]) -> str:
     privacy = privacy_table(metrics)
     if privacy is not None:
         console.print(privacy)
+    verdict = verdict_line((metrics.get("privacy") or {}).get("verdict"))
+    if verdict is not None:
+        console.print(verdict)
     return console.export_text()

@@ -32,7 +32,7 @@ from flwr.server.strategy import (
 from flwr.server.workflow import SecAggPlusWorkflow
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.defences.accounting import central_dp_epsilon
+from fl_mia.defences.accounting import REFERENCE_DELTA, central_dp_epsilon
 
 
 class DeltaToGlobal(Strategy):
@@ -144,18 +144,28 @@ def privacy_section(cfg: ExperimentConfig, fit_metrics: dict[tuple[int, int], di
             "delta": dp.delta,
             "accountant": "rdp (opacus RDPAccountant: subsampled Gaussian, steps = rounds)",
             "epsilon": _finite(central_dp_epsilon(noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=cfg.federation.rounds, delta=dp.delta)),
+            "reference_delta": REFERENCE_DELTA,
+            "epsilon_at_reference_delta": _finite(central_dp_epsilon(
+                noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=cfg.federation.rounds, delta=REFERENCE_DELTA
+            )),
             "protects_against": "whoever sees the released global models; NOT the server, which adds the noise "
             + ("and sees every clipped update" if dp.mode == "server_clipping" else "(and, without SecAgg+, sees every clipped update)"),
         }
     if defences.dp_sgd.enabled:
         per_hospital: dict[str, float] = {}
+        at_reference: dict[str, float] = {}
         for (_, hospital), metrics in sorted(fit_metrics.items()):
             if "dp_epsilon" in metrics:
                 per_hospital[str(hospital)] = float(metrics["dp_epsilon"])  # later rounds overwrite: ε after all rounds
+            if "dp_epsilon_at_reference_delta" in metrics:
+                at_reference[str(hospital)] = float(metrics["dp_epsilon_at_reference_delta"])
         section["dp_sgd"] = {
             "epsilon_per_hospital": per_hospital,
             "epsilon_max": max(per_hospital.values(), default=None),
             "delta_per_hospital": {str(h): float(m["dp_delta"]) for (_, h), m in sorted(fit_metrics.items()) if "dp_delta" in m},
+            "reference_delta": REFERENCE_DELTA,
+            "epsilon_per_hospital_at_reference_delta": at_reference,
+            "epsilon_max_at_reference_delta": max(at_reference.values(), default=None),
             "noise_multiplier": next((float(m["dp_noise_multiplier"]) for m in fit_metrics.values() if "dp_noise_multiplier" in m), None),
             "max_grad_norm": defences.dp_sgd.max_grad_norm,
             "accountant": defences.dp_sgd.accountant,

@@ -193,8 +193,11 @@ def run_federation(
         finishing = time.perf_counter()
         scores = attacker.finish(final)
         referee = Referee(cfg, candidates, ledger, run_dir)
+        # The accountant's sample-level ε (δ = 1e-5) of the most exposed hospital, for the ROC's DP bound.
+        dp_epsilons = round_log.latest_fit_metric("dp_epsilon_at_reference_delta")
         privacy_section = referee.judge(
-            scores, population_images=len(attacker.knowledge.population), shadows=attacker.shadows
+            scores, population_images=len(attacker.knowledge.population), shadows=attacker.shadows,
+            dp_epsilon=max(dp_epsilons.values()) if dp_epsilons else None,
         )
         privacy_section["candidate_set"]["finish_seconds"] = time.perf_counter() - finishing
     write_federation_outputs(

@@ -132,3 +132,34 @@ def test_resumed_hospital_rebuilds_its_accountant_from_the_checkpointed_steps(ho
     assert resumed["dp_steps_total"] == uninterrupted["dp_steps_total"]
     assert resumed["dp_epsilon"] == pytest.approx(uninterrupted["dp_epsilon"], rel=1e-9)
     assert resumed["dp_epsilon"] > first["dp_epsilon"]
+
+
+def test_default_delta_is_well_below_one_over_n_and_epsilon_is_also_reported_at_1e_5(hospital):
+    from fl_mia.defences.accounting import REFERENCE_DELTA, default_delta, epsilon_of
+
+    assert default_delta(32) == 1e-5 and default_delta(1_000_000) == 1e-7
+    cfg = dp_cfg(noise_multiplier=1.0)
+    plan = plan_for(cfg, len(hospital.train))
+    assert plan.delta <= 1 / (10 * len(hospital.train))
+    _, privacy = train_dp_sgd(fresh_model(cfg), hospital.train, cfg, node_state=RecordDict(), tags=(1, 0))
+    history = [(1.0, plan.sample_rate, plan.steps_per_round)]
+    assert privacy["dp_epsilon_at_reference_delta"] == pytest.approx(epsilon_of(history, delta=REFERENCE_DELTA), rel=1e-9)
+    # A configured δ = 1/n reports less ε than δ = 1e-5 for the same noise: both are kept.
+    loose = dp_cfg(noise_multiplier=1.0, delta=1 / len(hospital.train))
+    _, loose_privacy = train_dp_sgd(fresh_model(loose), hospital.train, loose, node_state=RecordDict(), tags=(1, 0))
+    assert loose_privacy["dp_epsilon"] < loose_privacy["dp_epsilon_at_reference_delta"] == pytest.approx(
+        privacy["dp_epsilon_at_reference_delta"], rel=1e-9
+    )
+
+
+def test_defence_report_gives_epsilon_at_the_reference_delta():
+    from server.defences import privacy_section
+
+    cfg = build_config(tiny_raw(defences={"dp_sgd": {"enabled": True}, "central_dp": {"mode": "client_clipping"}}))
+    fits = {(1, 0): {"dp_epsilon": 1.0, "dp_epsilon_at_reference_delta": 3.0}, (1, 1): {"dp_epsilon": 2.0, "dp_epsilon_at_reference_delta": 4.0}}
+    section = privacy_section(cfg, fits)
+    assert section["dp_sgd"]["epsilon_max_at_reference_delta"] == 4.0 and section["dp_sgd"]["reference_delta"] == 1e-5
+    assert section["central_dp"]["epsilon_at_reference_delta"] == pytest.approx(
+        central_dp_epsilon(noise_multiplier=0.5, sample_rate=1.0, rounds=2, delta=1e-5)
+    )
+    assert section["central_dp"]["epsilon_at_reference_delta"] > section["central_dp"]["epsilon"]

@@ -35,7 +35,8 @@ SWEEP_PLOT = "privacy_utility.png"
 FIXED_COLUMNS = [
     "series", "config", "param", "value", "state",
     "dice", "dice_pooled",
-    "epsilon_dp_sgd", "noise_dp_sgd", "epsilon_central_dp", "noise_central_dp",
+    "epsilon_dp_sgd", "epsilon_dp_sgd_at_1e-5", "noise_dp_sgd", "epsilon_central_dp", "noise_central_dp",
+    "strongest_attack", "strongest_auc", "strongest_tpr_at_1pct_fpr", "largest_empirical_epsilon",
     "wall_time_s", "run_dir",
 ]  # fmt: skip
 ATTACK_METRICS = ("auc", "tpr_at_1pct_fpr")
@@ -110,6 +111,15 @@ def sweep_row(metrics: dict[str, Any] | None, *, series: str, config: str, param
         noise_central_dp=report.get("central_dp", {}).get("noise_multiplier"),
         wall_time_s=metrics.get("wall_time_s"),
     )
+    row["epsilon_dp_sgd_at_1e-5"] = report.get("dp_sgd", {}).get("epsilon_max_at_reference_delta")
+    verdict = metrics.get("privacy", {}).get("verdict")
+    if verdict:  # every attack counted, update attacks (accumulated included) as much as prediction ones
+        row.update(
+            strongest_attack=verdict["strongest_by_auc"]["attack"],
+            strongest_auc=verdict["strongest_by_auc"]["auc"],
+            strongest_tpr_at_1pct_fpr=verdict["strongest_at_low_fpr"]["tpr_at_1pct_fpr"],
+            largest_empirical_epsilon=(verdict["largest_empirical_epsilon"] or {}).get("empirical_epsilon"),
+        )
     for attack, result in metrics.get("privacy", {}).items():
         if isinstance(result, dict) and "overall" in result:
             for key in ATTACK_METRICS:

@@ -1,7 +1,7 @@
 """Membership inference attacks, registered by name (see :mod:`fl_mia.attacks.registry`).
 
 The registry holds the attacks on predictions: ``loss``, ``learned_type1``,
-``learned_type2``, ``loss_map``, ``lira_offline``, ``lira_online``, ``label_only``.
+``learned_type2``, ``loss_map``, ``lira_offline``, ``lira_online``, ``label_only``, ``rmia``.
 """
 
 from fl_mia.attacks.base import MembershipAttack, TargetView

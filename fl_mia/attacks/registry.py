@@ -15,12 +15,13 @@ from fl_mia.attacks.label_only import FACTORIES as LABEL_ONLY
 from fl_mia.attacks.learned import FACTORIES as LEARNED
 from fl_mia.attacks.lira import FACTORIES as LIRA
 from fl_mia.attacks.loss_threshold import FACTORIES as LOSS_THRESHOLD
+from fl_mia.attacks.rmia import FACTORIES as RMIA
 
 if TYPE_CHECKING:
     from fl_mia.attacks.base import MembershipAttack
     from fl_mia.config import ExperimentConfig
 
-ATTACKS: dict[str, AttackFactory] = {**LABEL_ONLY, **LEARNED, **LIRA, **LOSS_THRESHOLD}
+ATTACKS: dict[str, AttackFactory] = {**LABEL_ONLY, **LEARNED, **LIRA, **LOSS_THRESHOLD, **RMIA}
 
 
 def register_attack(name: str, factory: AttackFactory) -> None:

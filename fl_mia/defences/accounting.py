@@ -16,6 +16,18 @@ from opacus.accountants.utils import get_noise_multiplier
 
 History = list[tuple[float, float, int]]  # (noise_multiplier, sample_rate, steps), Opacus's own format
 
+# ε is always also reported at this δ, so that runs with different δ (and the literature) compare.
+REFERENCE_DELTA = 1e-5
+
+
+def default_delta(num_records: int) -> float:
+    """δ well below 1/n: min(1e-5, 1/(10·n)) for ``num_records`` protected records.
+
+    δ = 1/n allows a mechanism that publishes one record whole ("name and shame"); the usual
+    rule is δ ≪ 1/n. 1e-5 is the customary figure and stays below 1/(10·n) up to n = 10 000.
+    """
+    return min(REFERENCE_DELTA, 1.0 / (10 * max(num_records, 1)))
+
 
 def epsilon_of(history: History, *, delta: float, accountant: str = "rdp") -> float:
     """ε of a composition of subsampled Gaussian mechanisms (0 for an empty history)."""

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import Split
-from fl_mia.defences.accounting import History, epsilon_of, noise_for_epsilon
+from fl_mia.defences.accounting import History, default_delta, epsilon_of, noise_for_epsilon
 from fl_mia.losses import segmentation_loss
 from fl_mia.seeding import int_seed, torch_generator
 from fl_mia.training import TrainResult, make_optimizer
@@ -57,7 +57,7 @@ def plan_for(cfg: ExperimentConfig, num_train: int) -> DpSgdPlan:
     sample_rate = 1.0 / batches  # Opacus's DPDataLoader: 1 / len(data_loader)
     steps_per_round = batches * cfg.training.local_epochs
     total_steps = steps_per_round * cfg.federation.rounds
-    delta = dp.delta if dp.delta is not None else 1.0 / max(num_train, 1)
+    delta = dp.delta if dp.delta is not None else default_delta(num_train)
     if dp.target_epsilon is not None:
         noise = noise_for_epsilon(
             target_epsilon=dp.target_epsilon, delta=delta, sample_rate=sample_rate, steps=total_steps, accountant=dp.accountant

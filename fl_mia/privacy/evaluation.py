@@ -18,10 +18,13 @@ from sklearn.metrics import roc_auc_score
 
 from fl_mia.attacker import AttackScores
 from fl_mia.config import ExperimentConfig
+from fl_mia.defences.accounting import REFERENCE_DELTA
 from fl_mia.knowledge import CandidateSet
 from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, MembershipLedger, lesion_area
+from fl_mia.privacy.dp_audit import empirical_epsilon
 from fl_mia.privacy.metrics import membership_metrics
 from fl_mia.privacy.plots import plot_privacy_by_round, plot_roc_loglog
+from fl_mia.privacy.verdict import defence_verdict
 from fl_mia.run_folder import write_csv, write_npy, write_npz
 
 logger = logging.getLogger("fl_mia")
@@ -64,6 +67,8 @@ class Referee:
         self, scores: np.ndarray, *, threshold: float | None, per_round: dict[int, np.ndarray] | None
     ) -> dict[str, Any]:
         result = attack_metrics(scores, self._ledger, self.candidates, decision_threshold=threshold)
+        # Audited at δ = 1e-5, the δ every DP run also reports its accountant's ε at.
+        result["empirical_epsilon"] = empirical_epsilon(scores, self._ledger.is_member(), delta=REFERENCE_DELTA)
         if per_round:
             is_member = self._ledger.is_member()
             result["per_round"] = {
@@ -88,8 +93,14 @@ class Referee:
             if members.any() else None,
         }
 
-    def judge(self, scores: AttackScores, *, population_images: int, shadows) -> dict[str, Any]:
-        """``metrics.json``'s privacy section; writes the privacy outputs into the run folder."""
+    def judge(
+        self, scores: AttackScores, *, population_images: int, shadows, dp_epsilon: float | None = None
+    ) -> dict[str, Any]:
+        """``metrics.json``'s privacy section; writes the privacy outputs into the run folder.
+
+        ``dp_epsilon``: the accountant's largest per-hospital sample-level ε at δ = 1e-5 when
+        DP-SGD is on; the ROC figure then shows the bound TPR ≤ e^ε·FPR + δ it implies.
+        """
         section: dict[str, Any] = {}
         for name in scores.final:
             if name in scores.update_attack_names:
@@ -104,6 +115,7 @@ class Referee:
             section[name] = self._result(scores.final[name], threshold=None, per_round=scores.per_round.get(name))
         if scores.source_guess is not None:
             section["source_inference"] = self._source_inference(scores.source_guess)
+        section["verdict"] = defence_verdict(section)  # every attack, prediction and update, counted
         for name in scores.final:
             overall = section[name]["overall"]
             logger.info(
@@ -130,10 +142,10 @@ class Referee:
             "shadow_train_seconds": dict(shadows.train_seconds),
         }
         if self.run_dir is not None:
-            self._write_outputs(scores, section)
+            self._write_outputs(scores, section, dp_epsilon=dp_epsilon)
         return section
 
-    def _write_outputs(self, scores: AttackScores, section: dict[str, Any]) -> None:
+    def _write_outputs(self, scores: AttackScores, section: dict[str, Any], *, dp_epsilon: float | None) -> None:
         run_dir = self.run_dir
         write_npy(run_dir / "keep.npy", self._ledger.keep)
         write_csv(run_dir / "candidates.csv", self.candidates.table_rows(), CANDIDATE_COLUMNS)
@@ -147,7 +159,8 @@ class Referee:
         title = f"{self.cfg.name} · {int(is_member.sum())} members / {int((~is_member).sum())} non-members"
         # Prediction attacks and the accumulated update attacks: the last-round variants would crowd the plot.
         plotted = {n: (s, is_member) for n, s in scores.final.items() if not n.startswith("update.") or n.endswith(".accumulated")}
-        plot_roc_loglog(run_dir / "roc_loglog.png", plotted, title=title)
+        dp_bound = (dp_epsilon, REFERENCE_DELTA) if dp_epsilon is not None else None
+        plot_roc_loglog(run_dir / "roc_loglog.png", plotted, title=title, dp_bound=dp_bound)
         by_round = [name for name in scores.final if "per_round" in section[name]]
         if by_round:
             per_round = {name: {int(r): m for r, m in section[name]["per_round"].items()} for name in by_round}

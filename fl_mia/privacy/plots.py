@@ -22,11 +22,18 @@ def _save(figure, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_roc_loglog(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str) -> None:
+def plot_roc_loglog(
+    path: Path,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    title: str,
+    dp_bound: tuple[float, float] | None = None,
+) -> None:
     """ROC of every attack on log-log axes (low FPR is where membership leaks matter).
 
     ``curves`` maps attack name to ``(scores, is_member)``. Zero rates are drawn at half the
-    smallest resolvable rate so that the curve stays on the log axes.
+    smallest resolvable rate so that the curve stays on the log axes. ``dp_bound`` = (ε, δ)
+    draws the ceiling TPR ≤ min(1, e^ε·FPR + δ) that (ε, δ)-DP puts on every attack.
     """
     figure, axes = plt.subplots(figsize=(5.2, 5))
     floor = 1.0
@@ -38,6 +45,11 @@ def plot_roc_loglog(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]
         auc = float(np.trapezoid(tpr, fpr))
         axes.plot(np.maximum(fpr, low), np.maximum(tpr, low), label=f"{name} (AUC {auc:.3f})")
     axes.plot([floor, 1], [floor, 1], "k--", linewidth=0.8, label="chance")
+    if dp_bound is not None:
+        epsilon, delta = dp_bound
+        fpr_grid = np.logspace(np.log10(floor), 0, 200)
+        ceiling = np.minimum(1.0, np.exp(epsilon) * fpr_grid + delta)
+        axes.plot(fpr_grid, ceiling, color="crimson", linestyle=":", linewidth=1.2, label=f"DP bound ε={epsilon:.2f}, δ={delta:g}")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlim(floor, 1)

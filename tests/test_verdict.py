@@ -1,0 +1,78 @@
+"""The defence's verdict counts every attack: prediction, update, accumulated."""
+
+from fl_mia.app.sweep import sweep_row
+from fl_mia.privacy.verdict import AUC_BAR, defence_verdict, verdict_line
+
+
+def attack(auc, tpr, eps):
+    return {"overall": {"auc": auc, "tpr_at_1pct_fpr": tpr}, "empirical_epsilon": {"epsilon_lower_bound": eps}}
+
+
+PRIVACY = {
+    "loss": attack(0.55, 0.02, 0.1),
+    "lira_offline": attack(0.58, 0.09, 0.9),
+    "update.returned_loss.accumulated": attack(0.694, 0.05, 0.4),
+    "update.loss_reduction": attack(0.52, 0.01, 0.0),
+    "source_inference": {"accuracy": 0.9},
+    "candidate_set": {"members": 81},
+}
+
+
+def test_an_update_attack_can_be_the_strongest():
+    verdict = defence_verdict(PRIVACY)
+    assert verdict["strongest_by_auc"]["attack"] == "update.returned_loss.accumulated"
+    assert verdict["strongest_by_auc"]["kind"] == "update"
+    assert verdict["strongest_at_low_fpr"]["attack"] == "lira_offline"
+    assert verdict["largest_empirical_epsilon"]["attack"] == "lira_offline"
+    assert verdict["attacks_counted"] == sorted(["loss", "lira_offline", "update.returned_loss.accumulated", "update.loss_reduction"])
+    assert verdict["update_attacks_counted"] == 2
+    assert verdict["attacks_above_bar"] == ["update.returned_loss.accumulated"]
+
+
+def test_the_console_line_names_the_strongest_attack_and_the_bar():
+    line = verdict_line(defence_verdict(PRIVACY))
+    assert "update.returned_loss.accumulated, AUC 0.694" in line and f"above AUC {AUC_BAR}" in line
+    quiet = verdict_line(defence_verdict({"loss": attack(0.51, 0.0, 0.0)}))
+    assert f"every attack at AUC ≤ {AUC_BAR}" in quiet
+
+
+def test_no_scored_attack_no_verdict():
+    assert defence_verdict({"candidate_set": {}}) is None and verdict_line(None) is None
+
+
+def test_sweep_row_carries_the_verdict():
+    metrics = {"utility": {"dice": 0.5}, "defence_report": {"dp_sgd": {"epsilon_max": 8.0, "epsilon_max_at_reference_delta": 14.2}},
+               "privacy": {**PRIVACY, "verdict": defence_verdict(PRIVACY)}}
+    row = sweep_row(metrics, series="s", config="c", param="p", value="1", run_dir="r", state="done")
+    assert row["strongest_attack"] == "update.returned_loss.accumulated" and row["strongest_auc"] == 0.694
+    assert row["largest_empirical_epsilon"] == 0.9 and row["epsilon_dp_sgd_at_1e-5"] == 14.2
+
+
+# --- wired into the referee -------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from fl_mia.privacy.dp_audit import empirical_epsilon  # noqa: E402
+from tests.test_privacy import privacy_run  # noqa: E402,F401  (fixture)
+
+
+def test_referee_audits_every_attack_and_counts_it_in_the_verdict(privacy_run):
+    metrics = json.loads((privacy_run / "metrics.json").read_text())["privacy"]
+    keep = np.load(privacy_run / "keep.npy")
+    scores = np.load(privacy_run / "scores.npz")
+    hospital = np.array([int(line.split(",")[1]) for line in (privacy_run / "candidates.csv").read_text().splitlines()[1:]])
+    is_member = keep[np.arange(len(keep)), hospital]
+    for attack in ("loss", "label_only", "lira_online"):
+        assert metrics[attack]["empirical_epsilon"] == empirical_epsilon(scores[attack], is_member, delta=1e-5)
+    assert metrics["verdict"]["attacks_counted"] == sorted(["loss", "label_only", "lira_online"])
+
+
+def test_roc_figure_draws_the_dp_bound(tmp_path):
+    from fl_mia.privacy.plots import plot_roc_loglog
+
+    curves = {"a": (np.r_[np.ones(5), np.zeros(5)], np.r_[np.ones(5, bool), np.zeros(5, bool)])}
+    plot_roc_loglog(tmp_path / "plain.png", curves, title="t")
+    plot_roc_loglog(tmp_path / "bound.png", curves, title="t", dp_bound=(2.0, 1e-5))
+    assert (tmp_path / "bound.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
