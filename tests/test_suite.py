@@ -63,6 +63,19 @@ def test_bad_suite_files_fail_in_one_line_naming_the_key(tmp_path, body, fragmen
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("name", ["threats", "defences", "paper"])
+def test_shipped_suites_load_and_pool_enough_non_members_for_1pct_fpr(name):
+    from fl_mia.privacy.candidates import candidates_per_hospital
+    from fl_mia.privacy.statistics import non_members_needed
+
+    suite = load_suite(ROOT / "configs" / "suites" / f"{name}.toml")
+    assert len(suite.seeds) >= 3
+    for cell in suite.cells:
+        if cell.seed == suite.seeds[0]:
+            pooled = sum(candidates_per_hospital(cell.cfg)) * len(suite.seeds)
+            assert pooled >= 2 * non_members_needed(0.01), (cell.name, pooled)
+
+
 class FakeRuns:
     """Stands in for run_experiment / resume_experiment: writes what a finished run leaves."""
 
