@@ -13,8 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import platform
 import tomllib
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from fl_mia.privacy.metrics import membership_metrics
 from fl_mia.privacy.statistics import bootstrap_intervals, mean_interval, paired_difference
 from fl_mia.seeding import seed_sequence
 
+PACKAGES = ("torch", "flwr", "segmentation-models-pytorch", "opacus", "numpy", "scikit-learn")
 SUITE_JSON = "suite.json"  # fl_mia.app.suite writes it; the report only reads folders
 
 
@@ -214,6 +218,17 @@ def config_difference(config: dict[str, Any], base: dict[str, Any], prefix: str 
     return changes
 
 
+def environment() -> list[list[str]]:
+    rows = [["python", platform.python_version()], ["machine", f"{platform.machine()} · {platform.system()} {platform.release()}"]]
+    rows.append(["CPU cores", str(os.cpu_count())])
+    for package in PACKAGES:
+        try:
+            rows.append([package, metadata.version(package)])
+        except metadata.PackageNotFoundError:
+            continue
+    return rows
+
+
 def build_report_data(paths: list[Path]) -> dict[str, Any]:
     """Everything the HTML and markdown renderers show, as plain data (also saved as report.json)."""
     runs, suites, failed = load_sources(paths)
@@ -231,6 +246,7 @@ def build_report_data(paths: list[Path]) -> dict[str, Any]:
         summary["config_difference"] = config_difference(first.config, base.config) if base is not None else []
     return {
         "sources": [str(p) for p in paths],
+        "environment": environment(),
         "suites": [{k: s.get(k) for k in ("suite", "description", "axes", "seeds", "wall_time_s", "overhead")} for s in suites],
         "attacks": attacks,
         "baseline": baseline_group.label,
