@@ -49,7 +49,10 @@ def _fake_run(folder: Path, *, seed: int, shift: float, defence: str, non_member
 
 @pytest.fixture(scope="module")
 def suite_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("suite")
+    return make_fake_suite(tmp_path_factory.mktemp("suite"))
+
+
+def make_fake_suite(out: Path) -> Path:
     cells = []
     for defence, shift in (("none", 1.5), ("argmax", 0.0)):
         for seed in (0, 1):

@@ -217,8 +217,14 @@ def paired_difference(
     return result
 
 
-def mean_interval(values: list[float] | np.ndarray, *, level: float = CONFIDENCE_LEVEL) -> dict[str, Any]:
-    """Mean across seeds with a Student-t interval (none from a single seed)."""
+def mean_interval(
+    values: list[float] | np.ndarray, *, level: float = CONFIDENCE_LEVEL, bounds: tuple[float, float] | None = (0.0, 1.0)
+) -> dict[str, Any]:
+    """Mean across seeds with a Student-t interval (none from a single seed).
+
+    ``bounds`` clips the interval to the metric's range (AUC, TPR and Dice live in [0, 1]; a
+    t-interval over three seeds can reach past it); ``None`` for unbounded figures such as ε.
+    """
     values = np.asarray([v for v in values if v is not None], dtype=np.float64)
     n = len(values)
     if n == 0:
@@ -227,7 +233,10 @@ def mean_interval(values: list[float] | np.ndarray, *, level: float = CONFIDENCE
     if n == 1:
         return {"mean": mean, "ci": None, "n": 1}
     half = float(stats.t.ppf(0.5 + level / 2.0, df=n - 1) * values.std(ddof=1) / math.sqrt(n))
-    return {"mean": mean, "ci": [mean - half, mean + half], "n": n}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "ci": [low, high], "n": n}
 
 
 def format_with_interval(value: float | None, ci: list[float] | None, *, digits: int = 3) -> str:

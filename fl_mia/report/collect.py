@@ -150,7 +150,7 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
     result: dict[str, Any] = {
         "label": group.label, "axes": group.axes, "seeds": sorted(r.seed for r in group.runs),
         "dice": mean_interval([dice_of(r) for r in group.runs]),
-        "epsilon": {k: mean_interval([epsilon_of(r).get(k) for r in group.runs]) for k in {k for r in group.runs for k in epsilon_of(r)}},
+        "epsilon": {k: mean_interval([epsilon_of(r).get(k) for r in group.runs], bounds=(0.0, float("inf"))) for k in {k for r in group.runs for k in epsilon_of(r)}},
         "lesion_area_auc": mean_interval([((r.metrics.get("privacy") or {}).get("candidate_set") or {}).get("lesion_area_auc") for r in group.runs]),
         "attacks": {},
     }  # fmt: skip

@@ -88,6 +88,7 @@ def frontier(summaries: list[dict[str, Any]], attacks: list[str]) -> bytes:
                     capsize=3, alpha=0.85, label=f"{attack} · {summary['label']}",
                 )  # fmt: skip
         ax.axhline(chance, color="k", linestyle=":", linewidth=0.8)
+        ax.set_ylim(-0.02, 1.02)  # rates: a t-interval over few seeds may reach past them
         ax.set_xlabel("Dice of the global model (mean over seeds)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -117,6 +118,9 @@ def privacy_by_round(runs: list[RunRecord], attack: str) -> bytes | None:
         plt.close(figure)
         return None
     ax.axhline(0.5, color="k", linestyle=":", linewidth=0.8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(f"{attack} AUC")
     ax.set_title(f"{attack} by round · one line per seed", fontsize=10)
