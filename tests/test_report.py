@@ -64,7 +64,7 @@ def make_fake_suite(out: Path) -> Path:
                   "run_dir": str(out / "cells" / "x"), "error": "RuntimeError: boom"})  # fmt: skip
     write_json(out / "suite.json", {"suite": "fake", "description": "two defences", "axes": {"defence": ["none", "argmax"]},
                                     "seeds": [0, 1], "cells": cells, "wall_time_s": 10.0,
-                                    "overhead": {"cells_run": 4, "per_cell_seconds": 0.1, "share": 0.04, "cell_seconds": 10.0}})  # fmt: skip
+                                    "overhead": {"cells_run": 4, "per_cell_seconds": 0.1, "share": 0.04, "suite_seconds": 10.0}})  # fmt: skip
     return out
 
 

@@ -130,7 +130,7 @@ def test_resume_skips_complete_cells_resumes_interrupted_and_reruns_failed(tmp_p
 
 @pytest.mark.slow
 def test_tiny_suite_killed_midway_finishes_only_the_missing_cells(tmp_path):
-    raw = tiny_raw(privacy={"attacks": ["loss"], "shadow_epochs": 1}, federation={"rounds": 1})
+    raw = tiny_raw(privacy={"attacks": ["loss"], "shadow_epochs": 1})
     path = _write_suite(tmp_path, 'name = "tiny"\nconfig = "base.toml"\nseeds = [0, 1]\n', raw=raw)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "fl_mia.app.cli", "suite", str(path), "--out", str(out)]

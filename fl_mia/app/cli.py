@@ -203,8 +203,11 @@ def suite(
     ] = None,
 ) -> None:
     """Run a grid of experiments (threats × defences × seeds); one run folder per cell."""
+    import time
+
     from fl_mia.app.suite import SuiteError, load_suite, run_suite
 
+    started = time.perf_counter()
     try:
         loaded = load_suite(suite_file, extra_overrides=set_ or [])
     except SuiteError as error:
@@ -227,7 +230,7 @@ def suite(
 
     console.print(f"suite {loaded.name} · {len(loaded.cells)} cells · out {out}")
     try:
-        summary = run_suite(loaded, out=out, resume=resume, on_cell=show)
+        summary = run_suite(loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started)
     except (SuiteError, *USER_ERRORS) as error:
         _fail(str(error))
     failed = [c["name"] for c in summary["cells"] if c["state"] == "failed"]
@@ -235,7 +238,7 @@ def suite(
     if cost.get("cells_run"):
         console.print(
             f"suite overhead: {cost['per_cell_seconds']:.1f} s per cell beyond the runs themselves "
-            f"({100 * cost['share']:.1f}% of {cost['cell_seconds']:.0f} s spent on {cost['cells_run']} cells)"
+            f"({100 * cost['share']:.1f}% of the suite's {cost['suite_seconds']:.0f} s; {cost['cells_run']} cells run)"
         )
     if failed:
         console.print(f"failed cells ({len(failed)}): {', '.join(failed)}; see their run.log, rerun with --resume")

@@ -26,7 +26,7 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.86em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-align: top; }
-th:first-child, td:first-child { text-align: left; }
+th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }  /* attack and cell names */
 th { background: #f3f3f3; }
 td.sig { background: #fde2c8; font-weight: 600; }
 .note { color: #555; font-size: 0.9em; }
@@ -52,19 +52,19 @@ def _pooled_cell(entry: dict[str, Any], key: str) -> str:
 
 
 def summary_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["cell", "seeds", "Dice (mean, 95% t-interval)"]
-    for attack in data["attacks"]:
-        header += [f"{attack} AUC (seed mean)", f"{attack} AUC (pooled)", f"{attack} TPR@1%FPR (pooled)"]
+    """One row per attack and cell (long format: suites have many attacks)."""
+    header = ["attack", "cell", "seeds", "Dice (seed mean)", "AUC (seed mean)", "AUC (pooled)", "TPR@1%FPR (pooled)", "patient AUC (seed mean)"]
     rows = []
-    for group in data["groups"]:
-        row = [group["label"], ", ".join(map(str, group["seeds"])), _cell(group["dice"]["mean"], group["dice"]["ci"])]
-        for attack in data["attacks"]:
+    for attack in data["attacks"]:
+        for group in data["groups"]:
             entry = group["attacks"].get(attack)
             if entry is None:
-                row += ["—", "—", "—"]
                 continue
-            row += [_cell(entry["auc"]["mean"], entry["auc"]["ci"]), _pooled_cell(entry, "auc"), _pooled_cell(entry, "tpr_at_1pct_fpr")]
-        rows.append(row)
+            rows.append([
+                attack, group["label"], ", ".join(map(str, group["seeds"])), _cell(group["dice"]["mean"], group["dice"]["ci"]),
+                _cell(entry["auc"]["mean"], entry["auc"]["ci"]), _pooled_cell(entry, "auc"), _pooled_cell(entry, "tpr_at_1pct_fpr"),
+                _cell(entry["patient_auc"]["mean"], entry["patient_auc"]["ci"]),
+            ])  # fmt: skip
     return header, rows
 
 
@@ -92,23 +92,22 @@ def matrices(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
 
 
 def paired_rows(data: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    header = ["cell vs " + data["baseline"], *(f"Δ {a} AUC" for a in data["attacks"]), *(f"Δ {a} TPR@1%" for a in data["attacks"])]
+    header = ["attack", "cell", "seeds", f"Δ AUC vs {data['baseline']}", f"Δ TPR@1%FPR vs {data['baseline']}"]
     rows = []
-    for group in data["groups"]:
-        paired = group.get("paired_vs_baseline") or {}
-        if not paired:
-            continue
-        row: list[tuple[str, bool]] = [(group["label"], False)]
-        for key in ("auc", "tpr_at_1pct_fpr"):
-            for attack in data["attacks"]:
-                result = paired.get(attack)
-                item = None if result is None else result.get(key)
-                if item is None or item.get("difference") is None:
-                    needed = "" if item is None else f" (needs ≥{item.get('non_members_needed')} non-members)"
-                    row.append(("—" + needed, False))
+    for attack in data["attacks"]:
+        for group in data["groups"]:
+            result = (group.get("paired_vs_baseline") or {}).get(attack)
+            if result is None:
+                continue
+            row: list[tuple[str, bool]] = [(attack, False), (group["label"], False), (", ".join(map(str, result["seeds"])), False)]
+            for key in ("auc", "tpr_at_1pct_fpr"):
+                item = result.get(key) or {}
+                if item.get("difference") is None:
+                    needed = item.get("non_members_needed")
+                    row.append(("—" + (f" (needs ≥{needed} non-members)" if needed else ""), False))
                 else:
                     row.append((f"{item['difference']:+.3f} [{item['ci'][0]:+.2f}, {item['ci'][1]:+.2f}]", item["significant"]))
-        rows.append(row)
+            rows.append(row)
     return header, rows
 
 
@@ -151,15 +150,15 @@ def confound_rows(data: dict[str, Any]) -> list[list[str]]:
 
 def accuracy_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Balanced attack accuracy (the seed paper's figure) at the attack's own threshold and at the best one."""
-    header = ["cell", *(f"{a} acc. (own threshold)" for a in data["attacks"]), *(f"{a} acc. (best threshold)" for a in data["attacks"])]
+    header = ["attack", "cell", "accuracy (own threshold)", "accuracy (best threshold)"]
     rows = []
-    for group in data["groups"]:
-        row = [group["label"]]
-        for key in ("accuracy_at_threshold", "balanced_accuracy"):
-            for attack in data["attacks"]:
-                entry = (group["attacks"].get(attack) or {}).get(key)
-                row.append("—" if not entry else _cell(entry["mean"], entry["ci"]))
-        rows.append(row)
+    for attack in data["attacks"]:
+        for group in data["groups"]:
+            entry = group["attacks"].get(attack)
+            if entry is None:
+                continue
+            cells = [entry.get(key) for key in ("accuracy_at_threshold", "balanced_accuracy")]
+            rows.append([attack, group["label"], *("—" if not c or c["mean"] is None else _cell(c["mean"], c["ci"]) for c in cells)])
     return header, rows
 
 
