@@ -152,5 +152,16 @@ def test_tiny_suite_killed_midway_finishes_only_the_missing_cells(tmp_path):
     assert "seed=0 · skipped" in again.stdout
     assert (first_cell / "metrics.json").stat().st_mtime == finished_at
     summary = json.loads((out / SUITE_JSON).read_text())
-    assert [c["state"] for c in summary["cells"]] == ["complete", "complete"]
+    assert [c["state"] for c in summary["cells"]] == ["complete", "complete"], [c.get("error") for c in summary["cells"]]
     assert "suite overhead" in again.stdout
+
+
+def test_cli_refuses_a_bad_suite_in_one_line_and_creates_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from fl_mia.app.cli import app
+
+    path = _write_suite(tmp_path, 'config = "base.toml"\nseeds = "all"\n')
+    result = CliRunner().invoke(app, ["suite", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "seeds:" in result.output
+    assert not (tmp_path / "out").exists()
