@@ -19,7 +19,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     field = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        message = "unknown key; check the spelling against the config reference in README.md"
+        message = "unknown key; check the spelling against docs/config-reference.md"
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
     # A model-level error names a section but the message already names the fields.

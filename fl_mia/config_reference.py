@@ -1,8 +1,8 @@
 """The config reference (Markdown) from the typed schema.
 
-``python -m fl_mia.config_reference`` prints it; ``--write README.md`` refreshes README's copy.
+``python -m fl_mia.config_reference`` prints it; ``--write docs/config-reference.md`` refreshes the docs' copy.
 
-README.md's "Config reference" is this output, so the documentation cannot drift from
+docs/config-reference.md is this output, so the documentation cannot drift from
 what the loader accepts (a test checks every field is documented).
 """
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.models import count_parameters, set_weights
+from fl_mia.privacy.statistics import format_with_interval
 from fl_mia.privacy.verdict import verdict_line
 from fl_mia.round_log import ROUND_COLUMNS, TIMING_COLUMNS, RoundLog
 from fl_mia.run_folder import atomic_write_bytes, write_csv, write_json
@@ -133,30 +134,62 @@ def summary_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+PRIVACY_KEYS = ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+TPR_LABELS = {"tpr_at_1pct_fpr": "1%", "tpr_at_0.1pct_fpr": "0.1%"}
+
+
+def _privacy_cell(overall: dict[str, Any], key: str) -> str:
+    """A figure with its 95% interval; "—" for a TPR the non-members cannot resolve (or no value)."""
+    ci = overall.get("ci") or {}
+    resolved = (ci.get("resolvability") or {}).get(key)
+    if overall.get(key) is None or (resolved is not None and not resolved["resolvable"]):
+        return "—"
+    return format_with_interval(overall[key], ci.get(key) if key != "balanced_accuracy" else None)
+
+
+def _resolution_caption(level: str, overall: dict[str, Any]) -> str | None:
+    resolvability = (overall.get("ci") or {}).get("resolvability") or {}
+    needs = [
+        f"TPR@{TPR_LABELS[key]}FPR needs ≥{value['non_members_needed']} non-members"
+        for key, value in sorted(resolvability.items(), key=lambda item: item[1]["non_members_needed"])
+        if not value["resolvable"]
+    ]
+    if not needs:
+        return None
+    return f"{level}: {overall['non_members']} non-members, so — for " + ", ".join(needs)
+
+
 def privacy_table(metrics: dict[str, Any]) -> Table | None:
-    """Each attack's AUC, balanced accuracy and TPR at low FPR on the final global model."""
+    """Each attack's AUC, balanced accuracy and TPR at low FPR on the final global model.
+
+    Every figure carries its 95% bootstrap interval; each attack has a slice-level row and
+    a patient-level row (a patient's score is the mean of its slices').
+    """
     privacy = metrics.get("privacy")
     attacks = {name: result for name, result in (privacy or {}).items() if isinstance(result, dict) and "overall" in result}
     if not attacks:
         return None
-    table = Table(title="membership inference · final global model")
+    table = Table(title="membership inference · final global model · 95% intervals (bootstrap by patient)")
     for column in ("attack", "AUC", "bal. acc.", "TPR@1%FPR", "TPR@0.1%FPR"):
         table.add_column(column, justify="left" if column == "attack" else "right")
     for name, result in attacks.items():
-        overall = result["overall"]
-        table.add_row(
-            name,
-            *(f"{overall[key]:.3f}" if overall.get(key) is not None else "–"
-              for key in ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")),
-        )
-    overall = next(iter(attacks.values()))["overall"]
+        table.add_row(name, *(_privacy_cell(result["overall"], key) for key in PRIVACY_KEYS))
+        patient = (result.get("patient") or {}).get("overall")
+        if patient is not None:
+            table.add_row("  └ patients", *(_privacy_cell(patient, key) for key in PRIVACY_KEYS))
+    first = next(iter(attacks.values()))
+    overall = first["overall"]
     caption = f"{overall['members']} members / {overall['non_members']} non-members; bal. acc. at the best ROC threshold"
-    if overall.get("resolution_note"):
-        caption += f"; {overall['resolution_note']}"
+    notes = [_resolution_caption("slices", overall)]
+    if (first.get("patient") or {}).get("overall"):
+        notes.append(_resolution_caption("patients", first["patient"]["overall"]))
+    if not any(notes) and overall.get("resolution_note"):
+        notes.append(overall["resolution_note"])
+    caption += "".join(f"\n{note}" for note in notes if note)
     confound = (privacy.get("candidate_set") or {}).get("lesion_area_auc")
     if confound is not None:
         # What the masks alone give: an attack near this figure may be reading lesions, not membership.
-        caption += f"; mask-only score (lesion area, no model): AUC {confound:.3f}"
+        caption += f"\nmask-only score (lesion area, no model): AUC {confound:.3f}"
     table.caption = caption
     return table
 

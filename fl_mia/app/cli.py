@@ -193,6 +193,78 @@ def sweep(
     console.print(f"sweep: {out / SWEEP_CSV} · {out / SWEEP_PLOT}")
 
 
+@app.command()
+def suite(
+    suite_file: Annotated[Path, typer.Argument(help="Suite file (.toml), e.g. configs/suites/threats.toml.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Suite folder (default runs/suite-<name>/).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the suite in --out: skip complete cells.")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value in every cell (repeatable).")
+    ] = None,
+) -> None:
+    """Run a grid of experiments (threats × defences × seeds); one run folder per cell."""
+    import time
+
+    from fl_mia.app.suite import SuiteError, load_suite, run_suite
+
+    started = time.perf_counter()
+    try:
+        loaded = load_suite(suite_file, extra_overrides=set_ or [])
+    except SuiteError as error:
+        _fail(str(error))
+    out = out or Path("runs") / f"suite-{loaded.name}"
+    ran: list[float] = []
+
+    def show(progress) -> None:
+        if progress.state != "skipped":
+            ran.append(progress.seconds)
+        left = progress.total - progress.done
+        eta = f" · ~{left * sum(ran) / len(ran) / 60:.0f} min left" if ran and left else ""
+        console.print(
+            f"[{progress.done}/{progress.total}] {progress.cell} · {progress.state}"
+            + (f" in {progress.seconds:.0f} s" if progress.state != "skipped" else "")
+            + f" · {left} left{eta}"
+            + (f" · {progress.error}" if progress.error else ""),
+            highlight=False,
+        )
+
+    console.print(f"suite {loaded.name} · {len(loaded.cells)} cells · out {out}")
+    try:
+        summary = run_suite(loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started)
+    except (SuiteError, *USER_ERRORS) as error:
+        _fail(str(error))
+    failed = [c["name"] for c in summary["cells"] if c["state"] == "failed"]
+    cost = summary["overhead"]
+    if cost.get("cells_run"):
+        console.print(
+            f"suite overhead: {cost['per_cell_seconds']:.1f} s per cell beyond the runs themselves "
+            f"({100 * cost['share']:.1f}% of the suite's {cost['suite_seconds']:.0f} s; {cost['cells_run']} cells run)"
+        )
+    if failed:
+        console.print(f"failed cells ({len(failed)}): {', '.join(failed)}; see their run.log, rerun with --resume")
+    console.print(f"suite folder: {out} · report: fl-mia report {out} -o {out / 'report.html'}")
+
+
+@app.command()
+def report(
+    sources: Annotated[list[Path], typer.Argument(help="Suite folders and/or finished run folders.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML report file (self-contained).")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Markdown report file (tables, no figures).")] = None,
+) -> None:
+    """One report over suites and runs: intervals, threat × defence matrix, ROC, frontier, ε, confound."""
+    from fl_mia.report.collect import ReportError
+    from fl_mia.report.render import significance_note, write_report
+
+    if output is None and markdown is None:
+        output = Path("report.html")
+    try:
+        data = write_report(sources, html_path=output, markdown_path=markdown)
+    except ReportError as error:
+        _fail(str(error))
+    console.print(significance_note(data), highlight=False)
+    console.print("written: " + ", ".join(str(p) for p in (output, markdown) if p is not None))
+
+
 def main() -> None:
     app()
 

@@ -112,7 +112,7 @@ def resume_experiment(
     """Continue an interrupted run in its own folder from its last checkpoint.
 
     ``cfg``, when given, must equal the run's config. The outputs equal an uninterrupted
-    run's except the wall-clock fields (README, "Reproducibility").
+    run's except the wall-clock fields (docs/reproducibility.md).
     """
     from fl_mia.app.resume import resumable_run
 

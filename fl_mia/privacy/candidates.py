@@ -17,6 +17,8 @@ the truth, and only the judging step (:mod:`fl_mia.privacy.evaluation`) reads it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
@@ -26,6 +28,39 @@ from fl_mia.knowledge import CandidateSet
 from fl_mia.seeding import rng_for
 
 CANDIDATE_COLUMNS = ["candidate", "hospital", "patient", "image"]
+
+
+PATIENT_COLUMNS = ["hospital", "patient", "member", "slices"]
+
+
+@dataclass(frozen=True)
+class PatientMembership:
+    """Membership at the patient level, and which patient each candidate slice belongs to.
+
+    A patient's score is the mean of its candidate slices' scores: every slice is one
+    look at the same person, the mean uses them all, and it keeps the scale (and so an
+    attack's own decision threshold) of the slice scores.
+    """
+
+    row_of_candidate: np.ndarray  # [N] patient row of each candidate
+    hospital: np.ndarray  # [P]
+    patient: np.ndarray  # [P]
+    is_member: np.ndarray  # [P]
+    slices: np.ndarray  # [P] candidate slices per patient
+
+    def __len__(self) -> int:
+        return len(self.patient)
+
+    def aggregate(self, scores: np.ndarray) -> np.ndarray:
+        """Mean slice score of each patient, ``[P]``."""
+        totals = np.bincount(self.row_of_candidate, weights=np.asarray(scores, dtype=np.float64), minlength=len(self))
+        return totals / self.slices
+
+    def table_rows(self) -> list[dict[str, int]]:
+        return [
+            {"hospital": int(h), "patient": int(p), "member": int(m), "slices": int(n)}
+            for h, p, m, n in zip(self.hospital, self.patient, self.is_member, self.slices)
+        ]
 
 
 class MembershipLedger:
@@ -50,6 +85,31 @@ class MembershipLedger:
         """Membership of each candidate in the hospital it was drawn for (or in ``hospitals[i]``)."""
         hospitals = self._drawn_for if hospitals is None else np.asarray(hospitals)
         return self._keep[np.arange(len(self._keep)), hospitals]
+
+    def patient_level(self, candidates: CandidateSet) -> PatientMembership:
+        """The ledger at the patient level: a patient is a member when its candidate slices are.
+
+        A patient is keyed by (hospital drawn for, patient id). Candidates are drawn from
+        patient-wise splits, so one patient's slices never disagree; if they did, the
+        patient level would be meaningless, and this says so.
+        """
+        is_member = self.is_member()
+        keys = np.stack([candidates.hospital, candidates.patient_ids], axis=1)
+        unique, row_of_candidate = np.unique(keys, axis=0, return_inverse=True)
+        row_of_candidate = row_of_candidate.reshape(-1)
+        members = np.bincount(row_of_candidate, weights=is_member, minlength=len(unique))
+        slices = np.bincount(row_of_candidate, minlength=len(unique))
+        mixed = (members > 0) & (members < slices)
+        if mixed.any():
+            hospital, patient = unique[np.flatnonzero(mixed)[0]]
+            raise ValueError(f"patient {patient} of hospital {hospital} has both member and non-member candidates")
+        return PatientMembership(
+            row_of_candidate=row_of_candidate,
+            hospital=unique[:, 0],
+            patient=unique[:, 1],
+            is_member=members > 0,
+            slices=slices,
+        )
 
     def __repr__(self) -> str:  # never print the truth by accident into a log an attack might read
         return f"MembershipLedger({self._keep.shape[0]} candidates × {self._keep.shape[1]} hospitals)"

@@ -20,12 +20,14 @@ from fl_mia.attacker import AttackScores
 from fl_mia.config import ExperimentConfig
 from fl_mia.defences.accounting import REFERENCE_DELTA
 from fl_mia.knowledge import CandidateSet
-from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, MembershipLedger, lesion_area
+from fl_mia.privacy.candidates import CANDIDATE_COLUMNS, PATIENT_COLUMNS, MembershipLedger, lesion_area
 from fl_mia.privacy.dp_audit import empirical_epsilon
 from fl_mia.privacy.metrics import membership_metrics
 from fl_mia.privacy.plots import plot_privacy_by_round, plot_roc_loglog
+from fl_mia.privacy.statistics import bootstrap_intervals
 from fl_mia.privacy.verdict import defence_verdict
 from fl_mia.run_folder import write_csv, write_npy, write_npz
+from fl_mia.seeding import seed_sequence
 
 logger = logging.getLogger("fl_mia")
 
@@ -61,21 +63,38 @@ class Referee:
         self.cfg = cfg
         self.candidates = candidates
         self._ledger = ledger
+        self._patients = ledger.patient_level(candidates)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        # One resampling stream for every attack of the run: their intervals come from the same
+        # resamples of the same patients, as a paired comparison between them needs.
+        self._bootstrap_seed = seed_sequence(cfg.seed, "bootstrap")
 
     def _result(
         self, scores: np.ndarray, *, threshold: float | None, per_round: dict[int, np.ndarray] | None
     ) -> dict[str, Any]:
         result = attack_metrics(scores, self._ledger, self.candidates, decision_threshold=threshold)
+        is_member = self._ledger.is_member()
         # Audited at δ = 1e-5, the δ every DP run also reports its accountant's ε at.
-        result["empirical_epsilon"] = empirical_epsilon(scores, self._ledger.is_member(), delta=REFERENCE_DELTA)
+        result["empirical_epsilon"] = empirical_epsilon(scores, is_member, delta=REFERENCE_DELTA)
+        # Slices of one patient are resampled together: they are not independent evidence.
+        result["overall"]["ci"] = bootstrap_intervals(
+            scores, is_member, groups=self._patients.row_of_candidate, seed=self._bootstrap_seed
+        )
+        result["patient"] = self._patient_result(scores, threshold=threshold)
         if per_round:
-            is_member = self._ledger.is_member()
             result["per_round"] = {
                 str(r): {key: membership_metrics(s, is_member)[key] for key in ROUND_METRIC_KEYS}
                 for r, s in sorted(per_round.items())
             }
         return result
+
+    def _patient_result(self, scores: np.ndarray, *, threshold: float | None) -> dict[str, Any]:
+        """Metrics over patients: a patient's score is the mean of its candidate slices' scores."""
+        patient_scores = self._patients.aggregate(scores)
+        is_member = self._patients.is_member
+        overall = membership_metrics(patient_scores, is_member, decision_threshold=threshold)
+        overall["ci"] = bootstrap_intervals(patient_scores, is_member, seed=self._bootstrap_seed)
+        return {"aggregation": "mean of the patient's candidate slice scores", "overall": overall}
 
     def _source_inference(self, guess: np.ndarray) -> dict[str, Any]:
         """Which hospital holds each member: the update attack's guess against the ledger."""
@@ -130,6 +149,10 @@ class Referee:
             "per_hospital": {
                 str(k): int(is_member[self.candidates.hospital == k].sum()) for k in np.unique(self.candidates.hospital)
             },
+            "patients": {
+                "members": int(self._patients.is_member.sum()),
+                "non_members": int((~self._patients.is_member).sum()),
+            },
             "attacker_population_images": population_images,
             # How far the masks alone separate members: a model-free score every attack gets for free.
             "lesion_area_auc": float(roc_auc_score(is_member, areas)),
@@ -149,6 +172,8 @@ class Referee:
         run_dir = self.run_dir
         write_npy(run_dir / "keep.npy", self._ledger.keep)
         write_csv(run_dir / "candidates.csv", self.candidates.table_rows(), CANDIDATE_COLUMNS)
+        # The ledger's patient level (keep.npy is the slice level): re-scoring patients needs only this.
+        write_csv(run_dir / "keep_patients.csv", self._patients.table_rows(), PATIENT_COLUMNS)
         arrays = dict(scores.final)
         for name, rounds in scores.per_round.items():
             arrays.update({round_score_key(name, r): s for r, s in rounds.items()})
