@@ -28,7 +28,7 @@ class HospitalClient(NumPyClient):
         torch.set_num_threads(cfg.simulation.threads_per_client)
         self.hospital = build_hospital(cfg, partition_id)
         self.classes = num_classes(cfg.data.task)
-        self.model = build_model(cfg.model, in_channels=1, classes=self.classes)
+        self.model = build_model(cfg.model, in_channels=1, classes=self.classes, image_size=cfg.data.image_size)
 
     def get_properties(self, config):
         return {PARTITION_KEY: self.partition_id}

@@ -23,7 +23,7 @@ class GlobalModelEvaluator:
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.classes = num_classes(cfg.data.task)
-        self.model = build_model(cfg.model, in_channels=1, classes=self.classes)
+        self.model = build_model(cfg.model, in_channels=1, classes=self.classes, image_size=cfg.data.image_size)
         self.tests = [build_hospital(cfg, k).test for k in range(cfg.federation.num_hospitals)]
 
     @torch.no_grad()

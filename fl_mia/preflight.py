@@ -17,9 +17,9 @@ from fl_mia.config_loading import load_config
 
 
 def _model_builds(cfg: ExperimentConfig) -> None:
-    from fl_mia.models import check_model_config
+    from fl_mia.models import check_model_runs
 
-    check_model_config(cfg.model)
+    check_model_runs(cfg)  # builds it and checks a forward pass at the configured image size
 
 
 def _attacks_registered(cfg: ExperimentConfig) -> None:
