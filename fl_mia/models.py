@@ -47,8 +47,14 @@ def _dpt_needs_a_timm_vit(cfg: ModelConfig) -> str | None:
     )
 
 
+def _dpt_needs_depth_4(cfg: ModelConfig) -> str | None:
+    if cfg.encoder_depth == 4:
+        return None
+    return f"model.encoder_depth: DPT reads four transformer stages; set model.encoder_depth=4, not {cfg.encoder_depth}"
+
+
 ARCHITECTURE_RULES: dict[str, tuple] = {
-    "DPT": (_dpt_needs_a_timm_vit,),
+    "DPT": (_dpt_needs_a_timm_vit, _dpt_needs_depth_4),
 }
 
 
@@ -59,6 +65,9 @@ def _architecture_kwargs(cfg: ModelConfig) -> dict:
         # that level is the stride-4 stage of a depth-5 encoder. Its pyramid is always the last
         # four encoder stages, so at depth d the finest is at stride 2**(d-3).
         return {"upsampling": 2 ** (cfg.encoder_depth - 3)}
+    if cfg.arch == "DPT":
+        # timm ViTs are built for one image size (224 for most); scans come in others.
+        return {"dynamic_img_size": True}
     return {}
 
 
@@ -96,11 +105,11 @@ def check_model_runs(cfg: ExperimentConfig) -> None:
     """
     from fl_mia.data import num_classes
 
-    model = build_experiment_model(cfg)
     size, classes = cfg.data.image_size, num_classes(cfg.data.task)
     described = f"model: {cfg.model.arch} with encoder {cfg.model.encoder} at depth {cfg.model.encoder_depth}"
-    model.eval()
     try:
+        model = build_experiment_model(cfg)  # its probe pass runs at the configured image size
+        model.eval()
         with torch.no_grad():
             output = model(torch.zeros(2, 1, size, size))
     except (RuntimeError, ValueError, AssertionError) as error:
@@ -202,15 +211,22 @@ def _probe_and_prune(model: nn.Module, *, in_channels: int, image_size: int) -> 
     finally:
         for handle in handles:
             handle.remove()
-    for name, child in list(model.encoder.named_children()):
-        params = list(child.parameters())
-        if params and all(p.grad is None for p in params):
-            setattr(model.encoder, name, nn.Identity())
+    _replace_unused(model.encoder)
     for name in dict.fromkeys(degenerate):
         parent_name, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attribute, nn.Identity())
     model.zero_grad(set_to_none=True)
     model.train(was_training)
+
+
+def _replace_unused(parent: nn.Module) -> None:
+    """Swap every submodule whose parameters all got no gradient for ``nn.Identity``."""
+    for name, child in list(parent.named_children()):
+        params = list(child.parameters())
+        if params and all(p.grad is None for p in params):
+            setattr(parent, name, nn.Identity())
+        elif params:
+            _replace_unused(child)
 
 
 def _read_weights_file(cfg: ModelConfig) -> dict:
