@@ -90,11 +90,15 @@ def check_model_config(cfg: ModelConfig) -> None:
         _read_weights_file(cfg)  # fail at load, not inside a Ray actor halfway through the run
 
 
-def build_experiment_model(cfg: ExperimentConfig) -> nn.Module:
-    """The experiment's model: single-channel scans in, one output per class of its task."""
+def build_experiment_model(cfg: ExperimentConfig, *, device: torch.device | str = "cpu") -> nn.Module:
+    """The experiment's model: single-channel scans in, one output per class of its task.
+
+    Built on the CPU (the same seeded initialisation everywhere), then moved to ``device``.
+    """
     from fl_mia.data import num_classes
 
-    return build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task), image_size=cfg.data.image_size)
+    model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task), image_size=cfg.data.image_size)
+    return model.to(device)
 
 
 def check_model_runs(cfg: ExperimentConfig) -> None:

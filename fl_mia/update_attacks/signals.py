@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fl_mia.attacks.signals import per_image_loss
+from fl_mia.devices import model_device
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import set_weights
 from fl_mia.training import predict_logits
@@ -92,7 +93,8 @@ def gradient_alignment(
     params = {name: p.detach() for name, p in model.named_parameters() if name in updates[0]}
     frozen = {name: p.detach() for name, p in model.named_parameters() if name not in updates[0]}
     buffers = dict(model.named_buffers())
-    flat_updates = torch.stack([torch.cat([u[name].flatten() for name in names]) for u in updates])  # [U, P]
+    device = model_device(model)
+    flat_updates = torch.stack([torch.cat([u[name].flatten() for name in names]) for u in updates]).to(device)  # [U, P]
     update_norms = flat_updates.norm(dim=1)
 
     def loss_of_one(p: dict[str, torch.Tensor], image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -102,7 +104,7 @@ def gradient_alignment(
     vectorised = vmap(grad(loss_of_one), in_dims=(None, 0, 0))
     one_at_a_time = _looped(grad(loss_of_one))
     per_sample_grad = vectorised
-    images_t, masks_t = torch.as_tensor(images), torch.as_tensor(masks)
+    images_t, masks_t = torch.as_tensor(images).to(device), torch.as_tensor(masks).to(device)
     scores = []
     for part in _chunks(len(images_t), chunk_size):
         try:
@@ -115,7 +117,7 @@ def gradient_alignment(
             grads = per_sample_grad(params, images_t[part], masks_t[part])
         flat = torch.cat([grads[name].flatten(1) for name in names], dim=1)  # [B, P]
         cosine = (flat @ flat_updates.T) / (flat.norm(dim=1, keepdim=True) * update_norms[None] + 1e-12)
-        scores.append(cosine.detach())
+        scores.append(cosine.detach().cpu())
     return torch.cat(scores).numpy() if scores else np.zeros((0, len(updates)))
 
 
@@ -154,9 +156,10 @@ def gradient_alignment_loop(
     """Reference implementation, one backward pass per candidate (for tests and the benchmark)."""
     model.eval()
     params = dict(model.named_parameters())
-    update_flat = torch.cat([update[name].flatten() for name in update])
+    device = model_device(model)
+    update_flat = torch.cat([update[name].flatten() for name in update]).to(device)
     scores = []
-    for image, mask in zip(torch.as_tensor(images), torch.as_tensor(masks)):
+    for image, mask in zip(torch.as_tensor(images).to(device), torch.as_tensor(masks).to(device)):
         model.zero_grad(set_to_none=True)
         segmentation_loss(model(image[None]), mask[None], dice_weight=dice_weight, ce_weight=ce_weight).backward()
         gradient = torch.cat([params[name].grad.flatten() for name in update])
