@@ -113,7 +113,14 @@ def check_model_runs(cfg: ExperimentConfig) -> None:
     described = f"model: {cfg.model.arch} with encoder {cfg.model.encoder} at depth {cfg.model.encoder_depth}"
     try:
         model = build_experiment_model(cfg)  # its probe pass runs at the configured image size
-        model.eval()
+    except (RuntimeError, AssertionError) as error:  # build_model's own ValueErrors are one line already
+        first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{described} cannot segment {size}x{size} scans ({first_line}); "
+            "try a smaller model.encoder_depth or a larger data.image_size (a multiple of 32)"
+        ) from None
+    model.eval()
+    try:
         with torch.no_grad():
             output = model(torch.zeros(2, 1, size, size))
     except (RuntimeError, ValueError, AssertionError) as error:
@@ -223,14 +230,21 @@ def _probe_and_prune(model: nn.Module, *, in_channels: int, image_size: int) -> 
     model.train(was_training)
 
 
-def _replace_unused(parent: nn.Module) -> None:
-    """Swap every submodule whose parameters all got no gradient for ``nn.Identity``."""
-    for name, child in list(parent.named_children()):
-        params = list(child.parameters())
-        if params and all(p.grad is None for p in params):
-            setattr(parent, name, nn.Identity())
-        elif params:
-            _replace_unused(child)
+def _replace_unused(encoder: nn.Module) -> None:
+    """Swap the encoder's stages whose parameters all got no gradient for ``nn.Identity``.
+
+    Only whole stages: the encoder's children, and those of a timm encoder's wrapped model
+    (``encoder.model``). Deeper, a block's caller may pass it more than one argument
+    (EfficientNet's blocks take a drop-connect rate), which ``nn.Identity`` does not accept.
+    """
+    parents = [encoder]
+    if isinstance(getattr(encoder, "model", None), nn.Module):
+        parents.append(encoder.model)
+    for parent in parents:
+        for name, child in list(parent.named_children()):
+            params = list(child.parameters())
+            if params and all(p.grad is None for p in params):
+                setattr(parent, name, nn.Identity())
 
 
 def _read_weights_file(cfg: ModelConfig) -> dict:
