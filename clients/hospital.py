@@ -12,6 +12,7 @@ from fl_mia.contracts import PARTITION_KEY
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import build_hospital, num_classes
 from fl_mia.failures import simulate_failure
+from fl_mia.devices import process_device
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
 from fl_mia.contracts import DP_PRIOR_STEPS_KEY
@@ -29,7 +30,9 @@ class HospitalClient(NumPyClient):
         torch.set_num_threads(cfg.simulation.threads_per_client)
         self.hospital = build_hospital(cfg, partition_id)
         self.classes = num_classes(cfg.data.task)
-        self.model = build_model(cfg.model, in_channels=1, classes=self.classes)
+        self.device = process_device(cfg.simulation, role="hospital")  # the GPU Ray gave this actor, if any
+        self.model = build_model(cfg.model, in_channels=1, classes=self.classes, image_size=cfg.data.image_size)
+        self.model.to(self.device)
 
     def get_properties(self, config):
         return {PARTITION_KEY: self.partition_id}

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fl_mia.devices import process_device
 from fl_mia.attacks import MembershipAttack, TargetView, make_attack
 from fl_mia.attacks.shadows import ShadowStore
 from fl_mia.config import ExperimentConfig
@@ -58,7 +59,8 @@ class ServerAttacker:
             seed=cfg.seed,
         )
         self.attacks: dict[str, MembershipAttack] = {name: make_attack(name, cfg) for name in cfg.privacy.attacks}
-        self.model = build_experiment_model(cfg)
+        device = process_device(cfg.simulation, role="server")
+        self.model = build_experiment_model(cfg, device=device)
         self.fit_seconds: dict[str, float] = {}
         self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
         self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in cfg.privacy.per_round_attacks}
@@ -68,7 +70,7 @@ class ServerAttacker:
         if cfg.threat.update_attacks:
             self.updates = UpdateAttackRecorder(
                 self.knowledge,
-                model=build_experiment_model(cfg),
+                model=build_experiment_model(cfg, device=device),
                 num_hospitals=cfg.federation.num_hospitals,
                 total_rounds=cfg.federation.rounds,
                 with_gradient_alignment=cfg.threat.gradient_alignment,

@@ -146,6 +146,9 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay.")
     dice_weight: float = Field(1.0, ge=0.0, description="Weight of the soft Dice term of the loss.")
     ce_weight: float = Field(1.0, ge=0.0, description="Weight of the BCE/CE term of the loss.")
+    amp: Literal["off", "bf16"] = Field(
+        "off", description="Mixed precision of the forward pass: 'bf16' autocasts on the process's device."
+    )
 
     @model_validator(mode="after")
     def _some_loss(self) -> "TrainingConfig":
@@ -163,6 +166,19 @@ class SimulationConfig(_Section):
         None, ge=1, description="CPUs Ray may use in all (default: every core of the machine)."
     )
     threads_per_client: int = Field(1, ge=1, le=64, description="torch threads inside each hospital actor.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where tensors go: 'cuda' needs a GPU (hospitals: gpus_per_client > 0); 'auto' uses one when there is one.",
+    )
+
+    @model_validator(mode="after")
+    def _hospitals_get_the_gpus_they_use(self) -> "SimulationConfig":
+        if self.device == "cuda" and self.gpus_per_client == 0:
+            raise ValueError(
+                "device='cuda' needs gpus_per_client > 0 so that Ray gives each hospital a GPU "
+                "(e.g. 0.25 packs four hospitals on one GPU)"
+            )
+        return self
 
 
 class ThreatConfig(_Section):

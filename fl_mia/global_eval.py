@@ -12,6 +12,7 @@ import torch
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import build_hospital, num_classes
 from fl_mia.losses import segmentation_loss
+from fl_mia.devices import process_device
 from fl_mia.models import build_model, set_weights
 from fl_mia.segmentation_metrics import confusion_counts, hard_predictions, summarize
 from fl_mia.training import predict_logits
@@ -23,7 +24,8 @@ class GlobalModelEvaluator:
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.classes = num_classes(cfg.data.task)
-        self.model = build_model(cfg.model, in_channels=1, classes=self.classes)
+        self.model = build_model(cfg.model, in_channels=1, classes=self.classes, image_size=cfg.data.image_size)
+        self.model.to(process_device(cfg.simulation, role="server"))
         self.tests = [build_hospital(cfg, k).test for k in range(cfg.federation.num_hospitals)]
 
     @torch.no_grad()

@@ -27,7 +27,10 @@ def soft_dice_loss_per_image(logits: torch.Tensor, masks: torch.Tensor) -> torch
         intersection = (probs * target).sum(1)
         return 1 - (2 * intersection + _SMOOTH) / (probs.sum(1) + target.sum(1) + _SMOOTH)
     probs = torch.softmax(logits, dim=1).flatten(2)[:, 1:]
-    target = F.one_hot(masks.long(), logits.shape[1]).permute(0, 3, 1, 2).flatten(2)[:, 1:].to(probs.dtype)
+    # One-hot by comparison, not F.one_hot: the same 0/1 values, but F.one_hot reads the
+    # masks' values to check them, which torch.func.vmap (per-sample gradients) cannot trace.
+    classes = torch.arange(logits.shape[1], device=masks.device)[None, :, None, None]
+    target = (masks.long()[:, None] == classes).flatten(2)[:, 1:].to(probs.dtype)
     intersection = (probs * target).sum(2)
     dice = (2 * intersection + _SMOOTH) / (probs.sum(2) + target.sum(2) + _SMOOTH)
     return 1 - dice.mean(1)

@@ -32,26 +32,108 @@ def _architecture(name: str) -> type[nn.Module]:
     raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(architecture_names())}")
 
 
+# --- what an architecture needs of its encoder --------------------------------------------
+# Each rule returns why smp cannot build (or run) the architecture as configured and what to
+# choose instead, or None. Checked at load, so that a refusal is one line from the CLI, not
+# an exception inside a hospital's Ray actor.
+
+
+def _dpt_needs_a_timm_vit(cfg: ModelConfig) -> str | None:
+    if cfg.encoder.startswith("tu-"):
+        return None
+    return (
+        f"model.encoder: DPT takes only timm vision-transformer encoders ('tu-' names such as "
+        f"tu-vit_tiny_patch16_224), not {cfg.encoder}; choose such an encoder or another arch (Unet, FPN, Segformer)"
+    )
+
+
+def _dpt_needs_depth_4(cfg: ModelConfig) -> str | None:
+    if cfg.encoder_depth == 4:
+        return None
+    return f"model.encoder_depth: DPT reads four transformer stages; set model.encoder_depth=4, not {cfg.encoder_depth}"
+
+
+ARCHITECTURE_RULES: dict[str, tuple] = {
+    "DPT": (_dpt_needs_a_timm_vit, _dpt_needs_depth_4),
+}
+
+
+def _architecture_kwargs(cfg: ModelConfig) -> dict:
+    """Constructor arguments an architecture's head needs at the configured encoder depth."""
+    if cfg.arch == "FPN":
+        # FPN's head upsamples its finest pyramid level by a fixed 4, which is right only when
+        # that level is the stride-4 stage of a depth-5 encoder. Its pyramid is always the last
+        # four encoder stages, so at depth d the finest is at stride 2**(d-3).
+        return {"upsampling": 2 ** (cfg.encoder_depth - 3)}
+    if cfg.arch == "DPT":
+        # timm ViTs are built for one image size (224 for most); scans come in others.
+        return {"dynamic_img_size": True}
+    return {}
+
+
 def check_model_config(cfg: ModelConfig) -> None:
     """Raise ``ValueError`` naming the field when smp cannot build this model."""
     if cfg.arch not in architecture_names():
         raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}; choose one of {', '.join(architecture_names())}")
-    if cfg.encoder not in encoder_names():
+    if cfg.encoder not in encoder_names() and not cfg.encoder.startswith("tu-"):
         raise ValueError(
             f"model.encoder: unknown encoder {cfg.encoder!r}; choose an smp encoder such as "
             "resnet18, resnet34, mobilenet_v2, efficientnet-b0 (all: smp.encoders.get_encoder_names())"
         )
+    for rule in ARCHITECTURE_RULES.get(cfg.arch, ()):
+        refusal = rule(cfg)
+        if refusal is not None:
+            raise ValueError(refusal)
     if cfg.encoder_weights_path is not None and not cfg.encoder_weights_path.is_file():
         raise ValueError(f"model.encoder_weights_path: no such file {cfg.encoder_weights_path}")
     if cfg.encoder_weights_path is not None:
         _read_weights_file(cfg)  # fail at load, not inside a Ray actor halfway through the run
 
 
-def build_experiment_model(cfg: ExperimentConfig) -> nn.Module:
-    """The experiment's model: single-channel scans in, one output per class of its task."""
+def build_experiment_model(cfg: ExperimentConfig, *, device: torch.device | str = "cpu") -> nn.Module:
+    """The experiment's model: single-channel scans in, one output per class of its task.
+
+    Built on the CPU (the same seeded initialisation everywhere), then moved to ``device``.
+    """
     from fl_mia.data import num_classes
 
-    return build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task))
+    model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task), image_size=cfg.data.image_size)
+    return model.to(device)
+
+
+def check_model_runs(cfg: ExperimentConfig) -> None:
+    """Build the experiment's model and pass two blank scans through it; ``ValueError`` in one line.
+
+    What only a forward pass reveals (a head whose output is not the input's size, an encoder
+    too deep for the image) is found here, at load, instead of in a hospital's first round.
+    """
+    from fl_mia.data import num_classes
+
+    size, classes = cfg.data.image_size, num_classes(cfg.data.task)
+    described = f"model: {cfg.model.arch} with encoder {cfg.model.encoder} at depth {cfg.model.encoder_depth}"
+    try:
+        model = build_experiment_model(cfg)  # its probe pass runs at the configured image size
+    except (RuntimeError, AssertionError) as error:  # build_model's own ValueErrors are one line already
+        first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{described} cannot segment {size}x{size} scans ({first_line}); "
+            "try a smaller model.encoder_depth or a larger data.image_size (a multiple of 32)"
+        ) from None
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(torch.zeros(2, 1, size, size))
+    except (RuntimeError, ValueError, AssertionError) as error:
+        first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{described} cannot segment {size}x{size} scans ({first_line}); "
+            "try a smaller model.encoder_depth or a larger data.image_size (a multiple of 32)"
+        ) from None
+    if tuple(output.shape) != (2, classes, size, size):
+        raise ValueError(
+            f"{described} returns maps of shape {tuple(output.shape[1:])} for {size}x{size} scans, "
+            f"not ({classes}, {size}, {size}); choose another architecture or encoder_depth"
+        )
 
 
 def default_decoder_channels(depth: int) -> list[int]:
@@ -59,14 +141,19 @@ def default_decoder_channels(depth: int) -> list[int]:
     return [16 * 2 ** (depth - 1 - stage) for stage in range(depth)]
 
 
-def build_model(cfg: ModelConfig, *, in_channels: int, classes: int) -> nn.Module:
-    """An smp model with random encoder weights (or the user's local file); never downloads."""
+def build_model(cfg: ModelConfig, *, in_channels: int, classes: int, image_size: int = 64) -> nn.Module:
+    """An smp model with random encoder weights (or the user's local file); never downloads.
+
+    ``image_size`` is the side of the scans it will see: which normalisation layers would
+    normalise a single value (see :func:`_probe_and_prune`) depends on it.
+    """
     check_model_config(cfg)
     cls = _architecture(cfg.arch)
     accepted = inspect.signature(cls.__init__).parameters
     kwargs: dict = {"encoder_name": cfg.encoder, "encoder_weights": None, "in_channels": in_channels, "classes": classes}
     if "encoder_depth" in accepted:
         kwargs["encoder_depth"] = cfg.encoder_depth
+    kwargs.update(_architecture_kwargs(cfg))
     if "decoder_channels" in accepted and accepted["decoder_channels"].annotation != "int":
         default = accepted["decoder_channels"].default
         if isinstance(default, (tuple, list)):
@@ -75,9 +162,11 @@ def build_model(cfg: ModelConfig, *, in_channels: int, classes: int) -> nn.Modul
         model = cls(**kwargs)
     except (ValueError, KeyError, AssertionError, TypeError) as error:
         raise ValueError(
-            f"model: smp cannot build {cfg.arch} with encoder {cfg.encoder} at depth {cfg.encoder_depth}: {error}"
+            f"model: smp cannot build {cfg.arch} with encoder {cfg.encoder} at depth {cfg.encoder_depth}: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; choose another encoder "
+            "(resnet18, resnet34, efficientnet-b0, mobilenet_v2) or architecture (see docs/architectures.md)"
         ) from None
-    _drop_unused_encoder_stages(model, in_channels=in_channels)
+    _probe_and_prune(model, in_channels=in_channels, image_size=image_size)
     if cfg.encoder_weights_path is not None:
         _load_encoder_weights(model, cfg)
     if cfg.norm == "groupnorm":
@@ -92,22 +181,70 @@ def build_model(cfg: ModelConfig, *, in_channels: int, classes: int) -> nn.Modul
     return model
 
 
-def _drop_unused_encoder_stages(model: nn.Module, *, in_channels: int) -> None:
-    """Replace encoder stages that a shallow ``encoder_depth`` never calls by ``nn.Identity``.
+def _probe_and_prune(model: nn.Module, *, in_channels: int, image_size: int) -> None:
+    """One probe pass on blank scans; then remove what it shows to be dead or degenerate.
 
-    smp keeps e.g. a ResNet's layer3/layer4 at depth 3: 10 of resnet18's 11 M parameters
-    that get no gradient yet would be sent, averaged and secure-aggregated every round, and
-    that Opacus rejects. A probe pass finds them by their missing gradients.
+    - Encoder stages that a shallow ``encoder_depth`` never calls become ``nn.Identity``:
+      smp keeps e.g. a ResNet's layer3/layer4 at depth 3, 10 of resnet18's 11 M parameters
+      that get no gradient yet would be sent, averaged and secure-aggregated every round,
+      and that Opacus rejects. They are found by their missing gradients.
+    - Normalisation layers that would normalise a single value per image become
+      ``nn.Identity``: a norm after a global average pool (PAN's FPA and GAU blocks), or at
+      the 1x1 bottom of PAN's pyramid on small scans. There a GroupNorm maps every input to
+      its bias (the branch is silent) and fails outright on a batch of one ("Expected more
+      than 1 value per channel when training"); a BatchNorm normalises across the few images
+      of a batch, and fails on a batch of one. smp drops the norm for the same reason in
+      PSPNet's 1x1 pooling branch.
     """
+    degenerate: list[str] = []
+
+    def record_if_degenerate(name: str):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            shape = inputs[0].shape
+            values_per_sample = shape[-1] * shape[-2] if len(shape) == 4 else 1
+            if isinstance(module, nn.GroupNorm):
+                values_per_sample *= module.num_channels // module.num_groups
+            if values_per_sample == 1:
+                degenerate.append(name)
+
+        return hook
+
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+    handles = [
+        module.register_forward_pre_hook(record_if_degenerate(name))
+        for name, module in model.named_modules()
+        if isinstance(module, norms)
+    ]
     was_training = model.training
     model.eval()
-    model(torch.zeros(2, in_channels, 64, 64)).sum().backward()
-    for name, child in list(model.encoder.named_children()):
-        params = list(child.parameters())
-        if params and all(p.grad is None for p in params):
-            setattr(model.encoder, name, nn.Identity())
+    try:
+        model(torch.zeros(2, in_channels, image_size, image_size)).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    _replace_unused(model.encoder)
+    for name in dict.fromkeys(degenerate):
+        parent_name, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attribute, nn.Identity())
     model.zero_grad(set_to_none=True)
     model.train(was_training)
+
+
+def _replace_unused(encoder: nn.Module) -> None:
+    """Swap the encoder's stages whose parameters all got no gradient for ``nn.Identity``.
+
+    Only whole stages: the encoder's children, and those of a timm encoder's wrapped model
+    (``encoder.model``). Deeper, a block's caller may pass it more than one argument
+    (EfficientNet's blocks take a drop-connect rate), which ``nn.Identity`` does not accept.
+    """
+    parents = [encoder]
+    if isinstance(getattr(encoder, "model", None), nn.Module):
+        parents.append(encoder.model)
+    for parent in parents:
+        for name, child in list(parent.named_children()):
+            params = list(child.parameters())
+            if params and all(p.grad is None for p in params):
+                setattr(parent, name, nn.Identity())
 
 
 def _read_weights_file(cfg: ModelConfig) -> dict:

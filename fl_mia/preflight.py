@@ -17,9 +17,9 @@ from fl_mia.config_loading import load_config
 
 
 def _model_builds(cfg: ExperimentConfig) -> None:
-    from fl_mia.models import check_model_config
+    from fl_mia.models import check_model_runs
 
-    check_model_config(cfg.model)
+    check_model_runs(cfg)  # builds it and checks a forward pass at the configured image size
 
 
 def _attacks_registered(cfg: ExperimentConfig) -> None:
@@ -57,7 +57,16 @@ def _trap_fits_the_model(cfg: ExperimentConfig) -> None:
     check_capacity(build_model(cfg.model, in_channels=1, classes=1), cfg.threat.trap_detectors_per_round)
 
 
-CHECKS = (_model_builds, _attacks_registered, _threat_fits_the_defences, _trap_fits_the_model)
+def _device_exists(cfg: ExperimentConfig) -> None:
+    if cfg.simulation.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("simulation.device='cuda' but torch finds no CUDA device on this machine; use 'auto' or 'cpu'")
+
+
+CHECKS = (_device_exists, _model_builds, _attacks_registered, _threat_fits_the_defences, _trap_fits_the_model)
 
 
 def preflight(cfg: ExperimentConfig, *, source: str = "config") -> ExperimentConfig:

@@ -10,6 +10,7 @@ from torch import nn
 
 from fl_mia.config import TrainingConfig
 from fl_mia.data import Split
+from fl_mia.devices import autocast, model_device
 from fl_mia.losses import segmentation_loss
 from fl_mia.segmentation_metrics import confusion_counts, hard_predictions, summarize
 from fl_mia.seeding import int_seed, torch_generator
@@ -44,6 +45,9 @@ def train_local(model: nn.Module, split: Split, cfg: TrainingConfig, *, seed: in
     ``seed``, so a hospital's round is reproducible wherever it runs.
     """
     torch.manual_seed(int_seed(seed, "train-dropout", *tags))
+    device = model_device(model)
+    if device.type == "cuda":  # dropout draws on the GPU come from its own generator
+        torch.cuda.manual_seed(int_seed(seed, "train-dropout", *tags))
     generator = torch_generator(seed, "train-order", *tags)
     images = torch.from_numpy(split.images)
     masks = torch.from_numpy(split.masks)
@@ -55,8 +59,10 @@ def train_local(model: nn.Module, split: Split, cfg: TrainingConfig, *, seed: in
             if len(index) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
                 continue  # BatchNorm cannot normalise a batch of one
             optimizer.zero_grad(set_to_none=True)
+            with autocast(device, cfg.amp):
+                logits = model(images[index].to(device))
             loss = segmentation_loss(
-                model(images[index]), masks[index], dice_weight=cfg.dice_weight, ce_weight=cfg.ce_weight
+                logits.float(), masks[index].to(device), dice_weight=cfg.dice_weight, ce_weight=cfg.ce_weight
             )
             loss.backward()
             optimizer.step()
@@ -71,12 +77,15 @@ def train_local(model: nn.Module, split: Split, cfg: TrainingConfig, *, seed: in
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
-    """Eval-mode logits ``[N, C, H, W]`` for a stack of images."""
+    """Eval-mode logits ``[N, C, H, W]`` for a stack of images, on the CPU whatever the model's device."""
     model.eval()
     images = torch.as_tensor(images)
     if len(images) == 0:
         return torch.zeros((0,))
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    device = model_device(model)
+    return torch.cat(
+        [model(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
+    )
 
 
 @torch.no_grad()

@@ -13,7 +13,14 @@ from fl_mia.preflight import load_experiment
 from fl_mia.round_log import RoundProgress
 from fl_mia.run_folder import RunFolderError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-learning privacy testbed for segmentation.")
+# No rich traceback with locals: a crash printed the config, arrays and tensors of every
+# frame (100,000s of lines). Run crashes are caught below and reported in one paragraph.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Federated-learning privacy testbed for segmentation.",
+)
 console = Console(stderr=False)
 errors = Console(stderr=True)
 
@@ -24,6 +31,23 @@ USER_ERRORS = (ConfigError, RunFolderError)
 def _fail(message: str) -> None:
     errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _report_crash(error: BaseException, *, code: int) -> None:
+    """One short paragraph: what failed, where the run folder is, where the traceback went."""
+    from fl_mia.app.experiment import failed_run_folder
+
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else ""
+    if len(first_line) > 300:
+        first_line = first_line[:300] + " …"
+    lines = [f"[bold red]error:[/] {type(error).__name__}: {first_line}"]
+    run_dir = failed_run_folder(error)
+    if run_dir is not None:
+        lines.append(f"The run failed; its folder {run_dir} is marked failed in status.json.")
+        lines.append(f"Full message and traceback: {run_dir / 'run.log'}")
+    errors.print("\n".join(lines), highlight=False, soft_wrap=True)
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -97,8 +121,12 @@ def run(
             result = resume_experiment(resume, cfg=cfg, on_round_end=show)
         else:
             result = run_experiment(cfg, out=out, on_round_end=show)
-    except (*USER_ERRORS, FederationError, NoRepliesError) as error:
+    except USER_ERRORS as error:
         _fail(str(error))
+    except (FederationError, NoRepliesError) as error:  # the federation's own reasons (a hospital's traceback)
+        _report_crash(error, code=2)
+    except Exception as error:  # a bug or a resource problem: never a wall of locals on the console
+        _report_crash(error, code=1)
     typer.echo(render_summary(result.metrics), nl=False)
     console.print(f"run folder: {result.run_dir}")
 

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -133,10 +134,24 @@ def _run_in_folder(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume
         with run_logging(run_dir):
             _simulate(cfg, run_dir, on_round_end, resume=resume)
     except BaseException as error:
+        _log_traceback(run_dir, error)
         set_status(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+        error.fl_mia_run_dir = run_dir  # for the CLI's short report (failed_run_folder)
         raise
     set_status(run_dir, "complete", wall_time_s=time.perf_counter() - started)
     return RunResult(run_dir, read_metrics(run_dir))
+
+
+def _log_traceback(run_dir: Path, error: BaseException) -> None:
+    """Append the full traceback to ``run.log``: the console gets one paragraph (fl_mia.app.cli)."""
+    with open(run_dir / "run.log", "a", encoding="utf-8") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} fl_mia ERROR the run failed\n")
+        log.write("".join(traceback.format_exception(error)))
+
+
+def failed_run_folder(error: BaseException) -> Path | None:
+    """The run folder of a run that raised ``error``, if it got as far as having one."""
+    return getattr(error, "fl_mia_run_dir", None)
 
 
 def _simulate(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume: Checkpoint | None = None) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 from fl_mia.attacks.shadow_federation import train_federated_shadow
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import Split
+from fl_mia.devices import process_device
 from fl_mia.models import build_experiment_model
 from fl_mia.run_folder import atomic_write_bytes, write_json
 from fl_mia.seeding import int_seed, torch_generator
@@ -134,7 +135,7 @@ class ShadowStore:
 
     def _new_model(self, name: str) -> nn.Module:
         torch.manual_seed(int_seed(self.cfg.seed, "shadow-init", name))
-        return build_experiment_model(self.cfg)
+        return build_experiment_model(self.cfg, device=process_device(self.cfg.simulation, role="server"))
 
     def train(self, name: str, split: Split) -> nn.Module:
         fingerprint = self._fingerprint(split)

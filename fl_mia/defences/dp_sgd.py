@@ -24,6 +24,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fl_mia.devices import autocast, model_device
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import Split
 from fl_mia.defences.accounting import History, default_delta, epsilon_of, noise_for_epsilon
@@ -90,7 +91,8 @@ def train_local_dp(
     for module in model.modules():
         if getattr(module, "inplace", False):
             module.inplace = False  # in-place ReLU breaks Opacus's backward hooks; weights are unchanged
-    _freeze_unused(model, torch.from_numpy(split.images[:1]))
+    device = model_device(model)
+    _freeze_unused(model, torch.from_numpy(split.images[:1]).to(device))
     torch.manual_seed(int_seed(secret, "train-dropout", *tags))
     dataset = TensorDataset(torch.from_numpy(split.images), torch.from_numpy(split.masks))
     loader = DataLoader(dataset, batch_size=cfg.training.batch_size, generator=torch_generator(secret, "train-order", *tags))
@@ -119,8 +121,11 @@ def train_local_dp(
         for images, masks in private_loader:
             private_optimizer.zero_grad(set_to_none=True)
             if len(images):
+                images, masks = images.to(device), masks.to(device)
+                with autocast(device, cfg.training.amp):
+                    logits = private_model(images)
                 loss = segmentation_loss(
-                    private_model(images), masks, dice_weight=cfg.training.dice_weight, ce_weight=cfg.training.ce_weight
+                    logits.float(), masks, dice_weight=cfg.training.dice_weight, ce_weight=cfg.training.ce_weight
                 )
                 loss.backward()
                 losses.append(float(loss.detach()))

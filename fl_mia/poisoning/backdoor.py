@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl_mia.devices import model_device
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import get_weights, set_weights
 from fl_mia.knowledge import AttackerKnowledge
@@ -105,6 +106,7 @@ class BackdoorPoisoner(Poisoner):
         images, masks = torch.as_tensor(population.images), torch.as_tensor(population.masks)
         triggered = torch.as_tensor(apply_trigger(population.images, size=self.trigger_size, value=self.trigger_value))
         target = torch.as_tensor(self.target_mask)
+        device = model_device(model)
         batch = min(training.batch_size, len(images))
         for _ in range(self.steps):
             index = torch.randperm(len(images), generator=generator)[:batch]
@@ -112,6 +114,7 @@ class BackdoorPoisoner(Poisoner):
             x = torch.where(poisoned[:, None, None, None], triggered[index], images[index])
             y = torch.where(poisoned[:, None, None], target.expand(len(index), -1, -1), masks[index])
             optimizer.zero_grad(set_to_none=True)
+            x, y = x.to(device), y.to(device)
             segmentation_loss(model(x), y, dice_weight=training.dice_weight, ce_weight=training.ce_weight).backward()
             optimizer.step()
         return get_weights(model)

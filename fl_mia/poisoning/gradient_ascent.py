@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl_mia.devices import model_device
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import get_weights, set_weights
 from fl_mia.knowledge import AttackerKnowledge
@@ -83,7 +84,8 @@ class GradientAscentPoisoner(Poisoner):
         prefixes = LAYER_PREFIXES[self.layers]
         params = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
         optimizer = torch.optim.Adam(params, lr=self.lr, maximize=True)
-        images_t, masks_t = torch.as_tensor(images), torch.as_tensor(masks)
+        device = model_device(model)
+        images_t, masks_t = torch.as_tensor(images).to(device), torch.as_tensor(masks).to(device)
 
         def mean_loss() -> torch.Tensor:
             return segmentation_loss(

@@ -136,11 +136,12 @@ def detector_inputs(model: nn.Module, site: TrapSite, images: np.ndarray, *, bat
     """The feature maps ``encoder.layer1.0.conv1`` reads for each scan, ``[N, C, h, w]``."""
     detector_conv = site.modules(model)[2]
     captured: list[torch.Tensor] = []
-    hook = detector_conv.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
+    hook = detector_conv.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach().cpu()))
+    device = next(model.parameters()).device
     try:
         model.eval()
         for start in range(0, len(images), batch_size):
-            model.encoder(torch.as_tensor(images[start : start + batch_size]))
+            model.encoder(torch.as_tensor(images[start : start + batch_size]).to(device))
     finally:
         hook.remove()
     return torch.cat(captured)

@@ -9,12 +9,15 @@ hospital's training data this round.
 - ``loss_log_ratio``: log L(x; θ_k) − log L(x; θ'_k), scale-free across candidates;
 - ``gradient_alignment``: cos(∇L(x; θ_k), θ_k − θ'_k). Local training moves the weights
   down the members' gradients, so a member's gradient at the sent model points along the
-  update. Computed for a chunk of candidates at once with ``torch.func`` (vmap of grad).
+  update. Computed for a chunk of candidates at once with ``torch.func`` (vmap of grad);
+  where a model or loss cannot be vectorised (data-dependent control flow, ``.item()``),
+  the same chunks are computed one candidate at a time instead, with a warning logged once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,9 +25,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fl_mia.attacks.signals import per_image_loss
+from fl_mia.devices import model_device
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import set_weights
 from fl_mia.training import predict_logits
+
+_log = logging.getLogger(__name__)
+_fallback_reasons_logged: set[str] = set()
 
 LOSS_SIGNALS = ("returned_loss", "loss_reduction", "loss_log_ratio")
 ALL_SIGNALS = (*LOSS_SIGNALS, "gradient_alignment")
@@ -86,22 +93,55 @@ def gradient_alignment(
     params = {name: p.detach() for name, p in model.named_parameters() if name in updates[0]}
     frozen = {name: p.detach() for name, p in model.named_parameters() if name not in updates[0]}
     buffers = dict(model.named_buffers())
-    flat_updates = torch.stack([torch.cat([u[name].flatten() for name in names]) for u in updates])  # [U, P]
+    device = model_device(model)
+    flat_updates = torch.stack([torch.cat([u[name].flatten() for name in names]) for u in updates]).to(device)  # [U, P]
     update_norms = flat_updates.norm(dim=1)
 
     def loss_of_one(p: dict[str, torch.Tensor], image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, ({**p, **frozen}, buffers), (image[None],))
         return segmentation_loss(logits, mask[None], dice_weight=dice_weight, ce_weight=ce_weight)
 
-    per_sample_grad = vmap(grad(loss_of_one), in_dims=(None, 0, 0))
-    images_t, masks_t = torch.as_tensor(images), torch.as_tensor(masks)
+    vectorised = vmap(grad(loss_of_one), in_dims=(None, 0, 0))
+    one_at_a_time = _looped(grad(loss_of_one))
+    per_sample_grad = vectorised
+    images_t, masks_t = torch.as_tensor(images).to(device), torch.as_tensor(masks).to(device)
     scores = []
     for part in _chunks(len(images_t), chunk_size):
-        grads = per_sample_grad(params, images_t[part], masks_t[part])
+        try:
+            grads = per_sample_grad(params, images_t[part], masks_t[part])
+        except RuntimeError as error:
+            if per_sample_grad is one_at_a_time or "vmap" not in str(error):
+                raise
+            _log_fallback_once(model, error)
+            per_sample_grad = one_at_a_time
+            grads = per_sample_grad(params, images_t[part], masks_t[part])
         flat = torch.cat([grads[name].flatten(1) for name in names], dim=1)  # [B, P]
         cosine = (flat @ flat_updates.T) / (flat.norm(dim=1, keepdim=True) * update_norms[None] + 1e-12)
-        scores.append(cosine.detach())
+        scores.append(cosine.detach().cpu())
     return torch.cat(scores).numpy() if scores else np.zeros((0, len(updates)))
+
+
+def _looped(per_sample: Callable) -> Callable:
+    """``vmap``'s contract (a dict of stacked gradients) from one call per candidate."""
+
+    def stacked(params: dict[str, torch.Tensor], images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        grads = [per_sample(params, image, mask) for image, mask in zip(images, masks)]
+        return {name: torch.stack([g[name] for g in grads]) for name in params}
+
+    return stacked
+
+
+def _log_fallback_once(model: nn.Module, error: RuntimeError) -> None:
+    reason = type(model).__name__
+    if reason in _fallback_reasons_logged:
+        return
+    _fallback_reasons_logged.add(reason)
+    _log.warning(
+        "gradient_alignment: %s cannot be vectorised with torch.func.vmap (%s); "
+        "computing per-sample gradients one candidate at a time (same values, slower)",
+        reason,
+        str(error).splitlines()[0][:120],
+    )
 
 
 def gradient_alignment_loop(
@@ -116,9 +156,10 @@ def gradient_alignment_loop(
     """Reference implementation, one backward pass per candidate (for tests and the benchmark)."""
     model.eval()
     params = dict(model.named_parameters())
-    update_flat = torch.cat([update[name].flatten() for name in update])
+    device = model_device(model)
+    update_flat = torch.cat([update[name].flatten() for name in update]).to(device)
     scores = []
-    for image, mask in zip(torch.as_tensor(images), torch.as_tensor(masks)):
+    for image, mask in zip(torch.as_tensor(images).to(device), torch.as_tensor(masks).to(device)):
         model.zero_grad(set_to_none=True)
         segmentation_loss(model(image[None]), mask[None], dice_weight=dice_weight, ce_weight=ce_weight).backward()
         gradient = torch.cat([params[name].grad.flatten() for name in update])

@@ -1,0 +1,92 @@
+"""Images per second on the CPU and on the GPU: local training, attack scoring, gradient alignment.
+
+    python bench/device.py [CONFIG] [--set key=value ...] [--repeats 3] [--threads 2]
+
+Per device: one hospital's local training (``training.local_epochs`` over its shard, the
+quickstart model and batch size), scoring every server-side candidate with the loss attack's
+signal (a forward pass and a per-image loss), and the per-sample gradients of the gradient-
+alignment update attack. Best of ``--repeats`` after one warm-up. Without CUDA the GPU rows say
+"no CUDA device".
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fl_mia.attacks.signals import per_image_loss
+from fl_mia.config_loading import load_config
+from fl_mia.data import build_attacker_population, build_hospital
+from fl_mia.models import build_experiment_model
+from fl_mia.training import predict_logits, train_local
+from fl_mia.update_attacks.signals import gradient_alignment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def best_seconds(action, repeats: int) -> float:
+    action()  # warm-up: CUDA context, cuDNN autotuning, allocator
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        action()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def measure(cfg, device: str, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_experiment_model(cfg, device=device)
+    split = build_hospital(cfg, 0).train
+    population = build_attacker_population(cfg)
+    images, masks = population.images, population.masks
+    update = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+    aligned = min(len(images), 32)
+    train = best_seconds(lambda: train_local(model, split, cfg.training, seed=cfg.seed), repeats)
+    score = best_seconds(
+        lambda: per_image_loss(predict_logits(model, images), masks, dice_weight=1.0, ce_weight=1.0), repeats
+    )
+    align = best_seconds(
+        lambda: gradient_alignment(model, [update], images[:aligned], masks[:aligned], dice_weight=1.0, ce_weight=1.0),
+        repeats,
+    )
+    return {
+        "training": len(split) * cfg.training.local_epochs / train,
+        "attack scoring": len(images) / score,
+        "gradient alignment": aligned / align,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "quickstart.toml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.overrides)
+    print(
+        f"{cfg.model.arch}/{cfg.model.encoder} depth {cfg.model.encoder_depth}, {cfg.data.image_size}x{cfg.data.image_size}, "
+        f"batch {cfg.training.batch_size}, amp {cfg.training.amp}, {args.threads} CPU threads"
+    )
+    cpu = measure(cfg, "cpu", args.repeats)
+    gpu = measure(cfg, "cuda", args.repeats) if torch.cuda.is_available() else None
+    gpu_name = torch.cuda.get_device_name(0) if gpu else "no CUDA device"
+    print(f"{'images/s':20s} {'CPU':>10s} {'GPU':>10s}  ({gpu_name})")
+    for task, rate in cpu.items():
+        other = f"{gpu[task]:10.1f}  x{gpu[task] / rate:.1f}" if gpu else f"{'-':>10s}"
+        print(f"{task:20s} {rate:10.1f} {other}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
