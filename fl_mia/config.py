@@ -63,7 +63,7 @@ class DataConfig(_Section):
 class FederationConfig(_Section):
     """Hospitals, their shards and the rounds of federated training."""
 
-    num_hospitals: int = Field(4, ge=1, le=64, description="Number of hospitals (Flower clients).")
+    num_hospitals: int = Field(4, ge=1, le=100, description="Number of hospitals (Flower clients).")
     patients_per_hospital: int | list[int] = Field(
         24, description="Patients per hospital: one number for all, or one per hospital (size skew)."
     )
@@ -163,6 +163,12 @@ class SimulationConfig(_Section):
         None, ge=1, description="CPUs Ray may use in all (default: every core of the machine)."
     )
     threads_per_client: int = Field(1, ge=1, le=64, description="torch threads inside each hospital actor.")
+    ray_address: str | None = Field(
+        None,
+        min_length=1,
+        description="Join this running Ray cluster (e.g. '10.0.0.5:6379' or 'auto') instead of starting one; "
+        "default: the RAY_ADDRESS environment variable, else a local Ray.",
+    )
 
 
 class ThreatConfig(_Section):

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fl_mia.app.deploy import deploy_command
 from fl_mia.config import ConfigError
 from fl_mia.preflight import load_experiment
 from fl_mia.round_log import RoundProgress
@@ -191,6 +192,9 @@ def sweep(
     except (SweepError, *USER_ERRORS) as error:
         _fail(str(error))
     console.print(f"sweep: {out / SWEEP_CSV} · {out / SWEEP_PLOT}")
+
+
+app.command("deploy")(deploy_command)  # hospitals as Flower SuperNodes: fl_mia/app/deploy.py
 
 
 def main() -> None:
