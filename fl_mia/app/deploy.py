@@ -126,6 +126,60 @@ class Tls:
     server_keyfile: Path
 
 
+def self_signed_tls(folder: Path, *, host: str = "127.0.0.1") -> Tls:
+    """A throw-away CA and a SuperLink certificate for ``host`` (localhost tests and trials only).
+
+    A consortium uses certificates from its own CA; the SuperLink's must name the address
+    the SuperNodes dial (a subject alternative name), or TLS verification fails.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = {"not_valid_before": now - datetime.timedelta(minutes=5), "not_valid_after": now + datetime.timedelta(days=2)}
+
+    def certificate(subject: str, key, issuer: x509.Name, issuer_key, *, ca: bool, san=None) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(valid["not_valid_before"])
+            .not_valid_after(valid["not_valid_after"])
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san is not None:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fl-mia test CA")])
+    ca_cert = certificate("fl-mia test CA", ca_key, ca_name, ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        san = [x509.IPAddress(ipaddress.ip_address(host))]
+    except ValueError:
+        san = [x509.DNSName(host)]
+    server_cert = certificate(host, server_key, ca_name, ca_key, ca=False, san=[*san, x509.DNSName("localhost")])
+    tls = Tls(ca_certfile=folder / "ca.pem", server_certfile=folder / "server.pem", server_keyfile=folder / "server.key")
+    tls.ca_certfile.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    tls.server_certfile.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    tls.server_keyfile.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
+    tls.server_keyfile.chmod(0o600)
+    return tls
+
+
 def superlink_command(*, port: int, log_path: Path, tls: Tls | None) -> list[str]:
     security = (
         ["--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.server_certfile),
@@ -277,6 +331,9 @@ def deploy_command(
         Path | None,
         typer.Option("--workdir", help="Logs of the SuperLink, SuperNodes and flwr run (default: a new temp folder)."),
     ] = None,
+    tls_self_signed: Annotated[
+        bool, typer.Option("--tls-self-signed", help="Encrypt with a throw-away CA made in the workdir (a trial of TLS).")
+    ] = False,
 ) -> None:
     """Run one experiment on a local Flower deployment: a SuperLink and one SuperNode process per hospital."""
     import tempfile
@@ -299,7 +356,8 @@ def deploy_command(
         f"logs in {workdir}"
     )
     try:
-        run_dir = run_deployed(cfg, workdir=workdir, runs_root=runs_root)
+        tls = self_signed_tls(workdir / "certificates") if tls_self_signed else None
+        run_dir = run_deployed(cfg, workdir=workdir, runs_root=runs_root, tls=tls)
     except RuntimeError as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
