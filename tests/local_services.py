@@ -20,7 +20,11 @@ from fl_mia.app.deploy import free_port
 def processes_mentioning(marker: str) -> list[psutil.Process]:
     """This user's processes whose command line contains ``marker`` (a path only they use)."""
     found = []
+    me = psutil.Process()
+    spared = {me.pid, *(parent.pid for parent in me.parents())}  # e.g. a shell whose command names the marker
     for process in psutil.process_iter(["cmdline", "pid"]):
+        if process.info["pid"] in spared:
+            continue
         try:
             if any(marker in part for part in (process.info["cmdline"] or [])):
                 found.append(process)
@@ -54,15 +58,16 @@ def ray_head(temp_dir: Path, *, num_cpus: int = 2):
     ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
     command = [
-        ray, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
-        f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
+        ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
+        "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
+        # Ports with fixed defaults (another Ray on the machine may hold them); the rest Ray picks free.
         f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     ]
     try:
-        subprocess.run(command, check=True, capture_output=True, timeout=180)
+        started = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if started.returncode != 0:
+            raise RuntimeError(f"ray start failed ({started.returncode}): {started.stderr[-3000:]}{started.stdout[-2000:]}")
         yield f"127.0.0.1:{port}"
     finally:
         stop_processes(processes_mentioning(str(temp_dir)))
