@@ -248,3 +248,18 @@ def documented_flwr_run_commands() -> str:
     after = text.split("<!-- tested: flwr-run -->", 1)[1]
     block = after.split("```bash\n", 1)[1].split("```", 1)[0]
     return "\n".join(line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+def test_deploy_refuses_bad_input_in_one_line_before_starting_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from fl_mia.app.cli import app
+
+    workdir = tmp_path / "work"
+    result = CliRunner().invoke(
+        app, ["deploy", "configs/quickstart.toml", "--hospitals", "101", "--runs-root", str(tmp_path / "runs"),
+              "--workdir", str(workdir)],
+    )
+    assert result.exit_code == 2
+    assert "federation.num_hospitals" in result.output
+    assert not workdir.exists() and not (tmp_path / "runs").exists()

@@ -299,8 +299,13 @@ def run_deployed(
             "--run-config", f'experiment="{experiment}" runs-root="{runs_root}"',
         ]
         with open(workdir / "flwr-run.log", "wb") as log:
-            submitted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       timeout=timeout_s, check=False)
+            try:
+                submitted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                           timeout=timeout_s, check=False)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(
+                    f"the run did not finish within {timeout_s:.0f}s; see {workdir / 'flwr-run.log'}"
+                ) from None
         if submitted.returncode != 0:
             raise RuntimeError(f"flwr run exited with code {submitted.returncode}; see {workdir / 'flwr-run.log'}")
     folders = _new_run_folders(runs_root, before)
