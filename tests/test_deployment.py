@@ -197,9 +197,8 @@ def test_deployment_with_tls_equals_the_simulation(tmp_path):
     assert not processes_mentioning(str(tmp_path / "deploy")), "deployment processes left running"
     simulated = run_experiment(cfg, runs_root=tmp_path / "simulated").run_dir
     assert (deployed / "rounds.csv").read_bytes() == (simulated / "rounds.csv").read_bytes()
-    assert sorted(p.name for p in deployed.iterdir() if p.name not in {"run.log", "timings.csv"}) <= sorted(
-        p.name for p in simulated.iterdir()
-    )
+    # The same outputs, except run.log: under `flwr run` the ServerApp's log is the workdir's flwr-run.log.
+    assert {p.name for p in deployed.iterdir()} == {p.name for p in simulated.iterdir()} - {"run.log"}
 
 
 @pytest.mark.slow
@@ -229,11 +228,18 @@ def test_documented_flwr_run_commands_complete(tmp_path):
         "docs/deployment.md's flwr run block changed: update this test"
     )
     try:
-        done = subprocess.run(["bash", "-euc", commands], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                              timeout=900)
+        for _ in range(5):
+            done = subprocess.run(["bash", "-euc", commands], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                                  text=True, timeout=900)
+            # flwr gives its local SuperLink 15 s to start; a busy machine needs another go (docs say so).
+            superlink_too_slow = "Failed to start local SuperLink within" in done.stderr + done.stdout
+            if not superlink_too_slow:
+                break
     finally:
         # `flwr` leaves its local SuperLink running; ours logs under our FLWR_HOME.
         stop_processes(processes_mentioning(str(flwr_home)))
+    if superlink_too_slow:
+        pytest.skip("machine too busy: flwr's local SuperLink missed flwr's fixed 15 s start limit five times")
     assert done.returncode == 0, done.stderr[-2000:]
     folders = list((tmp_path / "runs").iterdir())
     assert len(folders) == 1, done.stdout[-2000:]
