@@ -63,7 +63,7 @@ class DataConfig(_Section):
 class FederationConfig(_Section):
     """Hospitals, their shards and the rounds of federated training."""
 
-    num_hospitals: int = Field(4, ge=1, le=64, description="Number of hospitals (Flower clients).")
+    num_hospitals: int = Field(4, ge=1, le=100, description="Number of hospitals (Flower clients).")
     patients_per_hospital: int | list[int] = Field(
         24, description="Patients per hospital: one number for all, or one per hospital (size skew)."
     )
@@ -169,6 +169,13 @@ class SimulationConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="Where tensors go: 'cuda' needs a GPU (hospitals: gpus_per_client > 0); 'auto' uses one when there is one.",
+    )
+
+    ray_address: str | None = Field(
+        None,
+        min_length=1,
+        description="Join this running Ray cluster (e.g. '10.0.0.5:6379' or 'auto') instead of starting one; "
+        "default: the RAY_ADDRESS environment variable, else a local Ray.",
     )
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from flwr.serverapp.grid import Grid
 
 from fl_mia.checkpoint import Checkpoint, Checkpointer
 from fl_mia.config import ExperimentConfig
+from fl_mia.data import forget_rendered_hospitals
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.poisoning import make_poisoner
@@ -139,6 +140,7 @@ def run_federation(
     # in this process) gets the candidates alone.
     candidates, ledger = build_candidates(cfg) if cfg.privacy.enabled else (None, None)
     attacker = server_attacker(cfg, candidates, run_dir) if candidates is not None else None
+    forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
     checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
     checkpointer.register("round_log", round_log)

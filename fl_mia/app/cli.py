@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fl_mia.app.deploy import deploy_command
 from fl_mia.config import ConfigError
 from fl_mia.preflight import load_experiment
 from fl_mia.round_log import RoundProgress
@@ -291,6 +292,9 @@ def report(
         _fail(str(error))
     console.print(significance_note(data), highlight=False)
     console.print("written: " + ", ".join(str(p) for p in (output, markdown) if p is not None))
+
+
+app.command("deploy")(deploy_command)  # hospitals as Flower SuperNodes: fl_mia/app/deploy.py
 
 
 def main() -> None:

@@ -18,7 +18,16 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def ray_cluster_address(cfg: SimulationConfig) -> str | None:
+    """The running Ray cluster to join: ``simulation.ray_address``, else ``RAY_ADDRESS``, else none."""
+    return cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
 def check_resources(cfg: SimulationConfig, *, num_hospitals: int) -> None:
+    if ray_cluster_address(cfg) is not None:
+        # A cluster's resources are the cluster's, not this machine's: Ray places the
+        # actors on whichever node has room, so the local checks below would be wrong.
+        return
     cpus = cfg.total_cpus or available_cpus()
     if cfg.total_cpus is not None and cfg.total_cpus > available_cpus():
         raise ConfigError(
@@ -39,9 +48,17 @@ def check_resources(cfg: SimulationConfig, *, num_hospitals: int) -> None:
 
 
 def backend_config(cfg: SimulationConfig) -> dict:
+    client_resources = {"num_cpus": cfg.cpus_per_client, "num_gpus": cfg.gpus_per_client}
+    address = ray_cluster_address(cfg)
+    if address is not None:
+        # Joining a cluster: Ray refuses num_cpus/num_gpus then (the cluster has its own).
+        return {
+            "client_resources": client_resources,
+            "init_args": {"address": address, "log_to_driver": False},
+        }
     cpus = cfg.total_cpus or available_cpus()
     return {
-        "client_resources": {"num_cpus": cfg.cpus_per_client, "num_gpus": cfg.gpus_per_client},
+        "client_resources": client_resources,
         "init_args": {
             "num_cpus": cpus,
             "num_gpus": torch.cuda.device_count() if cfg.gpus_per_client > 0 else 0,

@@ -138,6 +138,16 @@ def build_hospital(cfg: ExperimentConfig, hospital: int) -> HospitalData:
     return _cached_hospital(cfg.model_dump_json(), hospital)
 
 
+def forget_rendered_hospitals() -> None:
+    """Drop every hospital rendered so far in this process.
+
+    The server renders each hospital once at start-up to keep what it needs (test splits,
+    candidates); without this, the cache would keep up to 64 hospitals' whole data in the
+    server's memory for the rest of the run.
+    """
+    _cached_hospital.cache_clear()
+
+
 @lru_cache(maxsize=64)
 def _cached_hospital(cfg_json: str, hospital: int) -> HospitalData:
     cfg = ExperimentConfig.model_validate_json(cfg_json)
@@ -179,6 +189,7 @@ __all__ = [
     "Split",
     "build_attacker_population",
     "build_hospital",
+    "forget_rendered_hospitals",
     "num_classes",
     "patient_assignment",
 ]

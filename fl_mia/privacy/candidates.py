@@ -180,23 +180,24 @@ def _draw_members_and_non_members(
     return _draw_matched(train, train_strata, quotas, rng), _draw_matched(heldout, heldout_strata, quotas, rng)
 
 
+def _candidate_count(cfg: ExperimentConfig, hospital) -> int:
+    available = min(len(hospital.train), len(hospital.heldout))
+    return min(cfg.privacy.candidates_per_hospital or available, available)
+
+
 def candidates_per_hospital(cfg: ExperimentConfig) -> list[int]:
     """Members drawn per hospital (equal to its non-members): the config's size, capped by both pools."""
-    sizes = []
-    for k in range(cfg.federation.num_hospitals):
-        hospital = build_hospital(cfg, k)
-        available = min(len(hospital.train), len(hospital.heldout))
-        wanted = cfg.privacy.candidates_per_hospital or available
-        sizes.append(min(wanted, available))
-    return sizes
+    return [_candidate_count(cfg, build_hospital(cfg, k)) for k in range(cfg.federation.num_hospitals)]
 
 
 def build_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedger]:
     """The candidate set and its ledger, a pure function of the config and seed."""
     k_hospitals = cfg.federation.num_hospitals
     parts: list[tuple[Split, int, bool]] = []
-    for k, count in enumerate(candidates_per_hospital(cfg)):
+    for k in range(k_hospitals):
+        # One rendering per hospital: with many hospitals, a second pass would miss the cache.
         hospital = build_hospital(cfg, k)
+        count = _candidate_count(cfg, hospital)
         rng = rng_for(cfg.seed, "candidates", k)
         member_index, non_member_index = _draw_members_and_non_members(
             hospital.train, hospital.heldout, count, rng, match_lesion_area=cfg.privacy.match_lesion_area, task=cfg.data.task
