@@ -10,7 +10,7 @@ from flwr.client import NumPyClient
 
 from fl_mia.contracts import PARTITION_KEY
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import build_hospital, num_classes
+from fl_mia.data import build_hospital, input_channels, num_classes
 from fl_mia.failures import simulate_failure
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import evaluate_segmentation, per_image_losses, train_local
@@ -28,7 +28,7 @@ class HospitalClient(NumPyClient):
         torch.set_num_threads(cfg.simulation.threads_per_client)
         self.hospital = build_hospital(cfg, partition_id)
         self.classes = num_classes(cfg.data.task)
-        self.model = build_model(cfg.model, in_channels=1, classes=self.classes)
+        self.model = build_model(cfg.model, in_channels=input_channels(cfg), classes=self.classes)
 
     def get_properties(self, config):
         return {PARTITION_KEY: self.partition_id}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import build_hospital, num_classes
+from fl_mia.data import build_hospital, input_channels, num_classes
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import build_model, set_weights
 from fl_mia.segmentation_metrics import confusion_counts, hard_predictions, summarize
@@ -23,7 +23,7 @@ class GlobalModelEvaluator:
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.classes = num_classes(cfg.data.task)
-        self.model = build_model(cfg.model, in_channels=1, classes=self.classes)
+        self.model = build_model(cfg.model, in_channels=input_channels(cfg), classes=self.classes)
         self.tests = [build_hospital(cfg, k).test for k in range(cfg.federation.num_hospitals)]
 
     @torch.no_grad()

@@ -48,10 +48,10 @@ def check_model_config(cfg: ModelConfig) -> None:
 
 
 def build_experiment_model(cfg: ExperimentConfig) -> nn.Module:
-    """The experiment's model: single-channel scans in, one output per class of its task."""
-    from fl_mia.data import num_classes
+    """The experiment's model: the data's channels in, one output per class of its task."""
+    from fl_mia.data import input_channels, num_classes
 
-    return build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task))
+    return build_model(cfg.model, in_channels=input_channels(cfg), classes=num_classes(cfg.data.task))
 
 
 def default_decoder_channels(depth: int) -> list[int]:

@@ -5,6 +5,7 @@ from fl_mia.data.federation import (
     Split,
     build_attacker_population,
     build_hospital,
+    input_channels,
     num_classes,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "Split",
     "build_attacker_population",
     "build_hospital",
+    "input_channels",
     "num_classes",
 ]
