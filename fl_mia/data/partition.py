@@ -22,8 +22,8 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.data.sources.base import DataError, patient_of
 from fl_mia.seeding import rng_for
 
-# A hospital's train, held-out and test splits each need one patient.
-MIN_PATIENTS_PER_HOSPITAL = 3
+# As federation.patients_per_hospital: train (2 at a 0.5 share), held-out and test (1 each).
+MIN_PATIENTS_PER_HOSPITAL = 4
 ATTACKER_SITE = "attacker"
 
 
@@ -40,7 +40,7 @@ def _too_few(cfg: ExperimentConfig, available: int) -> DataError:
     k = cfg.federation.num_hospitals
     return DataError(
         f"data.path: the dataset leaves {available} patients for {k} hospitals, which need at least "
-        f"{k * MIN_PATIENTS_PER_HOSPITAL} ({MIN_PATIENTS_PER_HOSPITAL} splits each); use fewer federation.num_hospitals "
+        f"{k * MIN_PATIENTS_PER_HOSPITAL} ({MIN_PATIENTS_PER_HOSPITAL} each for their train/held-out/test splits); use fewer federation.num_hospitals "
         "or federation.attacker_patients, or more patients"
     )
 

@@ -81,6 +81,8 @@ def _decode(cfg: DataConfig, index) -> dict:
         if cfg.normalize == "ct":
             samples.append(foreground_sample(case))
         case_images, case_labels = case_slices(case, cfg)
+        if len(case_images) == 0:  # no foreground and no empty slice kept: nothing of this case to learn or attack
+            continue
         patient = patients.setdefault(case.patient, len(patients))
         if case.site is not None:
             if sites.setdefault(case.patient, case.site) != case.site:
