@@ -8,12 +8,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fl_mia.app.data_cli import data_app
 from fl_mia.config import ConfigError
 from fl_mia.preflight import load_experiment
 from fl_mia.round_log import RoundProgress
 from fl_mia.run_folder import RunFolderError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-learning privacy testbed for segmentation.")
+app.add_typer(data_app, name="data")
 console = Console(stderr=False)
 errors = Console(stderr=True)
 

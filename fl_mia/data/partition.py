@@ -107,7 +107,8 @@ def _read_manifest(cfg: ExperimentConfig, table: PatientTable) -> dict[str, str]
     known = set(table.names)
     sites: dict[str, str] = {}
     for row in rows:
-        patient = patient_of(row["case"], cfg.data.patient_regex)
+        case = row["case"].strip()
+        patient = case if case in known else patient_of(case, cfg.data.patient_regex)
         if patient not in known:
             raise DataError(f"{path}: case {row['case']!r} is not in the dataset at {cfg.data.path}; remove the row or add the case")
         sites[patient] = row["site"].strip()
