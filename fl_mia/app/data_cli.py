@@ -31,7 +31,7 @@ def inspect(
     out: Annotated[Path, typer.Option("--out", help="Folder for data_preview.png.")] = Path("."),
 ) -> None:
     """Cases, slices, sites, per-hospital splits, classes, sizes and intensities; writes data_preview.png."""
-    from fl_mia.data.inspect import summarize, write_preview
+    from fl_mia.data.overview import summarize, write_preview
 
     try:
         cfg = load_experiment(config, set_ or [])  # reads (and caches) the dataset
