@@ -123,7 +123,7 @@ def dp_sgd_ratio(cfg: ExperimentConfig, repeats: int) -> dict[str, float]:
         plain_times.append(time.perf_counter() - started)
         model = build_experiment_model(cfg)
         started = time.perf_counter()
-        train_local_dp(model, hospital.train, dp_cfg, history=[], seed=cfg.seed, tags=(r, 0))
+        train_local_dp(model, hospital.train, dp_cfg, history=[], secret=cfg.seed, tags=(r, 0))
         dp_times.append(time.perf_counter() - started)
     p, d = statistics.median(plain_times), statistics.median(dp_times)
     return {"plain_local_round_s": p, "dp_sgd_local_round_s": d, "ratio": d / p, "train_images": len(hospital.train)}

@@ -1,26 +1,75 @@
-"""DP-SGD on a hospital, with the accountant kept in Flower's per-node state across rounds."""
+"""DP-SGD on a hospital: its accountant and its noise secret, kept in Flower's per-node state.
+
+The secret seeds every random choice of the hospital's DP-SGD (Poisson batches, noise). It
+is the hospital's alone: the server holds the experiment seed and the config, so noise
+derived from them could be regenerated and subtracted by a curious server. Where it comes
+from, first match wins:
+
+1. the node config key ``dp-noise-secret`` (deployment: each SuperNode's own
+   ``--node-config``, which the server never sees);
+2. the environment variable ``FL_MIA_HOSPITAL_SECRET`` of the hospitals' processes
+   (simulation: set it to reproduce a DP run bit for bit; each hospital derives its own
+   secret from it and its partition id; server code never reads it);
+3. otherwise a fresh random secret per hospital and run (``secrets``), kept in the node's
+   state for the rest of the run: DP runs then differ from run to run by their noise alone.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import os
+import secrets
 
 from flwr.app import ConfigRecord, RecordDict
 
 from fl_mia.config import ExperimentConfig
+from fl_mia.contracts import DP_ACCOUNTANT_STATE_KEY, DP_NOISE_SECRET_STATE_KEY
 from fl_mia.data import Split
-from fl_mia.contracts import DP_ACCOUNTANT_STATE_KEY
 from fl_mia.defences.dp_sgd import history_from_record, history_to_record, plan_for, train_local_dp
+from fl_mia.seeding import int_seed
 from fl_mia.training import TrainResult
 
+SECRET_NODE_CONFIG_KEY = "dp-noise-secret"
+SECRET_ENVIRONMENT_VARIABLE = "FL_MIA_HOSPITAL_SECRET"
 
+
+def _from_text(text: str) -> int:
+    # All 63 bits of a hash: a short tag hash (as stream names use) could be brute-forced.
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % 2**63
+
+
+def hospital_secret(node_state: RecordDict, node_config: dict, partition_id: int) -> int:
+    """This hospital's DP-SGD secret: from its node config, its environment, or drawn once and kept."""
+    kept = node_state.config_records.get(DP_NOISE_SECRET_STATE_KEY)
+    if kept is not None:
+        return int(kept["secret"])
+    if SECRET_NODE_CONFIG_KEY in node_config:
+        secret = _from_text(str(node_config[SECRET_NODE_CONFIG_KEY]))
+    elif os.environ.get(SECRET_ENVIRONMENT_VARIABLE):
+        secret = int_seed(_from_text(os.environ[SECRET_ENVIRONMENT_VARIABLE]), "dp-noise-secret", partition_id)
+    else:
+        secret = secrets.randbits(63)
+    # A string: ConfigRecord integers are signed 64-bit, and the secret must survive as is.
+    node_state.config_records[DP_NOISE_SECRET_STATE_KEY] = ConfigRecord({"secret": str(secret)})
+    return secret
 
 
 def train_dp_sgd(
-    model, split: Split, cfg: ExperimentConfig, *, node_state: RecordDict | None, tags: tuple, prior_steps: int = 0
+    model,
+    split: Split,
+    cfg: ExperimentConfig,
+    *,
+    node_state: RecordDict | None,
+    node_config: dict | None = None,
+    partition_id: int = 0,
+    tags: tuple,
+    prior_steps: int = 0,
 ) -> tuple[TrainResult, dict]:
     """One round of DP-SGD; returns the result and the privacy metrics sent to the server.
 
     The simulation rebuilds the client object for every message, but ``context.state``
-    of the node persists for the run: the accountant's history lives there, so the ε a
-    hospital reports covers every round it has trained in.
+    of the node persists for the run: the accountant's history and the noise secret live
+    there, so the ε a hospital reports covers every round it has trained in.
     """
     if node_state is None:
         raise ValueError("DP-SGD needs the node's context.state to keep its accountant across rounds")
@@ -30,7 +79,8 @@ def train_dp_sgd(
         # hospital took. Noise and sample rate are fixed by the config, so that rebuilds the history.
         plan = plan_for(cfg, len(split))
         history = [(plan.noise_multiplier, plan.sample_rate, prior_steps)]
-    outcome = train_local_dp(model, split, cfg, history=history, seed=cfg.seed, tags=tags)
+    secret = hospital_secret(node_state, node_config or {}, partition_id)
+    outcome = train_local_dp(model, split, cfg, history=history, secret=secret, tags=tags)
     node_state.config_records[DP_ACCOUNTANT_STATE_KEY] = ConfigRecord(history_to_record(outcome.history))
     return outcome.result, {
         "dp_epsilon": outcome.epsilon,

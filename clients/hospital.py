@@ -21,9 +21,10 @@ from clients.dp_state import train_dp_sgd
 class HospitalClient(NumPyClient):
     """Trains the model it receives on its own training shard; never shares data."""
 
-    def __init__(self, cfg: ExperimentConfig, partition_id: int, node_state=None) -> None:
+    def __init__(self, cfg: ExperimentConfig, partition_id: int, node_state=None, node_config: dict | None = None) -> None:
         self.cfg = cfg
         self.node_state = node_state  # Flower's per-node context.state: persists across rounds
+        self.node_config = node_config or {}  # the hospital's own settings (its DP secret), never the server's
         self.partition_id = partition_id
         torch.set_num_threads(cfg.simulation.threads_per_client)
         self.hospital = build_hospital(cfg, partition_id)
@@ -42,7 +43,8 @@ class HospitalClient(NumPyClient):
         privacy: dict = {}
         if self.cfg.defences.dp_sgd.enabled:
             result, privacy = train_dp_sgd(
-                self.model, self.hospital.train, self.cfg, node_state=self.node_state, tags=tags,
+                self.model, self.hospital.train, self.cfg, node_state=self.node_state, node_config=self.node_config,
+                partition_id=self.partition_id, tags=tags,
                 prior_steps=int(config.get(f"{DP_PRIOR_STEPS_KEY}{self.partition_id}", 0)),
             )
         else:
@@ -50,11 +52,13 @@ class HospitalClient(NumPyClient):
         metrics = {
             **privacy,
             PARTITION_KEY: self.partition_id,
-            "train_loss": result.train_loss,
-            "first_batch_loss": result.first_batch_loss,
             "steps": result.steps,
             "fit_seconds": time.perf_counter() - started,
         }
+        if not self.cfg.defences.dp_sgd.enabled:
+            # Losses are functions of the private scans that DP-SGD's ε does not cover: under
+            # DP-SGD the hospital keeps them (the update is then its only data-dependent output).
+            metrics.update(train_loss=result.train_loss, first_batch_loss=result.first_batch_loss)
         return get_weights(self.model), result.num_examples, metrics
 
     def evaluate(self, parameters: list[np.ndarray], config):

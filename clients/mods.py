@@ -14,13 +14,15 @@ import logging
 import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.seeding import int_seed
-from fl_mia.defences.consistency import HospitalChannel, ModelInconsistencyError, model_digest
+from fl_mia.contracts import CONSISTENCY_REFUSAL_CODE, NODE_PARTITION_KEY
+from fl_mia.defences.consistency import HospitalChannel, ModelInconsistencyError, model_digest, session_key
 
 logger = logging.getLogger("fl_mia")
 
@@ -58,7 +60,7 @@ def make_delta_mod(*, clipping_range: float, seed: int | None = None):
         fit_res.metrics["max_abs_delta"] = largest
         out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
         if seed is not None:
-            np.random.seed(int_seed(seed, "secagg-rounding", msg.metadata.group_id, ctxt.node_config.get("partition-id", 0)) % 2**32)
+            np.random.seed(int_seed(seed, "secagg-rounding", msg.metadata.group_id, ctxt.node_config.get(NODE_PARTITION_KEY, 0)) % 2**32)
         return out
 
     return delta_mod
@@ -78,27 +80,34 @@ def make_consistency_mod(*, mode: str, channel_root=None):
             return call_next(msg, ctxt)
         stage = msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
         channel = HospitalChannel(channel_root, run_id=msg.metadata.run_id)
-        partition_id = int(ctxt.node_config["partition-id"])
-        server_round = msg.metadata.group_id
+        partition_id = int(ctxt.node_config[NODE_PARTITION_KEY])
         if stage == Stage.COLLECT_MASKED_VECTORS:
             received = compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
-            channel.publish(server_round, partition_id, model_digest(received.tensors))
+            channel.publish(session_key(_secagg_state(ctxt).pk1), partition_id, model_digest(received.tensors))
         elif stage == Stage.UNMASK:
-            digests = channel.digests(server_round)
+            # Compare with every neighbour this hospital exchanged SecAgg+ keys with this round.
+            neighbours = _secagg_state(ctxt).public_keys_dict
+            digests = channel.digests(session_key(pk1) for pk1, _ in neighbours.values())
             consistent = len(set(digests.values())) <= 1
             action = "none" if consistent else ("refused" if mode == "refuse" else "flagged")
-            channel.record_verdict(server_round, partition_id, consistent, action)
+            label = msg.metadata.group_id  # the report's round label only; the check above never reads it
+            channel.record_verdict(label, partition_id, consistent, action)
             if not consistent:
                 groups: dict[str, list[int]] = {}
                 for hospital, digest in sorted(digests.items()):
                     groups.setdefault(digest[:12], []).append(hospital)
-                message = f"hospital {partition_id}, round {server_round}: hospitals received different models {groups}"
+                message = f"hospital {partition_id}, round {label}: hospitals received different models {groups}"
                 if mode == "refuse":
-                    raise ModelInconsistencyError(message + "; withholding SecAgg+ shares")
+                    raise ModelInconsistencyError(f"{message}; {CONSISTENCY_REFUSAL_CODE}")
                 logger.warning("%s (flagged, round continues)", message)
         return call_next(msg, ctxt)
 
     return consistency_mod
+
+
+def _secagg_state(ctxt: Context) -> SecAggPlusState:
+    """The hospital's own SecAgg+ state (its keys of this round, its neighbours' public keys)."""
+    return SecAggPlusState(**ctxt.state.config_records[RECORD_KEY_STATE])
 
 
 def hospital_mods(cfg: ExperimentConfig) -> list:

@@ -63,7 +63,12 @@ def write_federation_outputs(
     wall_time_s: float,
     privacy: dict[str, Any] | None = None,
     threat: dict[str, Any] | None = None,
+    defences: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Write rounds.csv, timings.csv, global_model.pt and metrics.json (its only writer).
+
+    ``defences``: ``{"defences": [names], "defence_report": {...}}`` from the server's defences.
+    """
     run_dir = Path(run_dir)
     rows = round_log.rows()
     write_csv(run_dir / "rounds.csv", rows, ROUND_COLUMNS)
@@ -94,6 +99,9 @@ def write_federation_outputs(
         metrics["privacy"], metrics["cost"]["privacy"] = split_wall_clock(privacy)
     if threat is not None:
         metrics["threat"] = threat
+    if defences is not None:
+        metrics["defences"] = defences["defences"]
+        metrics["defence_report"] = defences["defence_report"]
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 

@@ -168,13 +168,17 @@ class RoundLog:
                     "participated": len(fits),
                     "failed": len(self.failed_hospitals(server_round)),
                     "num_examples": sum(f["num_examples"] for f in fits) if fits else None,
-                    "train_loss": (
-                        sum(f["train_loss"] * f["num_examples"] for f in fits) / sum(f["num_examples"] for f in fits)
-                        if fits
-                        else None
-                    ),
+                    "train_loss": _weighted_train_loss(fits),
                     "test_loss": overall["loss"],
                     **{key: overall[key] for key in ("dice", "iou", "dice_pooled", "dice_lesion_images")},
                 }
             )
         return rows
+
+
+def _weighted_train_loss(fits: list[dict]) -> float | None:
+    """Mean training loss weighted by examples, over the hospitals that reported one (not under DP-SGD)."""
+    reported = [f for f in fits if "train_loss" in f]
+    if not reported:
+        return None
+    return sum(f["train_loss"] * f["num_examples"] for f in reported) / sum(f["num_examples"] for f in reported)

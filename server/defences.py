@@ -181,13 +181,9 @@ def _finite(value: float) -> float | str:
     return value if math.isfinite(value) else "inf"
 
 
-def add_defence_outputs(run_dir, cfg: ExperimentConfig, round_log, *, run_id: int) -> dict:
-    """Fill metrics.json's ``defences`` (names in force) and ``defence_report`` (settings, ε)."""
-    from pathlib import Path
-
+def defence_outputs(cfg: ExperimentConfig, round_log, *, run_id: int) -> dict:
+    """metrics.json's ``defences`` (names in force) and ``defence_report`` (settings, ε, verdicts)."""
     from fl_mia.defences.consistency import HospitalChannel
-    from fl_mia.reporting import read_metrics
-    from fl_mia.run_folder import write_json
 
     fit_metrics = {
         (row["round"], row["hospital"]): row
@@ -200,8 +196,4 @@ def add_defence_outputs(run_dir, cfg: ExperimentConfig, round_log, *, run_id: in
         verdicts = channel.verdicts()
         channel.remove()
     section = privacy_section(cfg, fit_metrics, consistency=verdicts)
-    metrics = read_metrics(Path(run_dir))
-    metrics["defences"] = section.pop("active")
-    metrics["defence_report"] = section
-    write_json(Path(run_dir) / "metrics.json", metrics)
-    return metrics
+    return {"defences": section.pop("active"), "defence_report": section}

@@ -29,7 +29,7 @@ from fl_mia.privacy.evaluation import Referee
 from fl_mia.reporting import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
-from server.defences import add_defence_outputs, fit_workflow, wrap_strategy
+from server.defences import defence_outputs, fit_workflow, wrap_strategy
 from fl_mia.contracts import DP_PRIOR_STEPS_KEY
 from server.hospital_directory import discover_hospitals
 from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
@@ -100,8 +100,9 @@ def make_server_poisoner(cfg: ExperimentConfig, attacker: ServerAttacker | None)
 
 
 def weighted_train_loss(fit_metrics: list[tuple[int, dict]]) -> dict:
-    total = sum(n for n, _ in fit_metrics)
-    return {"train_loss": sum(n * m["train_loss"] for n, m in fit_metrics) / total} if total else {}
+    reported = [(n, m) for n, m in fit_metrics if "train_loss" in m]  # hospitals under DP-SGD keep theirs
+    total = sum(n for n, _ in reported)
+    return {"train_loss": sum(n * m["train_loss"] for n, m in reported) / total} if total else {}
 
 
 def log_progress(progress: RoundProgress) -> None:
@@ -201,5 +202,5 @@ def run_federation(
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
         privacy=privacy_section,
         threat=threat_report(cfg, round_log, poisoner, final_weights=final, evaluator=evaluator),
+        defences=defence_outputs(cfg, round_log, run_id=context.run_id),
     )
-    add_defence_outputs(run_dir, cfg, round_log, run_id=context.run_id)

@@ -23,6 +23,8 @@ from flwr.common import Code
 from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp.grid import Grid
 
+from fl_mia.contracts import CONSISTENCY_REFUSAL_CODE
+
 logger = logging.getLogger("fl_mia")
 
 TRAINED = "trained"
@@ -31,7 +33,6 @@ TIMED_OUT = "timed_out"
 # A hospital that withheld its SecAgg+ shares because the hospitals did not all receive the
 # same model (fl_mia.defences.consistency): a defence working, not a failure of the run.
 REFUSED = "refused"
-REFUSAL_MARK = "withholding SecAgg+ shares"
 
 
 class NoRepliesError(RuntimeError):
@@ -127,7 +128,7 @@ class RoundTimeoutGrid(Grid):
         for reply in replies:
             hospital = self._directory.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
             reason = _reply_failed(reply)
-            outcomes[hospital] = TRAINED if reason is None else (REFUSED if REFUSAL_MARK in reason else CRASHED)
+            outcomes[hospital] = TRAINED if reason is None else (REFUSED if CONSISTENCY_REFUSAL_CODE in reason else CRASHED)
             if reason is not None:
                 reasons[hospital] = reason
         for node_id in sent_to:

@@ -62,11 +62,11 @@ class Recorder:
         self.calls.append((server_round, replies, failures))
 
 
-def run_rounds(cfg, sizes, *, strategy_cls=HonestFedAvg, rounds=1, initial=None, seed=0, **strategy_kwargs):
+def run_rounds(cfg, sizes, *, strategy_cls=HonestFedAvg, rounds=1, initial=None, seed=0, grid_cls=InProcessGrid, **strategy_kwargs):
     """Run ``rounds`` rounds over the in-process grid; return (final weights, recorder, grid)."""
     from server.hospital_directory import discover_hospitals
 
-    grid = InProcessGrid(known_update_app(cfg, sizes), len(sizes), seed=seed)
+    grid = grid_cls(known_update_app(cfg, sizes), len(sizes), seed=seed)
     directory = discover_hospitals(grid, expected=len(sizes))
     recorder = Recorder()
     strategy = strategy_cls(

@@ -172,6 +172,11 @@ CASES = [
         with_set('threat.poisoning="trap_weights"', "threat.trap_detectors_per_round=40"),
         ("threat.trap_detectors_per_round = 40", "32 GroupNorm groups"),
     ),
+    Case(
+        "isolation under SecAgg+ (the server holds no hospital's own model to send back)",
+        with_set('threat.poisoning="isolation"', "defences.secagg.enabled=true"),
+        ("threat.poisoning=isolation", "SecAgg+", "model_inconsistency"),
+    ),
 ]
 
 

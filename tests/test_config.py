@@ -87,12 +87,43 @@ def test_missing_file_and_bad_toml(tmp_path):
         load_config(bad)
 
 
+DATASET_PATH = ['data.path="any"']
+
+
 def test_every_config_in_configs_folder_loads():
     files = sorted((ROOT / "configs").rglob("*.toml"))
     assert files
     for path in files:
-        # configs/data/ take the dataset's folder with --set data.path=DIR (the preflight checks it).
-        load_config(path, ['data.path="any"'] if path.parent.name == "data" else [])
+        if path.parent.name == "data":
+            # A dataset layout needs its folder (--set data.path=DIR); its preflight reads the dataset,
+            # which tests/test_data_end_to_end.py does for every layout.
+            load_config(path, DATASET_PATH)
+            continue
+        preflight(load_config(path), source=str(path))
+
+
+@pytest.mark.parametrize("folder", ["defences", "threats"])
+def test_threat_and_defence_configs_are_overlays_on_a_base(folder):
+    import tomllib
+
+    files = sorted((ROOT / "configs" / folder).glob("*.toml"))
+    bases = {"honest.toml"}  # the threat comparison's own base (a smaller setting than the quickstart)
+    for path in files:
+        if path.name in bases:
+            continue
+        raw = tomllib.loads(path.read_text())
+        assert "extends" in raw, f"{path.name} copies its base instead of extending it"
+        assert set(raw) - {"extends", "name"} <= {"threat", "defences", "privacy"}, (
+            f"{path.name} restates sections of its base: {sorted(set(raw) - {'extends', 'name', 'threat', 'defences', 'privacy'})}"
+        )
+
+
+def test_no_two_config_files_define_the_same_experiment():
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "configs").rglob("*.toml")):
+        experiment = load_config(path, DATASET_PATH if path.parent.name == "data" else []).model_dump_json(exclude={"name"})
+        assert experiment not in seen, f"{path} and {seen[experiment]} define the same experiment"
+        seen[experiment] = path
 
 
 def test_readme_documents_every_config_key():

@@ -9,6 +9,7 @@ from fl_mia.defences.consistency import HospitalChannel, model_digest
 from strategies.honest import HonestFedAvg
 from tests.conftest import tiny_raw
 from tests.flower_doubles import base_weights, run_rounds
+from tests.inprocess_grid import InProcessGrid
 
 SIZES = [16, 10, 6]
 
@@ -59,8 +60,31 @@ def test_an_honest_server_passes_the_check():
     assert len(recorder.calls) == 1
     verdicts = HospitalChannel(run_id=grid.run.run_id).verdicts()["1"]
     assert all(v == {"consistent": True, "action": "none"} for v in verdicts.values())
-    digests = HospitalChannel(run_id=grid.run.run_id).digests("1")
-    assert len(set(digests.values())) == 1
+    published = list((HospitalChannel(run_id=grid.run.run_id).folder / "digests").glob("*.json"))
+    assert len(published) == len(SIZES) and len({p.read_text().split('"digest"')[1] for p in published}) == 1
+
+
+class GroupIdPerHospitalGrid(InProcessGrid):
+    """A server that labels each hospital's messages with a group id of its own.
+
+    Were the channel keyed by group id, every hospital would find only its own digest
+    and the inconsistent round would pass.
+    """
+
+    def _handle(self, msg):
+        msg.metadata.group_id = f"{msg.metadata.group_id}-for-node-{msg.metadata.dst_node_id}"
+        return super()._handle(msg)
+
+
+def test_varying_group_ids_per_hospital_does_not_hide_model_inconsistency():
+    final, recorder, grid = run_rounds(
+        cfg_with("refuse"), SIZES, strategy_cls=InconsistentFedAvg, grid_cls=GroupIdPerHospitalGrid
+    )
+    assert recorder.calls == []  # still refused: the sum was never opened
+    assert all(np.array_equal(f, w) for f, w in zip(final, base_weights()))
+    verdicts = HospitalChannel(run_id=grid.run.run_id).verdicts()
+    assert len(verdicts) == len(SIZES)  # one report label per hospital: the server's doing
+    assert all(v["action"] == "refused" for by_hospital in verdicts.values() for v in by_hospital.values())
 
 
 def test_digest_changes_with_any_byte_and_with_array_boundaries():

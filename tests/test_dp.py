@@ -63,7 +63,7 @@ def test_parameters_leave_without_the_opacus_prefix_and_change(hospital):
     cfg = dp_cfg()
     model = fresh_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train_local_dp(model, hospital.train, cfg, history=[], seed=0, tags=(1, 0))
+    train_local_dp(model, hospital.train, cfg, history=[], secret=0, tags=(1, 0))
     after = model.state_dict()
     assert list(after) == list(before) and not any(k.startswith("_module.") for k in after)
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -74,7 +74,7 @@ def test_poisson_batches_include_empty_ones_and_still_step(hospital):
     # 2 images, batch size 1: sample rate 1/2, so about a quarter of the batches are empty.
     cfg = build_config(tiny_raw(training={"batch_size": 1, "local_epochs": 6}, defences={"dp_sgd": {"enabled": True}}))
     split = hospital.train.subset(np.arange(2))
-    outcome = train_local_dp(fresh_model(cfg), split, cfg, history=[], seed=3, tags=(1, 0))
+    outcome = train_local_dp(fresh_model(cfg), split, cfg, history=[], secret=3, tags=(1, 0))
     assert outcome.result.steps == 12  # every step is accounted, empty or not
     assert outcome.empty_batches > 0
     assert outcome.history == [(1.0, 0.5, 12)]

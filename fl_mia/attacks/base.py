@@ -16,8 +16,9 @@ higher means more likely a member.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from torch import nn
 from fl_mia.knowledge import AttackerKnowledge, CandidateSet
 from fl_mia.segmentation_metrics import hard_predictions
 from fl_mia.training import predict_logits
+
+if TYPE_CHECKING:
+    from fl_mia.config import ExperimentConfig
 
 
 @dataclass
@@ -72,3 +76,7 @@ class MembershipAttack(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
+
+
+# Builds an unfitted attack from the validated experiment (its [privacy] settings, seed, task).
+AttackFactory = Callable[["ExperimentConfig"], MembershipAttack]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fl_mia.attacks.base import AttackerKnowledge, MembershipAttack, TargetView
-from fl_mia.attacks.registry import register_attack
+from fl_mia.attacks.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
 from fl_mia.data import num_classes
 from fl_mia.knowledge import CandidateSet
 from fl_mia.segmentation_metrics import confusion_counts, dice_iou_per_image
@@ -55,12 +54,12 @@ class LabelOnlyAttack(MembershipAttack):
         return total / (1 + self.queries)
 
 
-register_attack(
-    "label_only",
-    lambda cfg: LabelOnlyAttack(
+# Read by fl_mia.attacks.registry (which imports this module; this module never imports it).
+FACTORIES: dict[str, AttackFactory] = {
+    "label_only": lambda cfg: LabelOnlyAttack(
         queries=cfg.privacy.label_only_queries,
         noise=cfg.privacy.label_only_noise,
         classes=num_classes(cfg.data.task),
         seed=cfg.seed,
     ),
-)
+}

@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fl_mia.attacks.base import AttackerKnowledge, MembershipAttack, TargetView
+from fl_mia.attacks.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
 from fl_mia.attacks.classifier import classifier_logits, train_membership_cnn
-from fl_mia.attacks.registry import register_attack
 from fl_mia.attacks.shadow_data import reference_shadow
 from fl_mia.attacks.signals import log_true_class_probability, mask_channels, probability_maps
 from fl_mia.data import Split
@@ -134,17 +133,11 @@ class LossMapAttack(MembershipAttack):
         return patch_scores.mean(axis=1)
 
 
-register_attack(
-    "learned_type1",
-    lambda cfg: OutputMapAttack(include_mask=False, epochs=cfg.privacy.attack_epochs, lr=cfg.privacy.attack_lr, seed=cfg.seed),
-)
-register_attack(
-    "learned_type2",
-    lambda cfg: OutputMapAttack(include_mask=True, epochs=cfg.privacy.attack_epochs, lr=cfg.privacy.attack_lr, seed=cfg.seed),
-)
-register_attack(
-    "loss_map",
-    lambda cfg: LossMapAttack(
+# Read by fl_mia.attacks.registry (which imports this module; this module never imports it).
+FACTORIES: dict[str, AttackFactory] = {
+    "learned_type1": lambda cfg: OutputMapAttack(include_mask=False, epochs=cfg.privacy.attack_epochs, lr=cfg.privacy.attack_lr, seed=cfg.seed),
+    "learned_type2": lambda cfg: OutputMapAttack(include_mask=True, epochs=cfg.privacy.attack_epochs, lr=cfg.privacy.attack_lr, seed=cfg.seed),
+    "loss_map": lambda cfg: LossMapAttack(
         patch=cfg.privacy.loss_map_patch, epochs=cfg.privacy.attack_epochs, lr=cfg.privacy.attack_lr, seed=cfg.seed
     ),
-)
+}

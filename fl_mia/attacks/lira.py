@@ -16,8 +16,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import norm
 
-from fl_mia.attacks.base import AttackerKnowledge, MembershipAttack, TargetView
-from fl_mia.attacks.registry import register_attack
+from fl_mia.attacks.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
 from fl_mia.attacks.shadow_data import balanced_inclusion
 from fl_mia.attacks.signals import logit_mean_confidence
 from fl_mia.data import Split
@@ -106,5 +105,8 @@ def _lira(online: bool):
     )
 
 
-register_attack("lira_offline", _lira(False))
-register_attack("lira_online", _lira(True))
+# Read by fl_mia.attacks.registry (which imports this module; this module never imports it).
+FACTORIES: dict[str, AttackFactory] = {
+    "lira_offline": _lira(False),
+    "lira_online": _lira(True),
+}

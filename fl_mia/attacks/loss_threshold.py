@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fl_mia.attacks.base import AttackerKnowledge, MembershipAttack, TargetView
-from fl_mia.attacks.registry import register_attack
+from fl_mia.attacks.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
 from fl_mia.attacks.shadow_data import reference_shadow
 from fl_mia.attacks.signals import per_image_loss
 from fl_mia.knowledge import CandidateSet
@@ -38,4 +37,7 @@ class LossThresholdAttack(MembershipAttack):
         return -per_image_loss(target.logits(candidates.images), candidates.masks, **self.loss_weights_)
 
 
-register_attack("loss", lambda cfg: LossThresholdAttack())
+# Read by fl_mia.attacks.registry (which imports this module; this module never imports it).
+FACTORIES: dict[str, AttackFactory] = {
+    "loss": lambda cfg: LossThresholdAttack(),
+}

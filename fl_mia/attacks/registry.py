@@ -1,21 +1,26 @@
 """Attacks by name: one dict and one factory (as Opacus keeps its accountants).
 
-A factory takes the validated experiment (its ``[privacy]`` settings, seed and task) and
-returns an unfitted attack.
-Other attack families (e.g. update-based attacks) add themselves with :func:`register_attack`.
+Each attack module lists its factories in ``FACTORIES``; this module imports them (they
+never import it back). A factory takes the validated experiment (its ``[privacy]``
+settings, seed and task) and returns an unfitted attack. Further attacks (a plugin, a
+test double) are added with :func:`register_attack`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from fl_mia.attacks.base import AttackFactory
+from fl_mia.attacks.label_only import FACTORIES as LABEL_ONLY
+from fl_mia.attacks.learned import FACTORIES as LEARNED
+from fl_mia.attacks.lira import FACTORIES as LIRA
+from fl_mia.attacks.loss_threshold import FACTORIES as LOSS_THRESHOLD
 
 if TYPE_CHECKING:
     from fl_mia.attacks.base import MembershipAttack
     from fl_mia.config import ExperimentConfig
 
-AttackFactory = Callable[["ExperimentConfig"], "MembershipAttack"]
-ATTACKS: dict[str, AttackFactory] = {}
+ATTACKS: dict[str, AttackFactory] = {**LABEL_ONLY, **LEARNED, **LIRA, **LOSS_THRESHOLD}
 
 
 def register_attack(name: str, factory: AttackFactory) -> None:
@@ -24,18 +29,12 @@ def register_attack(name: str, factory: AttackFactory) -> None:
     ATTACKS[name] = factory
 
 
-def _load_builtin_attacks() -> None:
-    import fl_mia.attacks  # noqa: F401  (its modules register themselves on import)
-
-
 def attack_names() -> tuple[str, ...]:
-    _load_builtin_attacks()
     return tuple(ATTACKS)
 
 
 def make_attack(name: str, cfg: "ExperimentConfig") -> "MembershipAttack":
     """An unfitted attack configured from the experiment's ``[privacy]`` section."""
-    _load_builtin_attacks()
     if name not in ATTACKS:
         raise ValueError(f"privacy.attacks: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     return ATTACKS[name](cfg)

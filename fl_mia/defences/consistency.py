@@ -3,8 +3,11 @@
 A malicious server may send different models to different hospitals (model
 inconsistency, Pasquini et al. CCS 2022) so that the SecAgg+ sum isolates one
 hospital's update. Each hospital publishes the SHA-256 of the model it received on a
-*hospital channel* the server does not control, and reads the others' before it
-helps to unmask the sum.
+*hospital channel* the server does not control, and reads its SecAgg+ neighbours' before
+it helps to unmask the sum. Publications are named by the publisher's SecAgg+ public key
+of the round (:func:`session_key`), never by anything the server sets per message: a
+server that gave each hospital its own group id would otherwise put every digest in a
+folder of its own, and no hospital would ever see a mismatch.
 
 In simulation the channel is a folder on the local file system, outside Flower's
 messages: the stand-in for hospitals talking to each other directly (a shared
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,30 +39,42 @@ def default_channel_root() -> Path:
     return Path(os.environ.get("FL_MIA_HOSPITAL_CHANNEL", Path(tempfile.gettempdir()) / "fl-mia-hospital-channel"))
 
 
+def session_key(public_key: bytes) -> str:
+    """Name under which a hospital publishes in one SecAgg+ round: a hash of its fresh public key.
+
+    Each hospital draws new key pairs every SecAgg+ round and learns its neighbours' public
+    keys in the share-keys stage, so the hospitals of a round agree on these names without
+    anything the server can set per hospital (group ids, round numbers, run config).
+    """
+    return hashlib.sha256(public_key).hexdigest()[:32]
+
+
 class HospitalChannel:
-    """Per run, per round: every hospital's published digest, and flagged mismatches."""
+    """Per run: every hospital's published digest (by session key) and each hospital's verdicts."""
 
     def __init__(self, root: Path | None = None, *, run_id: int) -> None:
         self.folder = Path(root or default_channel_root()) / f"run-{run_id}"
 
-    def _round(self, server_round: str) -> Path:
-        return self.folder / f"round-{server_round}"
-
-    def publish(self, server_round: str, hospital: int, digest: str) -> None:
-        folder = self._round(server_round)
+    def publish(self, key: str, hospital: int, digest: str) -> None:
+        folder = self.folder / "digests"
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{hospital}.tmp"
-        tmp.write_text(digest)
-        tmp.replace(folder / f"{hospital}.sha256")  # atomic: readers never see half a digest
+        tmp = folder / f".{key}.tmp"
+        tmp.write_text(json.dumps({"hospital": hospital, "digest": digest}))
+        tmp.replace(folder / f"{key}.json")  # atomic: readers never see half a digest
 
-    def digests(self, server_round: str) -> dict[int, str]:
-        folder = self._round(server_round)
-        if not folder.is_dir():
-            return {}
-        return {int(path.stem): path.read_text() for path in folder.glob("*.sha256")}
+    def digests(self, keys: Iterable[str]) -> dict[int, str]:
+        """``{hospital: digest}`` published under ``keys`` (hospitals that never published are absent)."""
+        found: dict[int, str] = {}
+        for key in keys:
+            path = self.folder / "digests" / f"{key}.json"
+            if path.is_file():
+                entry = json.loads(path.read_text())
+                found[int(entry["hospital"])] = entry["digest"]
+        return found
 
-    def record_verdict(self, server_round: str, hospital: int, consistent: bool, action: str) -> None:
-        folder = self._round(server_round)
+    def record_verdict(self, label: str, hospital: int, consistent: bool, action: str) -> None:
+        """``label``: the round as the report shows it (bookkeeping only; never part of the check)."""
+        folder = self.folder / f"round-{label}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{hospital}.verdict.json").write_text(json.dumps({"consistent": consistent, "action": action}))
 
@@ -69,11 +85,8 @@ class HospitalChannel:
             result.setdefault(path.parent.name[len("round-"):], {})[path.name.split(".")[0]] = json.loads(path.read_text())
         return result
 
-
     def remove(self) -> None:
         """Delete this run's channel folder (after the report has read the verdicts)."""
-        import shutil
-
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -73,10 +73,16 @@ def train_local_dp(
     cfg: ExperimentConfig,
     *,
     history: History,
-    seed: int,
+    secret: int,
     tags: tuple = (),
 ) -> "DpSgdRound":
-    """One round of DP-SGD in place on ``model``; ``history`` is the accountant's history so far."""
+    """One round of DP-SGD in place on ``model``; ``history`` is the accountant's history so far.
+
+    ``secret`` seeds every random choice of the round — the Poisson batches, dropout and the
+    Gaussian noise — and must be the hospital's own (see clients/dp_state.py): the guarantee
+    assumes the server can neither subtract the noise nor tell which scans each step sampled,
+    and the server holds the experiment seed.
+    """
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ValueError(f"model is not DP-SGD compatible ({errors[0]}); set model.norm = 'groupnorm'")
@@ -85,9 +91,9 @@ def train_local_dp(
         if getattr(module, "inplace", False):
             module.inplace = False  # in-place ReLU breaks Opacus's backward hooks; weights are unchanged
     _freeze_unused(model, torch.from_numpy(split.images[:1]))
-    torch.manual_seed(int_seed(seed, "train-dropout", *tags))
+    torch.manual_seed(int_seed(secret, "train-dropout", *tags))
     dataset = TensorDataset(torch.from_numpy(split.images), torch.from_numpy(split.masks))
-    loader = DataLoader(dataset, batch_size=cfg.training.batch_size, generator=torch_generator(seed, "train-order", *tags))
+    loader = DataLoader(dataset, batch_size=cfg.training.batch_size, generator=torch_generator(secret, "train-order", *tags))
     optimizer = make_optimizer(model, cfg.training)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
@@ -104,7 +110,7 @@ def train_local_dp(
             max_grad_norm=plan.max_grad_norm,
             poisson_sampling=True,
             grad_sample_mode="ew",
-            noise_generator=torch_generator(seed, "dp-noise", *tags),
+            noise_generator=torch_generator(secret, "dp-noise", *tags),
         )
     private_model.train()
     losses: list[float] = []
