@@ -1,13 +1,7 @@
 """Datasets, partitioning into hospitals and the attacker's population."""
 
-from fl_mia.data.federation import (
-    HospitalData,
-    Split,
-    build_attacker_population,
-    build_hospital,
-    input_channels,
-    num_classes,
-)
+from fl_mia.data.federation import HospitalData, Split, num_classes
+from fl_mia.data.hospitals import build_attacker_population, build_hospital, input_channels
 
 __all__ = [
     "HospitalData",

@@ -12,6 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
+from fl_mia.data.federation import HospitalData, Split, split_by_patient
 from fl_mia.data.partition import PatientTable, assign_patients
 from fl_mia.data.pool import SlicePool, pool_of
 from fl_mia.data.sources.base import DataError
@@ -67,10 +68,8 @@ def assignment(cfg: ExperimentConfig) -> tuple[list[np.ndarray], np.ndarray]:
     return _assignment(cfg.model_dump_json())
 
 
-def split_of_patients(cfg: ExperimentConfig, patients: np.ndarray):
-    """The pool's slices of these patients as a :class:`~fl_mia.data.federation.Split`."""
-    from fl_mia.data.federation import Split
-
+def split_of_patients(cfg: ExperimentConfig, patients: np.ndarray) -> Split:
+    """The pool's slices of these patients."""
     pool = pool_of(cfg)
     rows = np.flatnonzero(np.isin(pool.slice_patient, patients))
     lookup = task_lookup(cfg, pool.label_names)
@@ -82,5 +81,20 @@ def split_of_patients(cfg: ExperimentConfig, patients: np.ndarray):
     )
 
 
-def input_channels(cfg: ExperimentConfig) -> int:
-    return 1 if cfg.data.source == "phantom" else pool_of(cfg).channels
+def build_hospital(cfg: ExperimentConfig, hospital: int) -> HospitalData:
+    """One hospital's train / held-out / test splits of its patients."""
+    return _cached_hospital(cfg.model_dump_json(), hospital)
+
+
+@lru_cache(maxsize=64)
+def _cached_hospital(cfg_json: str, hospital: int) -> HospitalData:
+    cfg = ExperimentConfig.model_validate_json(cfg_json)
+    patients = assignment(cfg)[0][hospital]
+    parts = {split: split_of_patients(cfg, ids) for split, ids in split_by_patient(cfg, hospital, patients).items()}
+    lesion = 1 if cfg.data.task == "lesion" else 2
+    sick = {int(p) for s in parts.values() for p in np.unique(s.patient_ids[(s.masks.reshape(len(s), -1) == lesion).any(axis=1)])}
+    return HospitalData(hospital, None, len(sick) / max(1, len(patients)), **parts)
+
+
+def build_attacker_population(cfg: ExperimentConfig) -> Split:
+    return split_of_patients(cfg, assignment(cfg)[1])

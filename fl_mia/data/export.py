@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.data.federation import Split, build_attacker_population, build_hospital
+from fl_mia.data.federation import Split
+from fl_mia.data.hospitals import build_attacker_population, build_hospital
 
 
 @dataclass

@@ -135,21 +135,7 @@ def build_hospital(cfg: ExperimentConfig, hospital: int) -> HospitalData:
     """Render one hospital's three splits (what a Flower client builds for itself)."""
     if not 0 <= hospital < cfg.federation.num_hospitals:
         raise ValueError(f"hospital {hospital} outside 0..{cfg.federation.num_hospitals - 1}")
-    if cfg.data.source != "phantom":
-        return _cached_disk_hospital(cfg.model_dump_json(), hospital)
     return _cached_hospital(cfg.model_dump_json(), hospital)
-
-
-@lru_cache(maxsize=64)
-def _cached_disk_hospital(cfg_json: str, hospital: int) -> HospitalData:
-    from fl_mia.data import disk
-
-    cfg = ExperimentConfig.model_validate_json(cfg_json)
-    patients = disk.assignment(cfg)[0][hospital]
-    parts = {split: disk.split_of_patients(cfg, ids) for split, ids in split_by_patient(cfg, hospital, patients).items()}
-    lesion = 1 if cfg.data.task == "lesion" else 2
-    sick = {int(p) for s in parts.values() for p in np.unique(s.patient_ids[(s.masks.reshape(len(s), -1) == lesion).any(axis=1)])}
-    return HospitalData(hospital, None, len(sick) / max(1, len(patients)), **parts)
 
 
 @lru_cache(maxsize=64)
@@ -171,10 +157,6 @@ def build_attacker_population(cfg: ExperimentConfig) -> Split:
     Patient j of the attacker is imaged with hospital ``j mod K``'s scanner, so shadow
     models see every acquisition shift the hospitals have.
     """
-    if cfg.data.source != "phantom":
-        from fl_mia.data import disk
-
-        return disk.split_of_patients(cfg, disk.assignment(cfg)[1])
     patients = patient_assignment(cfg)[1]
     if len(patients) == 0:
         return Split(
@@ -197,16 +179,6 @@ __all__ = [
     "Split",
     "build_attacker_population",
     "build_hospital",
-    "input_channels",
     "num_classes",
     "patient_assignment",
 ]
-
-
-def input_channels(cfg: ExperimentConfig) -> int:
-    """Input channels of the model: 1 for the phantom, the dataset's channel count from disk."""
-    if cfg.data.source == "phantom":
-        return 1
-    from fl_mia.data.disk import input_channels as of_disk
-
-    return of_disk(cfg)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fl_mia.config import DataConfig
-from fl_mia.data.sources import volumes_io
+import fl_mia.data.sources.volumes_io as volumes_io
 from fl_mia.data.sources.base import DataError, DatasetIndex, DecodedCase, check_unique, patient_of, require_dir
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fl_mia.config import DataConfig
-from fl_mia.data.sources import volumes_io
+import fl_mia.data.sources.volumes_io as volumes_io
 from fl_mia.data.sources.base import DataError, DatasetIndex, DecodedCase, map_label_values, patient_of
 from fl_mia.data.sources.msd import check_channels, check_shapes, read_dataset_json
 
