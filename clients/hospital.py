@@ -10,7 +10,7 @@ from flwr.client import NumPyClient
 
 from fl_mia.contracts import PARTITION_KEY
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import build_hospital, num_classes
+from fl_mia.data import build_hospital, input_channels, num_classes
 from fl_mia.failures import simulate_failure
 from fl_mia.devices import process_device
 from fl_mia.models import build_model, get_weights, set_weights
@@ -31,7 +31,9 @@ class HospitalClient(NumPyClient):
         self.hospital = build_hospital(cfg, partition_id)
         self.classes = num_classes(cfg.data.task)
         self.device = process_device(cfg.simulation, role="hospital")  # the GPU Ray gave this actor, if any
-        self.model = build_model(cfg.model, in_channels=1, classes=self.classes, image_size=cfg.data.image_size)
+        self.model = build_model(
+            cfg.model, in_channels=input_channels(cfg), classes=self.classes, image_size=cfg.data.image_size
+        )
         self.model.to(self.device)
 
     def get_properties(self, config):

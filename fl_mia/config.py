@@ -26,8 +26,44 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where images come from and how they look."""
 
-    source: Literal["phantom"] = Field(
-        "phantom", description="'phantom': the embedded synthetic hospital generator."
+    source: Literal["phantom", "folder", "msd", "nnunet", "npz"] = Field(
+        "phantom",
+        description=(
+            "'phantom': the embedded synthetic hospital generator; from disk (data.path): 'folder' (2-D image/mask "
+            "pairs), 'msd' (Medical Segmentation Decathlon), 'nnunet' (nnU-Net v2 raw), 'npz' (arrays). See docs/data.md."
+        ),
+    )
+    path: Path | None = Field(
+        None, description="Dataset folder (folder, msd, nnunet) or .npz file (npz); needed by every source but the phantom."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where decoded, resized slices are cached (default: ~/.cache/fl-mia/data)."
+    )
+    slice_axis: int = Field(2, ge=0, le=2, description="Volumes: axis (after reorienting to RAS) cut into 2-D slices; 2 = axial.")
+    empty_slice_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Volumes: share of slices without foreground that are kept (every foreground slice is)."
+    )
+    crop: Literal["none", "body", "foreground"] = Field(
+        "none",
+        description="Volumes: crop each case in-plane to its body (nonzero image) or foreground (labels) box before resizing.",
+    )
+    labels: dict[str, int | list[int]] | None = Field(
+        None,
+        description=(
+            "folder: mask value of each class, e.g. {background = 0, polyp = 255}, or an [R, G, B] palette colour "
+            "(default: binary, mask > half its maximum)."
+        ),
+    )
+    lesion_labels: list[str] | None = Field(
+        None, description="Label names that count as lesion for data.task (default: the dataset's last label)."
+    )
+    image_glob: str | None = Field(
+        None, description="folder: glob of images relative to data.path (default: images/*); masks matched by stem."
+    )
+    mask_glob: str | None = Field(None, description="folder: glob of masks relative to data.path (default: masks/*).")
+    patient_regex: str | None = Field(
+        None,
+        description="folder: regex on the image file stem whose first group is the patient id (default: every image its own patient).",
     )
     task: Literal["lesion", "organ_lesion"] = Field(
         "lesion",
@@ -43,9 +79,13 @@ class DataConfig(_Section):
     shift_strength: float = Field(
         1.0, ge=0.0, le=3.0, description="Scale of each hospital's acquisition shift (0 = identical scanners)."
     )
-    normalize: Literal["zscore", "none"] = Field(
+    normalize: Literal["zscore", "ct", "none"] = Field(
         "zscore",
-        description="'zscore': each image scaled to mean 0, std 1 (as nnU-Net does for MRI); 'none': raw scanner values.",
+        description=(
+            "'zscore': each image (volume) scaled to mean 0, std 1 (nnU-Net's MRI scheme); 'ct': clip to the 0.5-99.5 "
+            "percentiles of foreground voxels of the dataset, then z-score with their mean and std (nnU-Net's CT scheme); "
+            "'none': raw values."
+        ),
     )
     lesion_probability: float = Field(
         0.8, ge=0.0, le=1.0, description="Probability that a patient has at least one lesion."
@@ -58,6 +98,14 @@ class DataConfig(_Section):
         if value % 32:
             raise ValueError("must be a multiple of 32 (smp encoders downsample by 32)")
         return value
+
+    @model_validator(mode="after")
+    def _disk_sources_need_a_path(self) -> "DataConfig":
+        if self.source != "phantom" and self.path is None:
+            raise ValueError(f"data.source={self.source!r} reads from disk: set data.path to the dataset")
+        if self.source == "phantom" and self.normalize == "ct":
+            raise ValueError("data.normalize='ct' needs a CT dataset from disk; the phantom uses 'zscore' or 'none'")
+        return self
 
 
 class FederationConfig(_Section):
@@ -85,6 +133,18 @@ class FederationConfig(_Section):
         le=1.0,
         description="Spread of lesion prevalence across hospitals (0 = same prevalence everywhere).",
     )
+    partition: Literal["iid", "size_skew", "manifest", "dirichlet"] = Field(
+        "iid",
+        description=(
+            "Datasets from disk: how patients become hospitals. 'iid': equal random shares; 'size_skew': "
+            "patients_per_hospital patients each; 'manifest': sites of federation.manifest (or the NPZ's sites); "
+            "'dirichlet': Dirichlet(dirichlet_alpha) shares over lesion strata. The phantom uses patients_per_hospital."
+        ),
+    )
+    manifest: Path | None = Field(
+        None, description="partition='manifest': CSV with columns case,site (site 'attacker' = the attacker's population)."
+    )
+    dirichlet_alpha: float = Field(0.5, gt=0.0, le=1000.0, description="partition='dirichlet': concentration (small = skewed).")
     rounds: int = Field(5, ge=1, le=10_000, description="Federated rounds.")
     fraction_fit: float = Field(1.0, gt=0.0, le=1.0, description="Share of hospitals sampled each round.")
 
@@ -552,11 +612,17 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _pool_fills_hospitals(self) -> "ExperimentConfig":
         needed = sum(self.federation.hospital_sizes()) + self.federation.attacker_patients
-        if needed > self.data.num_patients:
+        # A dataset from disk is counted by the preflight, once it has been read.
+        if self.data.source == "phantom" and needed > self.data.num_patients:
             raise ValueError(
                 f"federation.num_hospitals={self.federation.num_hospitals} hospitals need {needed} patients "
                 f"(with federation.attacker_patients) but data.num_patients is {self.data.num_patients}: "
                 "use fewer or smaller hospitals, or a larger pool"
+            )
+        if self.data.source == "phantom" and self.federation.partition not in ("iid", "size_skew"):
+            raise ValueError(
+                f"federation.partition={self.federation.partition!r} needs a dataset from disk; "
+                "the phantom's hospitals come from patients_per_hospital and federation.label_skew"
             )
         check_defences(
             self.defences, num_hospitals=self.federation.num_hospitals, sampled=self.sampled_per_round(), norm=self.model.norm

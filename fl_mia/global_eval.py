@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import build_hospital, num_classes
+from fl_mia.data import build_hospital, input_channels, num_classes
 from fl_mia.losses import segmentation_loss
 from fl_mia.devices import process_device
 from fl_mia.models import build_model, set_weights
@@ -24,7 +24,9 @@ class GlobalModelEvaluator:
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.classes = num_classes(cfg.data.task)
-        self.model = build_model(cfg.model, in_channels=1, classes=self.classes, image_size=cfg.data.image_size)
+        self.model = build_model(
+            cfg.model, in_channels=input_channels(cfg), classes=self.classes, image_size=cfg.data.image_size
+        )
         self.model.to(process_device(cfg.simulation, role="server"))
         self.tests = [build_hospital(cfg, k).test for k in range(cfg.federation.num_hospitals)]
 

@@ -91,13 +91,13 @@ def check_model_config(cfg: ModelConfig) -> None:
 
 
 def build_experiment_model(cfg: ExperimentConfig, *, device: torch.device | str = "cpu") -> nn.Module:
-    """The experiment's model: single-channel scans in, one output per class of its task.
+    """The experiment's model: the data's channels in, one output per class of its task.
 
     Built on the CPU (the same seeded initialisation everywhere), then moved to ``device``.
     """
-    from fl_mia.data import num_classes
+    from fl_mia.data import input_channels, num_classes
 
-    model = build_model(cfg.model, in_channels=1, classes=num_classes(cfg.data.task), image_size=cfg.data.image_size)
+    model = build_model(cfg.model, in_channels=input_channels(cfg), classes=num_classes(cfg.data.task), image_size=cfg.data.image_size)
     return model.to(device)
 
 
@@ -107,7 +107,7 @@ def check_model_runs(cfg: ExperimentConfig) -> None:
     What only a forward pass reveals (a head whose output is not the input's size, an encoder
     too deep for the image) is found here, at load, instead of in a hospital's first round.
     """
-    from fl_mia.data import num_classes
+    from fl_mia.data import input_channels, num_classes
 
     size, classes = cfg.data.image_size, num_classes(cfg.data.task)
     described = f"model: {cfg.model.arch} with encoder {cfg.model.encoder} at depth {cfg.model.encoder_depth}"
@@ -122,7 +122,7 @@ def check_model_runs(cfg: ExperimentConfig) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            output = model(torch.zeros(2, 1, size, size))
+            output = model(torch.zeros(2, input_channels(cfg), size, size))
     except (RuntimeError, ValueError, AssertionError) as error:
         first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ValueError(

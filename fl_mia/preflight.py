@@ -66,7 +66,19 @@ def _device_exists(cfg: ExperimentConfig) -> None:
         raise ValueError("simulation.device='cuda' but torch finds no CUDA device on this machine; use 'auto' or 'cpu'")
 
 
-CHECKS = (_device_exists, _model_builds, _attacks_registered, _threat_fits_the_defences, _trap_fits_the_model)
+def _dataset_loads(cfg: ExperimentConfig) -> None:
+    if cfg.data.source == "phantom":
+        return
+    from fl_mia.data import build_attacker_population, build_hospital
+
+    # Reads (or decodes and caches) the dataset and shares it out once, here, so that a
+    # broken file or a too-small site fails in one line before any hospital starts.
+    for k in range(cfg.federation.num_hospitals):
+        build_hospital(cfg, k)
+    build_attacker_population(cfg)
+
+
+CHECKS = (_device_exists, _dataset_loads, _model_builds, _attacks_registered, _threat_fits_the_defences, _trap_fits_the_model)
 
 
 def preflight(cfg: ExperimentConfig, *, source: str = "config") -> ExperimentConfig:

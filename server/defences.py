@@ -101,6 +101,10 @@ def wrap_strategy(cfg: ExperimentConfig, strategy: Strategy) -> Strategy:
 
 def secagg_max_weight(cfg: ExperimentConfig) -> float:
     """An upper bound on any hospital's num_examples (SecAgg+ scales updates by n / max_weight ≤ 1)."""
+    if cfg.data.source != "phantom":
+        from fl_mia.data import build_hospital
+
+        return float(max(len(build_hospital(cfg, k).train) for k in range(cfg.federation.num_hospitals)))
     return float(max(cfg.federation.hospital_sizes()) * cfg.data.slices_per_patient)
 
 

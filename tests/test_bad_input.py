@@ -204,6 +204,147 @@ else:
     CASES.append(Case("more GPUs per hospital than the machine has", with_set("simulation.gpus_per_client=4096"), ("simulation.gpus_per_client", "lower it")))
 
 
+# --- datasets from disk (docs/data.md) ---------------------------------------------------------
+def on_data(source: str, folder: str, *overrides: str) -> Callable[[Paths], list[str]]:
+    """``run`` of the tiny config on the dataset a case prepared under ``root/folder``."""
+
+    def args(p: Paths) -> list[str]:
+        settings = [f'data.source="{source}"', f'data.path="{p.root / folder}"', f'data.cache_dir="{p.root / "cache"}"',
+                    "federation.attacker_patients=2", *(o.replace("{root}", str(p.root)) for o in overrides)]
+        return ["run", str(p.config), *sum((["--set", s] for s in settings), []), "--out", str(p.new_out)]
+
+    return args
+
+
+def _msd(p: Paths, **kwargs) -> Path:
+    from tests.disk_datasets import write_msd
+
+    return write_msd(p.root / "msd", **kwargs)
+
+
+def _edit_msd_label(p: Paths, change: Callable[[np.ndarray], np.ndarray]) -> None:
+    import nibabel as nib
+
+    root = _msd(p)
+    file = root / "labelsTr" / "liver_4.nii.gz"
+    nib.save(nib.Nifti1Image(change(np.asarray(nib.load(str(file)).dataobj)), np.eye(4)), file)
+
+
+def _folder(p: Paths) -> Path:
+    from tests.disk_datasets import write_folder
+
+    return write_folder(p.root / "kvasir", images=24)
+
+
+def _nnunet_declaring_two_channels(p: Paths) -> None:
+    import json
+
+    from tests.disk_datasets import write_nnunet
+
+    root = write_nnunet(p.root / "nn")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "T1", "1": "T2"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def _duplicate_msd_case(p: Paths) -> None:
+    import json
+
+    root = _msd(p)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"].append(meta["training"][0])
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def _manifest(rows: Callable[[int], str]) -> Callable[[Paths], None]:
+    def prepare(p: Paths) -> None:
+        _msd(p)
+        (p.root / "sites.csv").write_text("case,site\n" + "".join(f"liver_{i},{rows(i)}\n" for i in range(12)))
+
+    return prepare
+
+
+MANIFEST = ('federation.partition="manifest"', 'federation.manifest="{root}/sites.csv"')
+CASES += [
+    Case("dataset path missing", on_data("msd", "nowhere"), ("data.path", "nowhere", "does not exist")),
+    Case(
+        "folder without image/mask pairs",
+        on_data("folder", "empty"),
+        ("no image/mask pairs", "images/*", "masks/*", "data.image_glob"),
+        lambda p: (p.root / "empty").mkdir(),
+    ),
+    Case(
+        "mask without its image",
+        on_data("folder", "kvasir"),
+        ("p03_img007.png", "mask without its image"),
+        lambda p: (_folder(p) / "images" / "p03_img007.png").unlink(),
+    ),
+    Case(
+        "image without its mask",
+        on_data("folder", "kvasir"),
+        ("p03_img007.png", "image without its mask"),
+        lambda p: (_folder(p) / "masks" / "p03_img007.png").unlink(),
+    ),
+    Case(
+        "image and mask shapes differ",
+        on_data("msd", "msd"),
+        ("liver_4.nii.gz", "differs from its mask"),
+        lambda p: _edit_msd_label(p, lambda labels: labels[:-2]),
+    ),
+    Case(
+        "truncated volume",
+        on_data("msd", "msd"),
+        ("imagesTr/liver_5.nii.gz", "cannot read", "replace"),
+        lambda p: (lambda f: f.write_bytes(f.read_bytes()[:300]))(_msd(p) / "imagesTr" / "liver_5.nii.gz"),
+    ),
+    Case(
+        "undeclared label value",
+        on_data("msd", "msd"),
+        ("liver_4.nii.gz", "label values [7]", "not declared"),
+        lambda p: _edit_msd_label(p, lambda labels: np.where(labels == 2, 7, labels).astype(np.uint8)),
+    ),
+    Case(
+        "channel files not matching channel_names",
+        on_data("nnunet", "nn"),
+        ("channel_names", "declares 2"),
+        _nnunet_declaring_two_channels,
+    ),
+    Case("duplicate case ids", on_data("msd", "msd"), ("dataset.json", "liver_0", "appears twice"), _duplicate_msd_case),
+    Case(
+        "manifest naming a missing case",
+        on_data("msd", "msd", *MANIFEST),
+        ("sites.csv", "liver_99", "not in the dataset"),
+        lambda p: (_msd(p), (p.root / "sites.csv").write_text("case,site\nliver_0,a\nliver_99,b\n")),
+    ),
+    Case(
+        "manifest site too small for its splits",
+        on_data("msd", "msd", *MANIFEST),
+        ("sites.csv", "site 'small' has 2 patient(s)", "merge it"),
+        _manifest(lambda i: "small" if i < 2 else "big"),
+    ),
+    Case(
+        "fewer patients than the hospitals need",
+        on_data("msd", "msd", "federation.num_hospitals=3", "federation.attacker_patients=2"),
+        ("leaves 10 patients for 3 hospitals", "need at least 12"),
+        lambda p: _msd(p),
+    ),
+    Case(
+        "no foreground for the task",
+        on_data("msd", "msd"),
+        ("no slice", "foreground", "data.task='lesion'"),
+        lambda p: (_msd(p), _cancer_becomes_liver(p)),
+    ),
+]
+
+
+def _cancer_becomes_liver(p: Paths) -> None:
+    import nibabel as nib
+
+    for file in (p.root / "msd" / "labelsTr").glob("*.nii.gz"):
+        labels = np.asarray(nib.load(str(file)).dataobj)
+        nib.save(nib.Nifti1Image(np.where(labels == 2, 1, labels).astype(np.uint8), np.eye(4)), file)
+
+
 def interrupted_run(folder: Path, raw: dict) -> None:
     """What a run killed after round 1 leaves: config, status 'running' of a dead process, checkpoint."""
     cfg = build_config(raw)
@@ -240,3 +381,4 @@ def test_bad_input_fails_with_one_line_naming_what_to_fix(case: Case, tmp_path: 
 
 def test_catalogue_has_at_least_twenty_kinds():
     assert len(CASES) >= 20
+

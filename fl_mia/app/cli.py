@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from fl_mia.app.deploy import deploy_command
+from fl_mia.app.data_cli import data_app
 from fl_mia.config import ConfigError
 from fl_mia.preflight import load_experiment
 from fl_mia.round_log import RoundProgress
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Federated-learning privacy testbed for segmentation.",
 )
+app.add_typer(data_app, name="data")
 console = Console(stderr=False)
 errors = Console(stderr=True)
 

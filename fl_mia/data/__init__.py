@@ -1,13 +1,7 @@
 """Datasets, partitioning into hospitals and the attacker's population."""
 
-from fl_mia.data.federation import (
-    HospitalData,
-    Split,
-    build_attacker_population,
-    build_hospital,
-    forget_rendered_hospitals,
-    num_classes,
-)
+from fl_mia.data.federation import HospitalData, Split, forget_rendered_hospitals, num_classes
+from fl_mia.data.hospitals import build_attacker_population, build_hospital, input_channels
 
 __all__ = [
     "HospitalData",
@@ -15,5 +9,6 @@ __all__ = [
     "build_attacker_population",
     "build_hospital",
     "forget_rendered_hospitals",
+    "input_channels",
     "num_classes",
 ]

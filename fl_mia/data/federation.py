@@ -54,8 +54,8 @@ class Split:
 @dataclass
 class HospitalData:
     index: int
-    scanner: ScannerProfile
-    lesion_probability: float
+    scanner: ScannerProfile | None  # None for a dataset from disk
+    lesion_probability: float  # from disk: share of the hospital's patients with a lesion
     train: Split
     heldout: Split
     test: Split
@@ -118,7 +118,7 @@ def _render_patients(
     return Split(np.concatenate(images), np.concatenate(masks), np.concatenate(owners), np.concatenate(ids))
 
 
-def _split_by_patient(cfg: ExperimentConfig, hospital: int, patients: np.ndarray) -> dict[str, np.ndarray]:
+def split_by_patient(cfg: ExperimentConfig, hospital: int, patients: np.ndarray) -> dict[str, np.ndarray]:
     shuffled = rng_for(cfg.seed, "hospital-split", hospital).permutation(patients)
     n = len(shuffled)
     n_train = max(1, int(round(cfg.federation.train_fraction * n)))
@@ -156,7 +156,7 @@ def _cached_hospital(cfg_json: str, hospital: int) -> HospitalData:
     prevalence = lesion_probability_of(cfg, hospital)
     parts = {
         split: _render_patients(cfg, ids, scanner, prevalence)
-        for split, ids in _split_by_patient(cfg, hospital, patients).items()
+        for split, ids in split_by_patient(cfg, hospital, patients).items()
     }
     return HospitalData(hospital, scanner, prevalence, **parts)
 

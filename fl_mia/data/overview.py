@@ -1,0 +1,98 @@
+"""What a dataset looks like once loaded: counts, splits, classes, sizes; and a preview image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.data.federation import HospitalData, Split
+from fl_mia.data.hospitals import build_attacker_population, build_hospital
+
+
+@dataclass
+class DatasetSummary:
+    """Rows of ``fl-mia data inspect``: ``overview`` (name, value) and ``splits`` per hospital."""
+
+    overview: list[tuple[str, str]] = field(default_factory=list)
+    splits: list[dict[str, str]] = field(default_factory=list)
+
+
+def _patients(split: Split) -> int:
+    return len(np.unique(split.patient_ids))
+
+
+def summarize(cfg: ExperimentConfig) -> DatasetSummary:
+    hospitals = [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
+    attacker = build_attacker_population(cfg)
+    summary = DatasetSummary()
+    row = summary.overview.append
+    row(("source", cfg.data.source if cfg.data.path is None else f"{cfg.data.source} ({cfg.data.path})"))
+    if cfg.data.source != "phantom":
+        from fl_mia.data.disk import task_lookup
+        from fl_mia.data.pool import pool_of
+
+        pool = pool_of(cfg)
+        sites = sorted({s for s in pool.patient_sites if s})
+        spacings = np.asarray(pool.spacings, dtype=float)
+        labels = np.asarray(pool.labels)
+        row(("cases", str(pool.cases)))
+        row(("patients", str(len(pool.patients))))
+        row(("slices kept", str(len(pool))))
+        row(("sites", ", ".join(sites) if sites else "none (partition decides)"))
+        row(("channels", str(pool.channels)))
+        row(("spacing range", " × ".join(f"{lo:g}–{hi:g}" for lo, hi in zip(spacings.min(0), spacings.max(0)))))
+        row(("raw intensity range", f"{pool.raw_intensity[0]:.4g} … {pool.raw_intensity[1]:.4g}"))
+        shares = np.bincount(labels.reshape(-1), minlength=len(pool.label_names)) / labels.size
+        row(("foreground share per class", ", ".join(f"{n} {s:.2%}" for n, s in zip(pool.label_names[1:], shares[1:]))))
+        lookup = task_lookup(cfg, pool.label_names)
+        row((f"task {cfg.data.task!r} classes", ", ".join(f"{n}→{c}" for n, c in zip(pool.label_names, lookup))))
+    images = np.concatenate([h.train.images for h in hospitals])
+    row(("image size", f"{images.shape[-2]}×{images.shape[-1]} (data.image_size)"))
+    row(("normalised intensity range", f"{images.min():.3g} … {images.max():.3g} ({cfg.data.normalize})"))
+    row(("partition", cfg.federation.partition if cfg.data.source != "phantom" else "phantom (patients_per_hospital)"))
+    for hospital in hospitals:
+        summary.splits.append(_split_row(f"hospital {hospital.index}", hospital))
+    summary.splits.append({"who": "attacker", "train": "", "heldout": "", "test": "", "population": f"{_patients(attacker)} p / {len(attacker)} sl"})
+    return summary
+
+
+def _split_row(name: str, hospital: HospitalData) -> dict[str, str]:
+    return {
+        "who": name,
+        **{s: f"{_patients(getattr(hospital, s))} p / {len(getattr(hospital, s))} sl" for s in ("train", "heldout", "test")},
+        "population": "",
+    }
+
+
+def write_preview(cfg: ExperimentConfig, path: Path, *, per_hospital: int = 4) -> Path:
+    """``data_preview.png``: training slices of every hospital (rows) with their masks outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hospitals = [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
+    fig, axes = plt.subplots(len(hospitals), per_hospital, figsize=(2 * per_hospital, 2 * len(hospitals)), squeeze=False)
+    for row, hospital in zip(axes, hospitals):
+        split = hospital.train
+        # Prefer slices with foreground: they show what the model learns to segment.
+        order = np.argsort(-(split.masks.reshape(len(split), -1) > 0).sum(1), kind="stable")
+        for ax, i in zip(row, order[:per_hospital]):
+            image = split.images[i]
+            shown = image[0] if image.shape[0] != 3 else np.moveaxis(image, 0, -1)
+            if shown.ndim == 3:
+                shown = (shown - shown.min()) / (np.ptp(shown) + 1e-6)
+            ax.imshow(shown, cmap="gray")
+            if split.masks[i].max() > 0:
+                ax.contour(split.masks[i], levels=np.arange(0.5, split.masks[i].max() + 1), colors=["yellow", "red"][: int(split.masks[i].max())], linewidths=0.8)
+            ax.set_title(f"h{hospital.index} p{int(split.patient_ids[i])}", fontsize=7)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

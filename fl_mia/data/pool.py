@@ -1,0 +1,158 @@
+"""A dataset from disk as one pool of 2-D slices with patient ids, decoded once and cached.
+
+The cache holds the decoded, resized, normalised slices as ``.npy`` files that every process
+(the server and each hospital's actor) memory-maps. Its key hashes the files' paths, sizes
+and modification times and every preprocessing setting, so editing a file or a setting
+decodes again and nothing else does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from fl_mia.config import DataConfig, ExperimentConfig
+from fl_mia.data.sources import DataError, index_dataset
+from fl_mia.data.volumes import case_slices, ct_normalizer, foreground_sample
+
+CACHE_VERSION = 1
+PREPROCESSING_FIELDS = (
+    "source", "image_size", "slice_axis", "empty_slice_fraction", "crop", "normalize",
+    "labels", "image_glob", "mask_glob", "patient_regex",
+)
+
+
+@dataclass
+class SlicePool:
+    """Every kept slice of a dataset.
+
+    ``labels`` hold the dataset's class ids (0 = background, names in ``label_names``);
+    ``slice_patient`` indexes ``patients``; ``patient_sites`` is the site of each patient
+    (empty string when the dataset has none).
+    """
+
+    images: np.ndarray  # float32 [N, C, H, W], memory-mapped
+    labels: np.ndarray  # uint8 [N, H, W], memory-mapped
+    slice_patient: np.ndarray  # int64 [N]
+    patients: list[str]
+    patient_sites: list[str]
+    label_names: list[str]
+    cases: int
+    spacings: list[list[float]]
+    raw_intensity: tuple[float, float]
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FL_MIA_CACHE", Path.home() / ".cache" / "fl-mia")) / "data"
+
+
+def cache_key(cfg: DataConfig, files: list[Path]) -> str:
+    settings = {name: getattr(cfg, name) for name in PREPROCESSING_FIELDS}
+    stats = []
+    for file in files:
+        info = file.stat()
+        stats.append([str(file.resolve()), info.st_size, info.st_mtime_ns])
+    payload = json.dumps({"version": CACHE_VERSION, "settings": settings, "files": stats}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _decode(cfg: DataConfig, index) -> dict:
+    images, labels, owners, patients, sites, spacings, samples = [], [], [], {}, {}, [], []
+    low, high = np.inf, -np.inf
+    cases = 0
+    for case in index.read_cases():
+        cases += 1
+        low, high = min(low, float(case.image.min())), max(high, float(case.image.max()))
+        if cfg.normalize == "ct":
+            samples.append(foreground_sample(case))
+        case_images, case_labels = case_slices(case, cfg)
+        if len(case_images) == 0:  # no foreground and no empty slice kept: nothing of this case to learn or attack
+            continue
+        patient = patients.setdefault(case.patient, len(patients))
+        if case.site is not None:
+            if sites.setdefault(case.patient, case.site) != case.site:
+                raise DataError(f"{case.source_file}: patient {case.patient!r} appears under two sites; a patient belongs to one site")
+        spacings.append(list(case.spacing))
+        images.append(case_images)
+        labels.append(case_labels)
+        owners.append(np.full(len(case_images), patient, dtype=np.int64))
+    stacked = np.concatenate(images).astype(np.float32)
+    if cfg.normalize == "ct":
+        lo, hi, mean, std = ct_normalizer(samples)
+        stacked = (np.clip(stacked, lo, hi) - mean) / std
+    names = list(patients)
+    return {
+        "images": stacked,
+        "labels": np.concatenate(labels).astype(np.uint8),
+        "slice_patient": np.concatenate(owners),
+        "meta": {
+            "patients": names,
+            "patient_sites": [sites.get(name, "") for name in names],
+            "label_names": index.label_names,
+            "cases": cases,
+            "spacings": spacings,
+            "raw_intensity": [low, high],
+        },
+    }
+
+
+def _write(folder: Path, decoded: dict) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside, then renamed: hospitals starting together never read half a cache.
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    for name in ("images", "labels", "slice_patient"):
+        np.save(staging / f"{name}.npy", decoded[name])
+    (staging / "meta.json").write_text(json.dumps(decoded["meta"]))
+    try:
+        staging.rename(folder)
+    except OSError:  # another process wrote the same cache first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read(folder: Path) -> SlicePool:
+    meta = json.loads((folder / "meta.json").read_text())
+    return SlicePool(
+        images=np.load(folder / "images.npy", mmap_mode="r"),
+        labels=np.load(folder / "labels.npy", mmap_mode="r"),
+        slice_patient=np.load(folder / "slice_patient.npy"),
+        patients=meta["patients"],
+        patient_sites=meta["patient_sites"],
+        label_names=meta["label_names"],
+        cases=meta["cases"],
+        spacings=meta["spacings"],
+        raw_intensity=tuple(meta["raw_intensity"]),
+    )
+
+
+def load_pool(cfg: DataConfig) -> SlicePool:
+    """The dataset's slices: from the cache when it is there, else decoded once and cached."""
+    index = index_dataset(cfg)
+    folder = Path(cfg.cache_dir or default_cache_dir()).expanduser() / cache_key(cfg, index.files)
+    if not (folder / "meta.json").is_file():
+        _write(folder, _decode(cfg, index))
+    return _read(folder)
+
+
+@lru_cache(maxsize=8)
+def _pool_from_json(data_json: str) -> SlicePool:
+    return load_pool(DataConfig.model_validate_json(data_json))
+
+
+def pool_of(cfg: ExperimentConfig) -> SlicePool:
+    """The (process-wide memoised) pool of a disk experiment."""
+    return _pool_from_json(cfg.data.model_dump_json())

@@ -1,0 +1,91 @@
+"""2-D image/mask pairs (PNG, JPEG, TIFF, BMP): Kvasir-SEG style ``images/`` + ``masks/`` matched
+by file stem, or any two glob patterns (``data.image_glob``, ``data.mask_glob``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fl_mia.config import DataConfig
+import fl_mia.data.sources.volumes_io as volumes_io
+from fl_mia.data.sources.base import DataError, DatasetIndex, DecodedCase, check_unique, patient_of, require_dir
+
+
+def _pictures(root: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in root.glob(pattern) if p.is_file() and p.name.lower().endswith(volumes_io.PICTURE_SUFFIXES))
+
+
+def _mask_classes(mask: np.ndarray, labels: dict[str, int | list[int]] | None, file: Path) -> np.ndarray:
+    if labels is None:
+        grey = mask.mean(axis=-1) if mask.ndim == 3 else mask
+        peak = grey.max()
+        # 0/1 and 0/255 masks, and JPEG masks whose edges are not exactly either, all cut at half.
+        return (grey > peak / 2).astype(np.uint8) if peak > 0 else np.zeros(grey.shape, np.uint8)
+    classes = np.full(mask.shape[:2], 255, dtype=np.uint8)
+    for class_id, value in enumerate(labels.values()):
+        if isinstance(value, list):
+            if mask.ndim != 3:
+                raise DataError(f"{file}: data.labels gives colours but this mask is grey; give grey values instead")
+            hit = np.all(mask[..., :3] == np.asarray(value, dtype=np.float32), axis=-1)
+        else:
+            hit = (mask.mean(axis=-1) if mask.ndim == 3 else mask) == value
+        classes[hit] = class_id
+    if (classes == 255).any():
+        values = np.unique(mask[classes == 255].reshape(-1, mask.shape[-1]) if mask.ndim == 3 else mask[classes == 255], axis=0)
+        raise DataError(
+            f"{file}: mask values {values[:5].tolist()} are not declared in data.labels {dict(labels)}; declare them or fix the mask"
+        )
+    return classes
+
+
+def index(cfg: DataConfig) -> DatasetIndex:
+    root = Path(cfg.path)
+    require_dir(root, "a folder of images and masks")
+    image_glob, mask_glob = cfg.image_glob or "images/*", cfg.mask_glob or "masks/*"
+    images, masks = _pictures(root, image_glob), _pictures(root, mask_glob)
+    if not images or not masks:
+        raise DataError(
+            f"{root}: no image/mask pairs found with data.image_glob={image_glob!r} and data.mask_glob={mask_glob!r} "
+            f"({len(images)} images, {len(masks)} masks); set the two globs to your layout"
+        )
+    image_stems = [p.stem for p in images]
+    check_unique(image_stems, root / image_glob)
+    check_unique([p.stem for p in masks], root / mask_glob)
+    mask_by_stem = {p.stem: p for p in masks}
+    for image in images:
+        if image.stem not in mask_by_stem:
+            raise DataError(f"{image}: image without its mask (no {mask_glob} with stem {image.stem!r}); add the mask or remove the image")
+    image_set = set(image_stems)
+    for mask in masks:
+        if mask.stem not in image_set:
+            raise DataError(f"{mask}: mask without its image (no {image_glob} with stem {mask.stem!r}); add the image or remove the mask")
+    from PIL import Image
+
+    try:
+        with Image.open(images[0]) as first:
+            channels = 3 if first.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else 1
+    except Exception as error:
+        raise DataError(f"{images[0]}: cannot read this image ({type(error).__name__}); replace the broken file") from None
+    label_names = list(cfg.labels) if cfg.labels else ["background", "foreground"]
+
+    def read_cases() -> Iterator[DecodedCase]:
+        for image_file in images:
+            image = volumes_io.load_picture(image_file)
+            if channels == 3 and image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=-1)  # a grey picture among colour ones
+            elif channels == 1 and image.ndim == 3:
+                image = image.mean(axis=-1)
+            image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+            mask_file = mask_by_stem[image_file.stem]
+            mask = volumes_io.load_picture(mask_file)
+            if mask.shape[:2] != image.shape[1:]:
+                raise DataError(
+                    f"{image_file}: image shape {tuple(image.shape[1:])} differs from its mask {mask_file} {mask.shape[:2]}; "
+                    "image and mask must have the same size"
+                )
+            case = image_file.stem
+            yield DecodedCase(case, patient_of(case, cfg.patient_regex), None, image, _mask_classes(mask, cfg.labels, mask_file), (1.0, 1.0), image_file)
+
+    return DatasetIndex([*images, *masks], label_names, channels, read_cases, image_stems)

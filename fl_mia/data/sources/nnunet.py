@@ -1,0 +1,77 @@
+"""nnU-Net v2 raw layout: ``dataset.json`` (channel_names, labels, file_ending),
+``imagesTr/{CASE}_{XXXX}{ending}`` (one file per channel), ``labelsTr/{CASE}{ending}``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fl_mia.config import DataConfig
+import fl_mia.data.sources.volumes_io as volumes_io
+from fl_mia.data.sources.base import DataError, DatasetIndex, DecodedCase, map_label_values, patient_of
+from fl_mia.data.sources.msd import check_channels, check_shapes, read_dataset_json
+
+
+def index(cfg: DataConfig) -> DatasetIndex:
+    root = Path(cfg.path)
+    meta = read_dataset_json(root)
+    where = root / "dataset.json"
+    try:
+        channel_names = meta["channel_names"]
+        labels = meta["labels"]
+        ending = meta["file_ending"]
+    except KeyError as error:
+        raise DataError(f"{where}: missing key {error}; nnU-Net v2 needs channel_names, labels and file_ending") from None
+    if any(not isinstance(v, int) for v in labels.values()):
+        raise DataError(f"{where}: region-based labels (lists) are not supported; give one integer per label")
+    channels = len(channel_names)
+    label_files = sorted((root / "labelsTr").glob(f"*{ending}"))
+    image_files = sorted((root / "imagesTr").glob(f"*{ending}"))
+    if not label_files:
+        raise DataError(f"{root / 'labelsTr'}: no masks matching *{ending}; nnU-Net v2 keeps masks in labelsTr/{{CASE}}{ending}")
+    pattern = re.compile(r"^(.*)_(\d{4})" + re.escape(ending) + "$")
+    by_case: dict[str, dict[int, Path]] = {}
+    for file in image_files:
+        match = pattern.match(file.name)
+        if match is None:
+            raise DataError(f"{file}: image name lacks the _XXXX channel suffix; name it {{CASE}}_0000{ending}")
+        by_case.setdefault(match.group(1), {})[int(match.group(2))] = file
+    case_ids = [file.name[: -len(ending)] for file in label_files]
+    for case, label_file in zip(case_ids, label_files):
+        if case not in by_case:
+            raise DataError(f"{label_file}: mask without its image {root / 'imagesTr' / (case + '_0000' + ending)}; add the image or remove the mask")
+    for case, files in by_case.items():
+        if case not in case_ids:
+            raise DataError(f"{next(iter(files.values()))}: image without its mask {root / 'labelsTr' / (case + ending)}; add the mask or remove the image")
+        if sorted(files) != list(range(channels)):
+            raise DataError(
+                f"{root / 'imagesTr'}: case {case!r} has channel files {sorted(files)} but channel_names in {where} "
+                f"declares {channels}; give one {case}_XXXX{ending} per channel"
+            )
+    values = sorted(labels.values())
+    names = {value: name for name, value in labels.items()}
+    lookup = {value: class_id for class_id, value in enumerate(values)}
+
+    def read_cases() -> Iterator[DecodedCase]:
+        for case, label_file in zip(case_ids, label_files):
+            decoded = [volumes_io.load_any(by_case[case][c]) for c in range(channels)]
+            shapes = {d[0].shape for d in decoded}
+            if len(shapes) > 1:
+                raise DataError(f"{by_case[case][0]}: the channel files of case {case!r} differ in shape {sorted(shapes)}; they must match")
+            first = decoded[0][0]
+            if first.ndim == 3 and first.shape[-1] in (3, 4) and str(by_case[case][0]).lower().endswith(volumes_io.PICTURE_SUFFIXES):
+                raise DataError(f"{by_case[case][0]}: a colour picture is one file per colour channel in nnU-Net; split it or declare 3 channel_names")
+            image = np.stack([d[0] for d in decoded])
+            raw_labels, _ = volumes_io.load_any(label_file)
+            check_channels(image, channels, by_case[case][0], f"{where} channel_names")
+            check_shapes(image, raw_labels, by_case[case][0], label_file)
+            yield DecodedCase(
+                case, patient_of(case, cfg.patient_regex), None, image,
+                map_label_values(np.rint(raw_labels), lookup, label_file), decoded[0][1], by_case[case][0],
+            )
+
+    files = [*label_files, *image_files]
+    return DatasetIndex(files, [names[v] for v in values], channels, read_cases, case_ids)
