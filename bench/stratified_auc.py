@@ -2,11 +2,11 @@
 
     python bench/stratified_auc.py RUN_DIR [RUN_DIR ...]
 
-Why: on small candidate sets, members and non-members can differ in composition (on
-configs/overfit.toml, seed 0: 31% of member slices are lesion-free against 14% of
-non-members), so a score that uses no model at all — minus the lesion area — already has
-AUC 0.64, and a model that predicts "no lesion" everywhere gives the loss and label-only
-attacks that AUC too. Within a stratum that confound is gone. Reads keep.npy and scores.npz
+Why: on small candidate sets, members and non-members can differ in composition (a
+different share of lesion-free slices on each side), so a score that uses no model at all —
+minus the lesion area, metrics.json privacy.candidate_set.lesion_area_auc — can beat chance,
+and a model that predicts "no lesion" everywhere gives the loss and label-only attacks that
+AUC too. Within a stratum that confound is gone. Reads keep.npy and scores.npz
 (re-scoring without retraining) and rebuilds the candidates' masks from config.toml.
 """
 
