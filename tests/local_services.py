@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from fl_mia.app.deploy import free_port
+from fl_mia.app.deploy import free_port, stop_processes
 
 
 def processes_mentioning(marker: str) -> list[psutil.Process]:
@@ -31,21 +31,6 @@ def processes_mentioning(marker: str) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
-
-
-def stop_processes(processes: list[psutil.Process], *, grace_s: float = 10.0) -> None:
-    for process in processes:
-        try:
-            process.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(processes, timeout=grace_s)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
 
 
 @contextmanager

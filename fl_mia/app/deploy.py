@@ -73,6 +73,23 @@ def child_environment(flwr_home: Path) -> dict[str, str]:
     return env
 
 
+
+def stop_processes(processes: list[psutil.Process], *, grace_s: float = 10.0) -> None:
+    """SIGTERM every process, then SIGKILL those still alive after ``grace_s``."""
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
 @dataclass
 class StartedProcesses:
     """Processes started here, each the leader of its own session; stopped with their descendants."""
@@ -98,18 +115,7 @@ class StartedProcesses:
                 tree.extend([parent, *parent.children(recursive=True)])
             except psutil.NoSuchProcess:
                 pass
-        for member in tree:
-            try:
-                member.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=grace_s)
-        for member in alive:
-            try:
-                member.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=grace_s)
+        stop_processes(tree, grace_s=grace_s)
         for process in self.processes:
             process.wait(timeout=grace_s)
             process.log_file.close()  # type: ignore[attr-defined]
