@@ -76,3 +76,12 @@ def test_roc_figure_draws_the_dp_bound(tmp_path):
     plot_roc_loglog(tmp_path / "plain.png", curves, title="t")
     plot_roc_loglog(tmp_path / "bound.png", curves, title="t", dp_bound=(2.0, 1e-5))
     assert (tmp_path / "bound.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
+
+
+def test_tpr_at_1pct_fpr_that_the_non_members_cannot_resolve_names_no_winner():
+    few = {**PRIVACY, "candidate_set": {"members": 46, "non_members": 46}}
+    verdict = defence_verdict(few)
+    assert verdict["strongest_at_low_fpr"] is None and verdict["non_members_needed_at_1pct_fpr"] == 100
+    assert "TPR@1%FPR — (needs ≥100 non-members)" in verdict_line(verdict)
+    enough = defence_verdict({**PRIVACY, "candidate_set": {"members": 128, "non_members": 128}})
+    assert enough["strongest_at_low_fpr"]["attack"] == "lira_offline"

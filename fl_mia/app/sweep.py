@@ -117,7 +117,7 @@ def sweep_row(metrics: dict[str, Any] | None, *, series: str, config: str, param
         row.update(
             strongest_attack=verdict["strongest_by_auc"]["attack"],
             strongest_auc=verdict["strongest_by_auc"]["auc"],
-            strongest_tpr_at_1pct_fpr=verdict["strongest_at_low_fpr"]["tpr_at_1pct_fpr"],
+            strongest_tpr_at_1pct_fpr=(verdict["strongest_at_low_fpr"] or {}).get("tpr_at_1pct_fpr"),
             largest_empirical_epsilon=(verdict["largest_empirical_epsilon"] or {}).get("empirical_epsilon"),
         )
     for attack, result in metrics.get("privacy", {}).items():

@@ -134,7 +134,6 @@ class Referee:
             section[name] = self._result(scores.final[name], threshold=None, per_round=scores.per_round.get(name))
         if scores.source_guess is not None:
             section["source_inference"] = self._source_inference(scores.source_guess)
-        section["verdict"] = defence_verdict(section)  # every attack, prediction and update, counted
         for name in scores.final:
             overall = section[name]["overall"]
             logger.info(
@@ -164,6 +163,9 @@ class Referee:
             "shadow_epochs": shadows.epochs,
             "shadow_train_seconds": dict(shadows.train_seconds),
         }
+        # Every attack, prediction and update, counted; after the candidate set, whose size says
+        # which TPRs are resolvable.
+        section["verdict"] = defence_verdict(section)
         if self.run_dir is not None:
             self._write_outputs(scores, section, dp_epsilon=dp_epsilon)
         return section

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_mia.privacy.statistics import non_members_needed
+
 # The bar the project judges defences against (issue 5): an attack above it is a leak worth
 # reporting, whatever the mask-only confound of the candidate set.
 AUC_BAR = 0.6
@@ -45,13 +47,21 @@ def defence_verdict(privacy: dict[str, Any]) -> dict[str, Any] | None:
     if not attacks:
         return None
     by_auc = max(attacks.values(), key=lambda a: a["auc"])
-    by_tpr = max(attacks.values(), key=lambda a: a["tpr_at_1pct_fpr"] if a["tpr_at_1pct_fpr"] is not None else -1.0)
+    non_members = (privacy.get("candidate_set") or {}).get("non_members")
+    # TPR at 1% FPR is a number only where the non-members can resolve it; else no attack "wins" there.
+    tpr_resolvable = non_members is None or non_members >= non_members_needed(0.01)
+    by_tpr = (
+        max(attacks.values(), key=lambda a: a["tpr_at_1pct_fpr"] if a["tpr_at_1pct_fpr"] is not None else -1.0)
+        if tpr_resolvable
+        else None
+    )
     audited = [a for a in attacks.values() if a["empirical_epsilon"] is not None]
     return {
         "attacks_counted": sorted(attacks),
         "update_attacks_counted": sum(a["kind"] == "update" for a in attacks.values()),
         "strongest_by_auc": by_auc,
         "strongest_at_low_fpr": by_tpr,
+        "non_members_needed_at_1pct_fpr": None if tpr_resolvable else non_members_needed(0.01),
         "largest_empirical_epsilon": max(audited, key=lambda a: a["empirical_epsilon"]) if audited else None,
         "auc_bar": AUC_BAR,
         "attacks_above_bar": sorted(name for name, a in attacks.items() if a["auc"] > AUC_BAR),
@@ -69,7 +79,9 @@ def verdict_line(verdict: dict[str, Any] | None) -> str | None:
         f" (of {counted} attacks counted, {verdict['update_attacks_counted']} on updates)"
     )
     low = verdict["strongest_at_low_fpr"]
-    if low["tpr_at_1pct_fpr"] is not None:
+    if low is None:
+        line += f"; TPR@1%FPR — (needs ≥{verdict['non_members_needed_at_1pct_fpr']} non-members)"
+    elif low["tpr_at_1pct_fpr"] is not None:
         line += f"; best TPR@1%FPR {low['tpr_at_1pct_fpr']:.3f} ({low['attack']})"
     audited = verdict["largest_empirical_epsilon"]
     if audited is not None:
