@@ -54,17 +54,22 @@ def _volumes(cases: PhantomCases, write: Callable[[str, np.ndarray, np.ndarray],
         write(name, np.moveaxis(images, 0, -1).astype(np.float32), np.moveaxis(masks, 0, -1))
 
 
-def _write_msd(cases: PhantomCases, out: Path) -> dict:
+def _write_nifti_cases(cases: PhantomCases, out: Path, *, image_file: str) -> None:
+    """``imagesTr/`` and ``labelsTr/`` volumes; ``image_file`` names a case's image (``{name}``)."""
     import nibabel as nib
 
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(exist_ok=True)
 
     def write(name: str, image: np.ndarray, mask: np.ndarray) -> None:
-        nib.save(nib.Nifti1Image(image, np.eye(4)), out / "imagesTr" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(image, np.eye(4)), out / "imagesTr" / image_file.format(name=name))
         nib.save(nib.Nifti1Image(mask, np.eye(4)), out / "labelsTr" / f"{name}.nii.gz")
 
     _volumes(cases, write)
+
+
+def _write_msd(cases: PhantomCases, out: Path) -> dict:
+    _write_nifti_cases(cases, out, image_file="{name}.nii.gz")
     meta = {
         "name": "fl-mia phantom",
         "modality": {"0": "phantom"},
@@ -77,16 +82,7 @@ def _write_msd(cases: PhantomCases, out: Path) -> dict:
 
 
 def _write_nnunet(cases: PhantomCases, out: Path) -> dict:
-    import nibabel as nib
-
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (out / "labelsTr").mkdir(exist_ok=True)
-
-    def write(name: str, image: np.ndarray, mask: np.ndarray) -> None:
-        nib.save(nib.Nifti1Image(image, np.eye(4)), out / "imagesTr" / f"{name}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(mask, np.eye(4)), out / "labelsTr" / f"{name}.nii.gz")
-
-    _volumes(cases, write)
+    _write_nifti_cases(cases, out, image_file="{name}_0000.nii.gz")  # channel 0000: nnU-Net's naming
     meta = {
         "channel_names": {"0": "phantom"},
         "labels": {name: i for i, name in enumerate(cases.label_names)},
