@@ -51,20 +51,25 @@ def _pooled_cell(entry: dict[str, Any], key: str) -> str:
     return _cell(pooled.get(key), ci.get(key))
 
 
+def _attack_entries(data: dict[str, Any]):
+    """``(attack, group, entry)`` for each cell group that scored the attack, attack by attack."""
+    for attack in data["attacks"]:
+        for group in data["groups"]:
+            entry = group["attacks"].get(attack)
+            if entry is not None:
+                yield attack, group, entry
+
+
 def summary_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """One row per attack and cell (long format: suites have many attacks)."""
     header = ["attack", "cell", "seeds", "Dice (seed mean)", "AUC (seed mean)", "AUC (pooled)", "TPR@1%FPR (pooled)", "patient AUC (seed mean)"]
     rows = []
-    for attack in data["attacks"]:
-        for group in data["groups"]:
-            entry = group["attacks"].get(attack)
-            if entry is None:
-                continue
-            rows.append([
-                attack, group["label"], ", ".join(map(str, group["seeds"])), _cell(group["dice"]["mean"], group["dice"]["ci"]),
-                _cell(entry["auc"]["mean"], entry["auc"]["ci"]), _pooled_cell(entry, "auc"), _pooled_cell(entry, "tpr_at_1pct_fpr"),
-                _cell(entry["patient_auc"]["mean"], entry["patient_auc"]["ci"]),
-            ])  # fmt: skip
+    for attack, group, entry in _attack_entries(data):
+        rows.append([
+            attack, group["label"], ", ".join(map(str, group["seeds"])), _cell(group["dice"]["mean"], group["dice"]["ci"]),
+            _cell(entry["auc"]["mean"], entry["auc"]["ci"]), _pooled_cell(entry, "auc"), _pooled_cell(entry, "tpr_at_1pct_fpr"),
+            _cell(entry["patient_auc"]["mean"], entry["patient_auc"]["ci"]),
+        ])  # fmt: skip
     return header, rows
 
 
@@ -152,13 +157,9 @@ def accuracy_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Balanced attack accuracy (the seed paper's figure) at the attack's own threshold and at the best one."""
     header = ["attack", "cell", "accuracy (own threshold)", "accuracy (best threshold)"]
     rows = []
-    for attack in data["attacks"]:
-        for group in data["groups"]:
-            entry = group["attacks"].get(attack)
-            if entry is None:
-                continue
-            cells = [entry.get(key) for key in ("accuracy_at_threshold", "balanced_accuracy")]
-            rows.append([attack, group["label"], *("—" if not c or c["mean"] is None else _cell(c["mean"], c["ci"]) for c in cells)])
+    for attack, group, entry in _attack_entries(data):
+        cells = [entry.get(key) for key in ("accuracy_at_threshold", "balanced_accuracy")]
+        rows.append([attack, group["label"], *("—" if not c or c["mean"] is None else _cell(c["mean"], c["ci"]) for c in cells)])
     return header, rows
 
 
