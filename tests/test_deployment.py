@@ -202,12 +202,22 @@ def test_deployment_with_tls_equals_the_simulation(tmp_path):
 
 
 @pytest.mark.slow
-def test_documented_flwr_run_commands_complete(tmp_path):
-    """docs/deployment.md's `flwr run .` recipe, on a tiny experiment, with a private FLWR_HOME and ports."""
-    experiment = tmp_path / "tiny.toml"
+def test_documented_flwr_run_commands_complete_on_a_dataset_from_disk(tmp_path):
+    """docs/deployment.md's `flwr run .` recipe, with a private FLWR_HOME and ports, on a tiny
+    MSD-layout dataset written by nibabel: the hospitals' actors read their shards from disk
+    (through the shared cache) and the ServerApp attacks and reports at slice and patient level."""
+    from fl_mia.config_loading import load_config
     from fl_mia.run_folder import write_toml
+    from tests.disk_datasets import write_msd
 
-    write_toml(experiment, build_config(_tiny_deploy_raw()).to_toml_dict())
+    dataset = write_msd(tmp_path / "msd")
+    experiment = tmp_path / "tiny.toml"
+    cfg = load_config(PROJECT_ROOT / "configs" / "data" / "msd.toml", [
+        f'data.path="{dataset}"', f'data.cache_dir="{tmp_path / "cache"}"', "data.image_size=32",
+        "federation.num_hospitals=2", "federation.rounds=2", "federation.attacker_patients=4",
+        "training.local_epochs=1", "privacy.shadow_epochs=1",
+    ])
+    write_toml(experiment, cfg.to_toml_dict())
     flwr_home = tmp_path / "flwr-home"
     env = dict(os.environ)
     env.update({
@@ -246,6 +256,10 @@ def test_documented_flwr_run_commands_complete(tmp_path):
     # `flwr run` returns 0 even when the run fails: the run folder says how it ended.
     assert json.loads((folders[0] / "status.json").read_text())["state"] == "complete"
     assert {r["round"] for r in _read_rows(folders[0] / "rounds.csv")} == {"0", "1", "2"}
+    metrics = json.loads((folders[0] / "metrics.json").read_text())
+    assert metrics["privacy"], "no attack scored"
+    attacks = {name: result for name, result in metrics["privacy"].items() if isinstance(result, dict) and "overall" in result}
+    assert attacks and all("auc" in result["patient"]["overall"] for result in attacks.values()), sorted(metrics["privacy"])
 
 
 def documented_flwr_run_commands() -> str:
