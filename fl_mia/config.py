@@ -248,6 +248,11 @@ class SimulationConfig(_Section):
         return self
 
 
+# Above this many hospitals source inference is off unless asked for: scoring every candidate
+# on every update costs candidates × hospitals per round, and candidates grow with hospitals.
+SOURCE_INFERENCE_MAX_HOSPITALS = 8
+
+
 class ThreatConfig(_Section):
     """What the server does: honest-but-curious FedAvg, or a poisoning strategy."""
 
@@ -293,6 +298,19 @@ class ThreatConfig(_Section):
     gradient_alignment: bool = Field(
         True, description="Include the gradient-alignment signal (one per-sample gradient pass per round)."
     )
+    source_inference: bool | None = Field(
+        None,
+        description="Score every candidate on every hospital's update, so the server also guesses which hospital "
+        "each scan came from (metrics.json privacy.source_inference). Off: each update is scored only on the "
+        "candidates asked about its hospital (the membership scores are the same; the cost stays proportional to "
+        f"the hospitals trained per round). Unset: on up to {SOURCE_INFERENCE_MAX_HOSPITALS} hospitals, off above.",
+    )
+
+    def scores_every_candidate(self, num_hospitals: int) -> bool:
+        """Whether update attacks score every candidate on every update (source inference)."""
+        if self.source_inference is not None:
+            return self.source_inference
+        return num_hospitals <= SOURCE_INFERENCE_MAX_HOSPITALS
 
     @field_validator("poison_rounds")
     @classmethod

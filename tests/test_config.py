@@ -159,3 +159,12 @@ def test_extends_cycle_and_missing_base_fail_with_one_line(tmp_path):
 def test_threat_targets_must_be_hospitals():
     message = one_line_error(tiny_raw(threat={"poisoning": "isolation", "target_hospitals": [5]}))
     assert "threat.target_hospitals" in message
+
+
+def test_source_inference_defaults_on_for_small_federations_only_and_the_config_wins():
+    from fl_mia.config import SOURCE_INFERENCE_MAX_HOSPITALS, ThreatConfig
+
+    assert ThreatConfig().scores_every_candidate(SOURCE_INFERENCE_MAX_HOSPITALS)
+    assert not ThreatConfig().scores_every_candidate(SOURCE_INFERENCE_MAX_HOSPITALS + 1)
+    assert ThreatConfig(source_inference=True).scores_every_candidate(100)
+    assert not ThreatConfig(source_inference=False).scores_every_candidate(2)

@@ -112,3 +112,32 @@ def test_compare_refuses_runs_with_different_candidates(tmp_path):
     assert len(load_runs([tmp_path / "a", tmp_path / "a"])) == 2
     with pytest.raises(ComparisonError, match="no metrics.json"):
         load_runs([tmp_path / "missing"])
+
+
+def test_without_source_inference_each_update_is_scored_on_its_own_candidates_only(setting, monkeypatch):
+    """The membership scores are those of the every-candidate recorder, for a fraction of the passes."""
+    import fl_mia.update_attacks.recorder as recorder_module
+
+    model, images, masks, _, _ = setting
+    asked_about = np.array([0, 1] * 8, dtype=np.int64)  # each hospital asked about its own and the other's scans
+    candidates = CandidateSet(images, masks, asked_about, np.arange(16), np.arange(16))
+    knowledge = AttackerKnowledge(population=None, candidates=candidates, training=TrainingConfig(), shadows=None, seed=0)
+    scored = []
+    real_losses = recorder_module.candidate_losses
+    monkeypatch.setattr(recorder_module, "candidate_losses", lambda m, im, *a, **k: scored.append(len(im)) or real_losses(m, im, *a, **k))
+
+    results = {}
+    for every_candidate in (True, False):
+        scored.clear()
+        recorder = UpdateAttackRecorder(knowledge, model=model, num_hospitals=2, total_rounds=1, every_candidate=every_candidate)
+        recorder.on_fit_replies(1, replies(setting, 1), 0)
+        results[every_candidate] = (candidate_scores(recorder, asked_about), list(scored), recorder)
+    everything, passes_all, _ = results[True]
+    own_only, passes_own, recorder = results[False]
+    for name in everything:
+        np.testing.assert_allclose(own_only[name], everything[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    # sent model once for the union, then each returned model on its own 8 candidates
+    assert passes_all == [16, 16, 16] and passes_own == [16, 8, 8]
+    rows_of_other = asked_about != 0
+    assert np.isnan(recorder.scores["returned_loss"][0, rows_of_other, 0]).all()
+    assert np.isfinite(recorder.scores["gradient_alignment"][0, ~rows_of_other, 0]).all()

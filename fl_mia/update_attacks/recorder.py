@@ -1,13 +1,20 @@
-"""Scores every candidate on every hospital's update, round by round, as the server sees them.
+"""Scores candidates on every hospital's update, round by round, as the server sees them.
 
 A :class:`~fl_mia.contracts.RoundObserver`: the strategy hands it each round's replies
 (the model sent to each hospital and the one that came back). Nothing but images, masks
 and weights reaches it: membership is joined later, by the evaluation step.
+
+With ``every_candidate`` (source inference) each update is scored on every candidate, so
+the server can also ask which hospital a scan came from; the cost then grows with
+candidates × hospitals trained per round. Without it each update is scored only on the
+candidates asked about its own hospital, which is all the membership scores use: the cost
+per round stays proportional to the hospitals trained in it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 from torch import nn
@@ -39,12 +46,16 @@ class UpdateAttackRecorder:
         num_hospitals: int,
         total_rounds: int,
         with_gradient_alignment: bool = True,
+        every_candidate: bool = True,
     ) -> None:
         self.model = model  # scratch: its weights are overwritten
         self.training = knowledge.training
         self.images = knowledge.candidates.images
         self.masks = knowledge.candidates.masks
+        self.asked_about = knowledge.candidates.hospital
         self.with_gradient_alignment = with_gradient_alignment
+        self.every_candidate = every_candidate
+        self.seconds_by_round: dict[int, float] = {}
         signals = ALL_SIGNALS if with_gradient_alignment else LOSS_SIGNALS
         self._shape = (total_rounds, len(self.images), num_hospitals)
         self.scores: dict[str, np.ndarray] = {name: np.full(self._shape, np.nan) for name in signals}
@@ -66,13 +77,21 @@ class UpdateAttackRecorder:
     def observed_anything(self) -> bool:
         return any(np.isfinite(values).any() for values in self.scores.values())
 
-    def _losses(self, weights: list[np.ndarray]) -> np.ndarray:
+    def _rows(self, hospitals: list[int]) -> np.ndarray | None:
+        """Candidate rows to score for these hospitals' updates (None: every candidate)."""
+        if self.every_candidate:
+            return None
+        return np.flatnonzero(np.isin(self.asked_about, hospitals))
+
+    def _losses(self, weights: list[np.ndarray], rows: np.ndarray | None) -> np.ndarray:
         set_weights(self.model, weights)
+        images, masks = (self.images, self.masks) if rows is None else (self.images[rows], self.masks[rows])
         return candidate_losses(
-            self.model, self.images, self.masks, dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight
+            self.model, images, masks, dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight
         )
 
     def on_fit_replies(self, server_round: int, replies: list, failures: int) -> None:
+        started = time.perf_counter()
         observed = [r for r in replies if r.weights is not None and r.sent_weights is not None]
         # Hospitals that were sent the same model share its loss and gradient pass.
         groups: dict[str, list] = {}
@@ -81,19 +100,34 @@ class UpdateAttackRecorder:
         index = server_round - 1
         for members in groups.values():
             sent = members[0].sent_weights
-            sent_losses = self._losses(sent)
+            union = self._rows([reply.hospital for reply in members])
+            if union is not None and len(union) == 0:
+                continue  # no candidate is asked about these hospitals
+            sent_losses = self._losses(sent, union)
+            # Under SecAgg+ every hospital's visible model is the same aggregate: score it once.
+            returned_losses: dict[tuple[str, int], np.ndarray] = {}
             for reply in members:
-                for name, values in loss_signals(sent_losses, self._losses(reply.weights)).items():
-                    self.scores[name][index, :, reply.hospital] = values
+                own = self._rows([reply.hospital])
+                key = (_fingerprint(reply.weights), -1 if own is None else reply.hospital)
+                if key not in returned_losses:
+                    returned_losses[key] = self._losses(reply.weights, own)
+                before = sent_losses if own is None else sent_losses[np.searchsorted(union, own)]
+                for name, values in loss_signals(before, returned_losses[key]).items():
+                    self.scores[name][index, slice(None) if own is None else own, reply.hospital] = values
             if self.with_gradient_alignment:
                 set_weights(self.model, sent)
                 updates = [update_vector(self.model, sent, reply.weights) for reply in members]
+                images, masks = (self.images, self.masks) if union is None else (self.images[union], self.masks[union])
                 cosines = gradient_alignment(
-                    self.model, updates, self.images, self.masks,
+                    self.model, updates, images, masks,
                     dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight,
                 )
                 for column, reply in enumerate(members):
-                    self.scores["gradient_alignment"][index, :, reply.hospital] = cosines[:, column]
+                    own = self._rows([reply.hospital])
+                    if own is None:
+                        self.scores["gradient_alignment"][index, :, reply.hospital] = cosines[:, column]
+                    else:
+                        self.scores["gradient_alignment"][index, own, reply.hospital] = cosines[np.searchsorted(union, own), column]
         for source in self.signal_sources:
             for reply in observed:
                 signals = source.update_signals(
@@ -101,6 +135,7 @@ class UpdateAttackRecorder:
                 )
                 for name, values in signals.items():
                     self.scores[name][index, :, reply.hospital] = values
+        self.seconds_by_round[server_round] = time.perf_counter() - started
 
     # Checkpoint protocol: the signals gathered so far.
     def state_dict(self) -> dict[str, np.ndarray]:
