@@ -13,10 +13,13 @@ same way for every case, which is what the comparison needs.
 Per round: the time between the round lines in ``run.log``; round 1 carries the actors'
 start-up, so it is shown apart. "training" is the hospitals' summed ``fit_seconds`` per
 round (``timings.csv``: the training the server's privacy step observes; hospitals train in
-parallel when CPUs allow, so a round can take less than this sum).
+parallel when CPUs allow, so a round can take less than this sum). "privacy step" is the
+server's scoring per round (update attacks on every reply and the per-round prediction
+attacks; the ``privacy step round`` lines of ``run.log``), against that training.
 
 Goals (issue 12): peak at 8 hospitals ≤ 1.5× that at 2, at 100 ≤ 3×; time per round
-proportional to the hospitals trained in it.
+proportional to the hospitals trained in it; the privacy step per round ≤ the training it
+observes at 32 hospitals with 8 sampled.
 """
 
 from __future__ import annotations
@@ -36,9 +39,14 @@ from pathlib import Path
 
 import psutil
 
+from record import BenchRecord
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLED = 8
+TABLE_HEADER = ("| hospitals | trained/round | wall s | round 1 s | round s (median, later) | training s/round "
+                "| privacy step s/round | privacy / training | peak RSS GB | vs first |")
 ROUND_LINE = re.compile(r"^(\S+ \S+) fl_mia INFO round (\d+)")
+PRIVACY_LINE = re.compile(r"fl_mia INFO privacy step round (\d+): ([0-9.]+) s")
 
 
 def case_overrides(num_hospitals: int, *, patients: int, rounds: int, attacker_patients: int) -> list[str]:
@@ -102,9 +110,11 @@ def round_times(run_dir: Path) -> dict:
             stamps[int(match.group(2))] = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
     rounds = sorted(stamps)
     durations = [(stamps[b] - stamps[a]).total_seconds() for a, b in zip(rounds, rounds[1:])]
+    privacy = [float(m.group(2)) for m in map(PRIVACY_LINE.search, (run_dir / "run.log").read_text().splitlines()) if m]
     return {
         "round1_s": durations[0] if durations else float("nan"),
         "round_s": statistics.median(durations[1:]) if len(durations) > 1 else float("nan"),
+        "privacy_per_round_s": statistics.median(privacy) if privacy else float("nan"),
     }
 
 
@@ -124,12 +134,12 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=24, help="patients per hospital (the same in every case)")
     parser.add_argument("--attacker-patients", type=int, default=48)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every case")
+    parser.add_argument("--write", type=Path, default=None, help="also write the table there (docs/benchmarks/scale.md)")
     args = parser.parse_args()
 
-    print(f"# bench/scale.py · {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} · {os.cpu_count()} CPUs · "
-          f"{psutil.virtual_memory().total / 1e9:.0f} GB · load {os.getloadavg()[0]:.1f} at start")
-    print("| hospitals | trained/round | wall s | round 1 s | round s (median, later) | training s/round | peak RSS GB | vs 2 |")
-    print("|---|---|---|---|---|---|---|---|")
+    record = BenchRecord("bench/scale.py", "Many hospitals: time per round and peak memory")
+    record.add(TABLE_HEADER)
+    record.add("|---|---|---|---|---|---|---|---|---|---|")
     baseline = None
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.hospitals:
@@ -137,12 +147,17 @@ def main() -> None:
                                        attacker_patients=args.attacker_patients) + args.overrides
             result = run_case(args.config, overrides, Path(tmp) / f"h{n}")
             baseline = baseline or result["peak_rss_gb"]
-            print(
+            record.add(
                 f"| {n} | {min(n, SAMPLED) if n > SAMPLED else n} | {result['wall_s']:.1f} | {result['round1_s']:.1f} | "
-                f"{result['round_s']:.1f} | {result['training_per_round_s']:.1f} | {result['peak_rss_gb']:.2f} | "
-                f"{result['peak_rss_gb'] / baseline:.2f}× |",
-                flush=True,
+                f"{result['round_s']:.1f} | {result['training_per_round_s']:.1f} | {result['privacy_per_round_s']:.1f} | "
+                f"{result['privacy_per_round_s'] / result['training_per_round_s']:.2f}× | {result['peak_rss_gb']:.2f} | "
+                f"{result['peak_rss_gb'] / baseline:.2f}× |"
             )
+    record.add()
+    record.add("Peak RSS sums the resident memory of the run's whole process tree (shared pages counted once per "
+               "process). \"training s/round\" sums the hospitals' fit times; \"privacy step\" is the server's "
+               "scoring per round (update attacks and per-round prediction attacks).")
+    record.write(args.write)
 
 
 if __name__ == "__main__":
