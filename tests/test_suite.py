@@ -154,6 +154,16 @@ def test_tiny_suite_killed_midway_finishes_only_the_missing_cells(tmp_path):
     summary = json.loads((out / SUITE_JSON).read_text())
     assert [c["state"] for c in summary["cells"]] == ["complete", "complete"], [c.get("error") for c in summary["cells"]]
     assert "suite overhead" in again.stdout
+    # The cells joined one Ray head, which is gone now, and joining it changed no result:
+    # the cell equals the same config run on its own (its own Ray start).
+    assert "cells join one Ray head" in again.stdout
+    from fl_mia.app.experiment import run_experiment
+    from fl_mia.app.ray_head import processes_mentioning
+    from fl_mia.app.suite import ray_marker
+
+    assert not processes_mentioning(str(ray_marker(out))), "the suite's Ray head outlived it"
+    alone = run_experiment(load_suite(path).cells[1].cfg, runs_root=tmp_path / "alone").run_dir
+    assert (alone / "rounds.csv").read_bytes() == (out / "cells" / "seed=1" / "rounds.csv").read_bytes()
 
 
 def test_cli_refuses_a_bad_suite_in_one_line_and_creates_nothing(tmp_path):

@@ -232,11 +232,15 @@ def suite(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config value in every cell (repeatable).")
     ] = None,
+    shared_ray: Annotated[
+        bool, typer.Option("--shared-ray/--ray-per-cell", help="Start Ray once for every cell (default) or once per cell.")
+    ] = True,
 ) -> None:
     """Run a grid of experiments (threats × defences × seeds); one run folder per cell."""
     import time
+    from contextlib import nullcontext
 
-    from fl_mia.app.suite import SuiteError, load_suite, run_suite
+    from fl_mia.app.suite import SuiteError, load_suite, run_suite, shared_ray_cluster
 
     started = time.perf_counter()
     try:
@@ -261,7 +265,10 @@ def suite(
 
     console.print(f"suite {loaded.name} · {len(loaded.cells)} cells · out {out}")
     try:
-        summary = run_suite(loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started)
+        with shared_ray_cluster(loaded, out=out) if shared_ray else nullcontext() as address:
+            if address:
+                console.print(f"cells join one Ray head at {address} (started once for the suite)", highlight=False)
+            summary = run_suite(loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started)
     except (SuiteError, *USER_ERRORS) as error:
         _fail(str(error))
     failed = [c["name"] for c in summary["cells"] if c["state"] == "failed"]

@@ -21,16 +21,24 @@ The first value of each axis is the baseline a cell's config difference is shown
 so a killed suite loses at most the cell it was running: ``--resume`` skips complete cells,
 continues an interrupted cell from its checkpoint (:func:`fl_mia.app.experiment.resume_experiment`)
 and runs failed or missing ones again. A failing cell is recorded and the suite goes on.
+
+Every cell would start Ray and stop it again (``run_simulation`` does, ~10–20 s here). The
+CLI's suite starts one private Ray head instead (:func:`shared_ray_cluster`) and every cell
+joins it through ``RAY_ADDRESS``, as a run joins any cluster; cells' configs are unchanged.
+``bench/suite_ray.py`` measures what that saves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
+import os
 import shutil
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ from typing import Any
 from fl_mia.config import ConfigError, ExperimentConfig
 from fl_mia.preflight import load_experiment
 from fl_mia.run_folder import RunFolderError, read_status, write_json
+from fl_mia.app.simulation_resources import available_cpus
 from fl_mia.app.sweep import _completed as completed_metrics
 
 logger = logging.getLogger("fl_mia")
@@ -278,3 +287,38 @@ def overhead(records: list[dict[str, Any]], *, suite_seconds: float | None = Non
 def _report(on_cell, cell: Cell, state: str, done: int, total: int, seconds: float, error: str | None = None) -> None:
     if on_cell is not None:
         on_cell(SuiteProgress(cell=cell.name, state=state, done=done, total=total, seconds=seconds, error=error))
+
+
+def ray_marker(out: Path) -> Path:
+    """The private temp dir of the suite's Ray head: one per suite folder, short (Ray's socket paths have a length limit)."""
+    return Path("/tmp") / f"flmia-suite-{hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:10]}"
+
+
+@contextmanager
+def shared_ray_cluster(suite: Suite, *, out: Path) -> Iterator[str | None]:
+    """One private Ray head for every cell, joined through ``RAY_ADDRESS``; yields its address.
+
+    Yields None (each cell starts its own Ray, or joins the cluster it names) when the
+    user already points at a cluster, or when the cells ask for different local resources.
+    The head's marker is derived from the suite folder: a head left behind by a killed
+    suite is stopped before the next one starts.
+    """
+    from fl_mia.app.ray_head import ray_head
+
+    simulations = [cell.cfg.simulation for cell in suite.cells]
+    resources = {(s.total_cpus or available_cpus(), s.gpus_per_client > 0) for s in simulations}
+    if os.environ.get("RAY_ADDRESS") or any(s.ray_address for s in simulations) or len(resources) != 1:
+        yield None
+        return
+    ((cpus, wants_gpus),) = resources
+    num_gpus = 0
+    if wants_gpus:
+        import torch
+
+        num_gpus = torch.cuda.device_count()
+    with ray_head(ray_marker(out), num_cpus=cpus, num_gpus=num_gpus) as address:
+        os.environ["RAY_ADDRESS"] = address
+        try:
+            yield address
+        finally:
+            os.environ.pop("RAY_ADDRESS", None)
