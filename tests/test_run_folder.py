@@ -56,6 +56,15 @@ def test_a_failed_run_is_marked_failed_and_leaves_other_runs_alone(tmp_path, mon
     assert (earlier / "metrics.json").read_text() == '{"utility": 1}'
 
 
+def test_a_simulation_that_returns_without_results_is_failed_not_complete(tmp_path, monkeypatch):
+    # Flower's run_simulation returns normally when its runtime stops before the ServerApp finished.
+    monkeypatch.setattr(experiment, "_simulate", lambda *args, **kwargs: None)
+    with pytest.raises(experiment.SimulationEndedEarly, match="no metrics.json"):
+        run_experiment(build_config(tiny_raw()), out=tmp_path / "run")
+    status = read_status(tmp_path / "run")
+    assert status["state"] == "failed" and "ended before the server wrote its results" in status["error"]
+
+
 def test_a_failed_resume_keeps_the_checkpoint_so_it_can_be_resumed_again(tmp_path, monkeypatch):
     cfg = build_config(tiny_raw())
     run = tmp_path / "run"

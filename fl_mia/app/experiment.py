@@ -133,6 +133,13 @@ def _run_in_folder(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume
     try:
         with run_logging(run_dir):
             _simulate(cfg, run_dir, on_round_end, resume=resume)
+            if not (run_dir / "metrics.json").is_file():
+                # Flower's run_simulation returns normally when its runtime stops before the
+                # ServerApp finished (it logs the cause, if any, and moves on): never call that complete.
+                raise SimulationEndedEarly(
+                    f"{run_dir}: the simulation ended before the server wrote its results (no metrics.json); "
+                    "see run.log, then continue it with fl-mia run --resume RUN_DIR or run it again"
+                )
     except BaseException as error:
         _log_traceback(run_dir, error)
         set_status(run_dir, "failed", error=f"{type(error).__name__}: {error}")
@@ -140,6 +147,10 @@ def _run_in_folder(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume
         raise
     set_status(run_dir, "complete", wall_time_s=time.perf_counter() - started)
     return RunResult(run_dir, read_metrics(run_dir))
+
+
+class SimulationEndedEarly(RuntimeError):
+    """Flower's simulation returned without the ServerApp having written the run's results."""
 
 
 def _log_traceback(run_dir: Path, error: BaseException) -> None:
