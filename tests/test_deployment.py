@@ -131,12 +131,13 @@ def test_stopping_reaches_descendants_in_their_own_sessions(tmp_path):
     """SuperExec and app processes start their own sessions: stopping must still reach them."""
     started = StartedProcesses()
     marker = tmp_path / "grandchild-marker"
+    # The marker reaches the grandchild through the environment, so only its command line names it.
     script = (
-        "import subprocess, sys, time\n"
-        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', {str(marker)!r}], start_new_session=True)\n"
+        "import os, subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', os.environ['MARKER']], start_new_session=True)\n"
         "time.sleep(300)\n"
     )
-    parent = started.start([sys.executable, "-c", script], env=dict(os.environ), log_path=tmp_path / "log")
+    parent = started.start([sys.executable, "-c", script], env={**os.environ, "MARKER": str(marker)}, log_path=tmp_path / "log")
     deadline = time.monotonic() + 120  # a loaded machine starts Python slowly
     while not processes_mentioning(str(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
