@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--write", type=Path, default=None, help="also write the figures there (docs/benchmarks/data_loading.md)")
     args = parser.parse_args()
-    record = BenchRecord("bench/data_loading.py", "Datasets from disk: decoding, the cache, and a round on loaded data")
+    record = BenchRecord("bench/data_loading.py", "Datasets from disk: decoding, the cache, and a round on loaded data", write=args.write)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_ct_like(root / "ct", cases=args.cases, side=args.side, depth=args.depth)
@@ -119,7 +119,7 @@ def main() -> None:
         record.add(f"| the same phantom exported to MSD NIfTI and loaded back with its site manifest ({count(loaded)} "
                    f"training slices; median of {len(rounds['loaded'])}) | {q:.2f} s, Dice {dice['loaded']:.3f} |")
         record.add(f"| loaded / phantom | {q / p:.2f} (goal ≤ 1.1) |")
-    record.write(args.write)
+    record.finish()
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ def machine_line() -> str:
 class BenchRecord:
     """Collects a benchmark's output lines; prints each at once, writes them all at the end."""
 
-    def __init__(self, script: str, title: str) -> None:
+    def __init__(self, script: str, title: str, *, write: Path | None = None) -> None:
         self.script = script
+        # Rewritten after every line: a run stopped midway still leaves the cases it finished.
+        self.path = write
         self.lines = [
             GENERATED_MARK.format(script=script),
             f"# {title}",
@@ -43,10 +45,15 @@ class BenchRecord:
     def add(self, line: str = "") -> None:
         print(line, flush=True)
         self.lines.append(line)
+        self._save()
 
-    def write(self, path: Path | None) -> None:
-        if path is None:
+    def finish(self) -> None:
+        self._save()
+        if self.path is not None:
+            print(f"written: {self.path}")
+
+    def _save(self) -> None:
+        if self.path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(self.lines).rstrip() + "\n")
-        print(f"written: {path}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(self.lines).rstrip() + "\n")

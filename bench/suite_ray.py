@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--write", type=Path, default=None, help="also write the figures there (docs/benchmarks/suite_ray.md)")
     args = parser.parse_args()
-    record = BenchRecord("bench/suite_ray.py", "Suites: one Ray start for every cell vs one per cell")
+    record = BenchRecord("bench/suite_ray.py", "Suites: one Ray start for every cell vs one per cell", write=args.write)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = suite_file(folder, seeds=args.seeds, rounds=args.rounds)
@@ -82,7 +82,7 @@ def main() -> None:
     record.add(f"| shared / per cell | {shared_s / per_cell_s:.2f} | |")
     record.add()
     record.add(f"rounds.csv of every cell identical both ways: {'yes' if same else 'NO'}")
-    record.write(args.write)
+    record.finish()
 
 
 if __name__ == "__main__":
