@@ -16,12 +16,15 @@ import psutil
 import pytest
 
 from fl_mia.app.deploy import (
+    CONNECTION_NAME,
     StartedProcesses,
     child_environment,
     free_port,
+    register_supernode_command,
     self_signed_tls,
     superlink_command,
     supernode_command,
+    supernode_key,
     write_connection,
 )
 from fl_mia.app.simulation_resources import backend_config, check_resources, ray_cluster_address
@@ -97,6 +100,46 @@ def test_superlink_never_installs_dependencies_and_tls_replaces_insecure(tmp_pat
     assert secure[secure.index("--ssl-certfile") + 1] == str(tls.server_certfile)
     node = supernode_command(superlink="127.0.0.1:9000", partition_id=0, num_partitions=1, port=9100, tls=tls)
     assert node[node.index("--root-certificates") + 1] == str(tls.ca_certfile) and "--insecure" not in node
+
+
+def test_supernode_auth_adds_flowers_flags_and_refuses_to_run_without_tls(tmp_path):
+    tls = self_signed_tls(tmp_path / "certs")
+    link = superlink_command(port=9000, log_path=tmp_path / "l", tls=tls, supernode_auth=True)
+    assert "--enable-supernode-auth" in link and "--insecure" not in link
+    assert "--enable-supernode-auth" not in superlink_command(port=9000, log_path=tmp_path / "l", tls=tls)
+    # flower-superlink exits on --enable-supernode-auth with --insecure; refused here before it starts.
+    with pytest.raises(ValueError, match="needs TLS"):
+        superlink_command(port=9000, log_path=tmp_path / "l", tls=None, supernode_auth=True)
+    key = supernode_key(tmp_path / "keys", "hospital-0")
+    node = supernode_command(superlink="127.0.0.1:9000", partition_id=0, num_partitions=1, port=9100, tls=tls,
+                             private_key=key.private_key)
+    assert node[node.index("--auth-supernode-private-key") + 1] == str(key.private_key)
+    plain = supernode_command(superlink="127.0.0.1:9000", partition_id=0, num_partitions=1, port=9100, tls=tls)
+    assert "--auth-supernode-private-key" not in plain
+
+
+def test_registration_names_the_public_key_and_the_local_connection(tmp_path):
+    command = register_supernode_command(tmp_path / "hospital-0.pub")
+    assert command[1:5] == ["supernode", "register", str(tmp_path / "hospital-0.pub"), CONNECTION_NAME]
+    assert command[command.index("--format") + 1] == "json"  # the node id is read from it
+
+
+def test_supernode_keys_load_with_flowers_own_readers_and_differ_per_hospital(tmp_path):
+    """The formats flower-supernode (OpenSSH private key, EC) and `flwr supernode register`
+    (OpenSSH public key on a NIST curve) accept, read by Flower's own loaders."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    keys = [supernode_key(tmp_path, f"hospital-{k}") for k in range(2)]
+    for key in keys:
+        private = serialization.load_ssh_private_key(key.private_key.read_bytes(), None)
+        assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
+        # What registration sends is the public half of what the SuperNode signs with.
+        assert try_load_public_key(key.public_key) == public_key_to_bytes(private.public_key())
+        assert key.private_key.stat().st_mode & 0o077 == 0, "private key readable by others"
+    assert keys[0].public_key.read_bytes() != keys[1].public_key.read_bytes()
 
 
 def test_self_signed_server_certificate_verifies_against_its_ca_for_localhost(tmp_path):
@@ -282,4 +325,19 @@ def test_deploy_refuses_bad_input_in_one_line_before_starting_anything(tmp_path)
     )
     assert result.exit_code == 2
     assert "federation.num_hospitals" in result.output
+    assert not workdir.exists() and not (tmp_path / "runs").exists()
+
+
+def test_deploy_refuses_supernode_auth_without_tls_before_starting_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from fl_mia.app.cli import app
+
+    workdir = tmp_path / "work"
+    result = CliRunner().invoke(
+        app, ["deploy", "configs/quickstart.toml", "--supernode-auth", "--runs-root", str(tmp_path / "runs"),
+              "--workdir", str(workdir)],
+    )
+    assert result.exit_code == 2
+    assert "--tls-self-signed" in result.output
     assert not workdir.exists() and not (tmp_path / "runs").exists()
