@@ -245,6 +245,67 @@ def test_deployment_with_tls_equals_the_simulation(tmp_path):
 
 
 @pytest.mark.slow
+def test_supernode_auth_admits_the_registered_hospitals_and_refuses_strangers():
+    """TLS + SuperNode authentication on localhost: both hospitals' keys are registered and the
+    2-hospital run completes, while two strangers are refused before they get a node id (so
+    they can never be sent work) and exit:
+
+    - a plain SuperNode (no key: it would register itself) — admitted when authentication is
+      off, so this is the check that fails if `--enable-supernode-auth` is lost;
+    - a SuperNode signing with a key nobody registered (refused at activation).
+    """
+    import shutil
+    import tempfile
+
+    from fl_mia.app.deploy import flower_executable, local_deployment, submit_run
+    from fl_mia.run_folder import write_toml
+
+    workdir = Path(tempfile.mkdtemp(prefix="flmia-auth-", dir="/tmp"))  # short: Flower's state and logs
+    cfg = build_config(_tiny_deploy_raw())
+    experiment = workdir / "experiment.toml"
+    write_toml(experiment, cfg.to_toml_dict())
+    tls = self_signed_tls(workdir / "certs")
+    unregistered_key = supernode_key(workdir / "stranger", "unregistered")
+    strangers = StartedProcesses()
+    try:
+        with local_deployment(workdir, num_hospitals=2, tls=tls, supernode_auth=True) as env:
+            address = tomllib.loads((Path(env["FLWR_HOME"]) / "config.toml").read_text())["superlink"][CONNECTION_NAME][
+                "address"]
+            for name, private_key in (("keyless", None), ("unregistered", unregistered_key.private_key)):
+                strangers.start(
+                    supernode_command(superlink=address, partition_id=0, num_partitions=2, port=free_port(), tls=tls,
+                                      private_key=private_key),
+                    env=env, log_path=workdir / f"stranger-{name}.log",
+                )
+            deadline = time.monotonic() + 300
+            for name, stranger in zip(("keyless", "unregistered"), strangers.processes, strict=True):
+                try:
+                    stranger.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"the {name} stranger SuperNode is still running after 300 s: it was admitted")
+            run_dir = submit_run(experiment, env=env, workdir=workdir, runs_root=workdir / "runs", timeout_s=1800)
+            listed = subprocess.run([flower_executable("flwr"), "supernode", "list", CONNECTION_NAME, "--format", "json"],
+                                    env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        strangers.stop()
+    # On failure the workdir (logs, keys) stays for a look; on success it goes.
+    assert not processes_mentioning(str(workdir)), "deployment processes left running"
+    keyless_log = (workdir / "stranger-keyless.log").read_text()
+    assert "[code: 2001] SuperNode authentication is enabled" in keyless_log, keyless_log[-2000:]
+    unregistered_log = (workdir / "stranger-unregistered.log").read_text()
+    assert "[code: 2004] Failed to activate SuperNode" in unregistered_log, unregistered_log[-2000:]
+    assert "No SuperNode found with the given public key" in (workdir / "superlink.log").read_text()
+    # The SuperLink knows exactly the two registered hospitals, both connected.
+    nodes = json.loads(listed.stdout)["nodes"]
+    assert sorted(node["status"] for node in nodes) == ["online", "online"], listed.stdout
+    registered = (workdir / "supernode-register.log").read_text()
+    assert all(str(node["node-id"]) in registered for node in nodes), registered
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+    assert {r["round"] for r in _read_rows(run_dir / "rounds.csv")} == {"0", "1", "2"}
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.slow
 def test_documented_flwr_run_commands_complete_on_a_dataset_from_disk(tmp_path):
     """docs/deployment.md's `flwr run .` recipe, with a private FLWR_HOME and ports, on a tiny
     MSD-layout dataset written by nibabel: the hospitals' actors read their shards from disk
