@@ -124,6 +124,27 @@ def test_registration_names_the_public_key_and_the_local_connection(tmp_path):
     assert command[command.index("--format") + 1] == "json"  # the node id is read from it
 
 
+def test_registration_returns_node_ids_in_key_order_and_stops_on_a_refusal(tmp_path, monkeypatch):
+    """`flwr supernode register --format json` stands in as a script printing what flwr 1.42
+    prints (`{"success": true, "node-id": N}`), or failing as it does on a refused key."""
+    from fl_mia.app import deploy
+
+    def fake_register(public_key: Path) -> list[str]:
+        if public_key.name == "refused.pub":
+            return [sys.executable, "-c", "import sys; print('public key already in use'); sys.exit(1)"]
+        node_id = int(public_key.stem.split("-")[1]) + 100
+        return [sys.executable, "-c", f"print('{{\"success\": true, \"node-id\": {node_id}}}')"]
+
+    monkeypatch.setattr(deploy, "register_supernode_command", fake_register)
+    keys = [tmp_path / f"hospital-{k}.pub" for k in range(5)]
+    node_ids = deploy.register_supernodes(keys, env=dict(os.environ), log_path=tmp_path / "log")
+    assert node_ids == [100, 101, 102, 103, 104]
+    with pytest.raises(RuntimeError, match="refused.pub"):
+        deploy.register_supernodes([*keys[:2], tmp_path / "refused.pub"], env=dict(os.environ),
+                                   log_path=tmp_path / "log")
+    assert "public key already in use" in (tmp_path / "log").read_text()
+
+
 def test_supernode_keys_load_with_flowers_own_readers_and_differ_per_hospital(tmp_path):
     """The formats flower-supernode (OpenSSH private key, EC) and `flwr supernode register`
     (OpenSSH public key on a NIST curve) accept, read by Flower's own loaders."""
@@ -284,8 +305,10 @@ def test_supernode_auth_admits_the_registered_hospitals_and_refuses_strangers():
                 except subprocess.TimeoutExpired:
                     pytest.fail(f"the {name} stranger SuperNode is still running after 300 s: it was admitted")
             run_dir = submit_run(experiment, env=env, workdir=workdir, runs_root=workdir / "runs", timeout_s=1800)
-            listed = subprocess.run([flower_executable("flwr"), "supernode", "list", CONNECTION_NAME, "--format", "json"],
-                                    env=env, capture_output=True, text=True, timeout=300)
+            listed = subprocess.run(
+                [flower_executable("flwr"), "supernode", "list", CONNECTION_NAME, "--format", "json"],
+                env=env, capture_output=True, text=True, timeout=300,
+            )
     finally:
         strangers.stop()
     # On failure the workdir (logs, keys) stays for a look; on success it goes.

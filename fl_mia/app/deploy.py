@@ -287,8 +287,12 @@ def register_supernodes(public_keys: list[Path], *, env: dict[str, str], log_pat
     from concurrent.futures import ThreadPoolExecutor
 
     def register(public_key: Path) -> tuple[subprocess.CompletedProcess, int | None]:
-        done = subprocess.run(register_supernode_command(public_key), env=env, capture_output=True, text=True,
-                              timeout=_READY_TIMEOUT_S * 5, check=False)
+        try:
+            done = subprocess.run(register_supernode_command(public_key), env=env, capture_output=True, text=True,
+                                  timeout=_READY_TIMEOUT_S * 5, check=False)
+        except subprocess.TimeoutExpired as expired:
+            done = subprocess.CompletedProcess(expired.cmd, returncode=-1, stdout="",
+                                               stderr=f"(no answer within {expired.timeout:.0f}s)")
         try:
             node_id = int(json.loads(done.stdout)["node-id"]) if done.returncode == 0 else None
         except (ValueError, KeyError, TypeError):
