@@ -299,9 +299,10 @@ def test_supernode_auth_admits_the_registered_hospitals_and_refuses_strangers():
                     env=env, log_path=workdir / f"stranger-{name}.log",
                 )
             deadline = time.monotonic() + 300
+            exit_codes = {}
             for name, stranger in zip(("keyless", "unregistered"), strangers.processes, strict=True):
                 try:
-                    stranger.wait(timeout=max(1.0, deadline - time.monotonic()))
+                    exit_codes[name] = stranger.wait(timeout=max(1.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pytest.fail(f"the {name} stranger SuperNode is still running after 300 s: it was admitted")
             run_dir = submit_run(experiment, env=env, workdir=workdir, runs_root=workdir / "runs", timeout_s=1800)
@@ -313,6 +314,7 @@ def test_supernode_auth_admits_the_registered_hospitals_and_refuses_strangers():
         strangers.stop()
     # On failure the workdir (logs, keys) stays for a look; on success it goes.
     assert not processes_mentioning(str(workdir)), "deployment processes left running"
+    assert all(code != 0 for code in exit_codes.values()), exit_codes
     keyless_log = (workdir / "stranger-keyless.log").read_text()
     assert "[code: 2001] SuperNode authentication is enabled" in keyless_log, keyless_log[-2000:]
     unregistered_log = (workdir / "stranger-unregistered.log").read_text()

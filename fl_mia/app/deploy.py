@@ -224,7 +224,7 @@ def supernode_key(folder: Path, name: str) -> SupernodeKey:
 def superlink_command(*, port: int, log_path: Path, tls: Tls | None, supernode_auth: bool = False) -> list[str]:
     """``supernode_auth``: admit only SuperNodes whose public keys were registered beforehand."""
     if supernode_auth and tls is None:
-        # flower-superlink itself exits on this combination (SUPERLINK_INVALID_ARGS), but only after its slow start.
+        # flower-superlink itself exits on this combination (its exit code 104), but only after its slow start.
         raise ValueError("SuperNode authentication needs TLS: Flower's SuperLink refuses --enable-supernode-auth "
                          "with --insecure; give it certificates (--tls-self-signed)")
     security = (
