@@ -16,12 +16,15 @@ import psutil
 import pytest
 
 from fl_mia.app.deploy import (
+    CONNECTION_NAME,
     StartedProcesses,
     child_environment,
     free_port,
+    register_supernode_command,
     self_signed_tls,
     superlink_command,
     supernode_command,
+    supernode_key,
     write_connection,
 )
 from fl_mia.app.simulation_resources import backend_config, check_resources, ray_cluster_address
@@ -97,6 +100,67 @@ def test_superlink_never_installs_dependencies_and_tls_replaces_insecure(tmp_pat
     assert secure[secure.index("--ssl-certfile") + 1] == str(tls.server_certfile)
     node = supernode_command(superlink="127.0.0.1:9000", partition_id=0, num_partitions=1, port=9100, tls=tls)
     assert node[node.index("--root-certificates") + 1] == str(tls.ca_certfile) and "--insecure" not in node
+
+
+def test_supernode_auth_adds_flowers_flags_and_refuses_to_run_without_tls(tmp_path):
+    tls = self_signed_tls(tmp_path / "certs")
+    link = superlink_command(port=9000, log_path=tmp_path / "l", tls=tls, supernode_auth=True)
+    assert "--enable-supernode-auth" in link and "--insecure" not in link
+    assert "--enable-supernode-auth" not in superlink_command(port=9000, log_path=tmp_path / "l", tls=tls)
+    # flower-superlink exits on --enable-supernode-auth with --insecure; refused here before it starts.
+    with pytest.raises(ValueError, match="needs TLS"):
+        superlink_command(port=9000, log_path=tmp_path / "l", tls=None, supernode_auth=True)
+    key = supernode_key(tmp_path / "keys", "hospital-0")
+    node = supernode_command(superlink="127.0.0.1:9000", partition_id=0, num_partitions=1, port=9100, tls=tls,
+                             private_key=key.private_key)
+    assert node[node.index("--auth-supernode-private-key") + 1] == str(key.private_key)
+    plain = supernode_command(superlink="127.0.0.1:9000", partition_id=0, num_partitions=1, port=9100, tls=tls)
+    assert "--auth-supernode-private-key" not in plain
+
+
+def test_registration_names_the_public_key_and_the_local_connection(tmp_path):
+    command = register_supernode_command(tmp_path / "hospital-0.pub")
+    assert command[1:5] == ["supernode", "register", str(tmp_path / "hospital-0.pub"), CONNECTION_NAME]
+    assert command[command.index("--format") + 1] == "json"  # the node id is read from it
+
+
+def test_registration_returns_node_ids_in_key_order_and_stops_on_a_refusal(tmp_path, monkeypatch):
+    """`flwr supernode register --format json` stands in as a script printing what flwr 1.42
+    prints (`{"success": true, "node-id": N}`), or failing as it does on a refused key."""
+    from fl_mia.app import deploy
+
+    def fake_register(public_key: Path) -> list[str]:
+        if public_key.name == "refused.pub":
+            return [sys.executable, "-c", "import sys; print('public key already in use'); sys.exit(1)"]
+        node_id = int(public_key.stem.split("-")[1]) + 100
+        return [sys.executable, "-c", f"print('{{\"success\": true, \"node-id\": {node_id}}}')"]
+
+    monkeypatch.setattr(deploy, "register_supernode_command", fake_register)
+    keys = [tmp_path / f"hospital-{k}.pub" for k in range(5)]
+    node_ids = deploy.register_supernodes(keys, env=dict(os.environ), log_path=tmp_path / "log")
+    assert node_ids == [100, 101, 102, 103, 104]
+    with pytest.raises(RuntimeError, match="refused.pub"):
+        deploy.register_supernodes([*keys[:2], tmp_path / "refused.pub"], env=dict(os.environ),
+                                   log_path=tmp_path / "log")
+    assert "public key already in use" in (tmp_path / "log").read_text()
+
+
+def test_supernode_keys_load_with_flowers_own_readers_and_differ_per_hospital(tmp_path):
+    """The formats flower-supernode (OpenSSH private key, EC) and `flwr supernode register`
+    (OpenSSH public key on a NIST curve) accept, read by Flower's own loaders."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    keys = [supernode_key(tmp_path, f"hospital-{k}") for k in range(2)]
+    for key in keys:
+        private = serialization.load_ssh_private_key(key.private_key.read_bytes(), None)
+        assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
+        # What registration sends is the public half of what the SuperNode signs with.
+        assert try_load_public_key(key.public_key) == public_key_to_bytes(private.public_key())
+        assert key.private_key.stat().st_mode & 0o077 == 0, "private key readable by others"
+    assert keys[0].public_key.read_bytes() != keys[1].public_key.read_bytes()
 
 
 def test_self_signed_server_certificate_verifies_against_its_ca_for_localhost(tmp_path):
@@ -203,6 +267,71 @@ def test_deployment_with_tls_equals_the_simulation(tmp_path):
 
 
 @pytest.mark.slow
+def test_supernode_auth_admits_the_registered_hospitals_and_refuses_strangers():
+    """TLS + SuperNode authentication on localhost: both hospitals' keys are registered and the
+    2-hospital run completes, while two strangers are refused before they get a node id (so
+    they can never be sent work) and exit:
+
+    - a plain SuperNode (no key: it would register itself) — admitted when authentication is
+      off, so this is the check that fails if `--enable-supernode-auth` is lost;
+    - a SuperNode signing with a key nobody registered (refused at activation).
+    """
+    import shutil
+    import tempfile
+
+    from fl_mia.app.deploy import flower_executable, local_deployment, submit_run
+    from fl_mia.run_folder import write_toml
+
+    workdir = Path(tempfile.mkdtemp(prefix="flmia-auth-", dir="/tmp"))  # short: Flower's state and logs
+    cfg = build_config(_tiny_deploy_raw())
+    experiment = workdir / "experiment.toml"
+    write_toml(experiment, cfg.to_toml_dict())
+    tls = self_signed_tls(workdir / "certs")
+    unregistered_key = supernode_key(workdir / "stranger", "unregistered")
+    strangers = StartedProcesses()
+    try:
+        with local_deployment(workdir, num_hospitals=2, tls=tls, supernode_auth=True) as env:
+            address = tomllib.loads((Path(env["FLWR_HOME"]) / "config.toml").read_text())["superlink"][CONNECTION_NAME][
+                "address"]
+            for name, private_key in (("keyless", None), ("unregistered", unregistered_key.private_key)):
+                strangers.start(
+                    supernode_command(superlink=address, partition_id=0, num_partitions=2, port=free_port(), tls=tls,
+                                      private_key=private_key),
+                    env=env, log_path=workdir / f"stranger-{name}.log",
+                )
+            deadline = time.monotonic() + 300
+            exit_codes = {}
+            for name, stranger in zip(("keyless", "unregistered"), strangers.processes, strict=True):
+                try:
+                    exit_codes[name] = stranger.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"the {name} stranger SuperNode is still running after 300 s: it was admitted")
+            run_dir = submit_run(experiment, env=env, workdir=workdir, runs_root=workdir / "runs", timeout_s=1800)
+            listed = subprocess.run(
+                [flower_executable("flwr"), "supernode", "list", CONNECTION_NAME, "--format", "json"],
+                env=env, capture_output=True, text=True, timeout=300,
+            )
+    finally:
+        strangers.stop()
+    # On failure the workdir (logs, keys) stays for a look; on success it goes.
+    assert not processes_mentioning(str(workdir)), "deployment processes left running"
+    assert all(code != 0 for code in exit_codes.values()), exit_codes
+    keyless_log = (workdir / "stranger-keyless.log").read_text()
+    assert "[code: 2001] SuperNode authentication is enabled" in keyless_log, keyless_log[-2000:]
+    unregistered_log = (workdir / "stranger-unregistered.log").read_text()
+    assert "[code: 2004] Failed to activate SuperNode" in unregistered_log, unregistered_log[-2000:]
+    assert "No SuperNode found with the given public key" in (workdir / "superlink.log").read_text()
+    # The SuperLink knows exactly the two registered hospitals, both connected.
+    nodes = json.loads(listed.stdout)["nodes"]
+    assert sorted(node["status"] for node in nodes) == ["online", "online"], listed.stdout
+    registered = (workdir / "supernode-register.log").read_text()
+    assert all(str(node["node-id"]) in registered for node in nodes), registered
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
+    assert {r["round"] for r in _read_rows(run_dir / "rounds.csv")} == {"0", "1", "2"}
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.slow
 def test_documented_flwr_run_commands_complete_on_a_dataset_from_disk(tmp_path):
     """docs/deployment.md's `flwr run .` recipe, with a private FLWR_HOME and ports, on a tiny
     MSD-layout dataset written by nibabel: the hospitals' actors read their shards from disk
@@ -283,4 +412,19 @@ def test_deploy_refuses_bad_input_in_one_line_before_starting_anything(tmp_path)
     )
     assert result.exit_code == 2
     assert "federation.num_hospitals" in result.output
+    assert not workdir.exists() and not (tmp_path / "runs").exists()
+
+
+def test_deploy_refuses_supernode_auth_without_tls_before_starting_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from fl_mia.app.cli import app
+
+    workdir = tmp_path / "work"
+    result = CliRunner().invoke(
+        app, ["deploy", "configs/quickstart.toml", "--supernode-auth", "--runs-root", str(tmp_path / "runs"),
+              "--workdir", str(workdir)],
+    )
+    assert result.exit_code == 2
+    assert "--tls-self-signed" in result.output
     assert not workdir.exists() and not (tmp_path / "runs").exists()

@@ -6,8 +6,9 @@ as a consortium would submit it, and everything this module started is stopped a
 whatever happens. Every process keeps its own process group, so stopping touches nothing
 but what was started here (other users' Flower or Ray processes are left alone).
 
-A real consortium runs the same three commands on different machines, with TLS and
-SuperNode authentication on (docs/deployment.md).
+A real consortium runs the same programs on different machines, with TLS and SuperNode
+authentication on (docs/deployment.md); both can be tried here on localhost
+(``--tls-self-signed``, ``--supernode-auth``).
 """
 
 from __future__ import annotations
@@ -186,12 +187,53 @@ def self_signed_tls(folder: Path, *, host: str = "127.0.0.1") -> Tls:
     return tls
 
 
-def superlink_command(*, port: int, log_path: Path, tls: Tls | None) -> list[str]:
+@dataclass(frozen=True)
+class SupernodeKey:
+    """One SuperNode's authentication key pair: an EC (NIST P-384) key, the private half in
+    OpenSSH's private-key format (what ``flower-supernode --auth-supernode-private-key``
+    reads), the public half as an OpenSSH public key (what ``flwr supernode register`` reads)."""
+
+    private_key: Path
+    public_key: Path
+
+
+def supernode_key(folder: Path, name: str) -> SupernodeKey:
+    """A new key pair ``folder/name`` and ``folder/name.pub``, as ``ssh-keygen -t ecdsa -b 384
+    -N "" -f folder/name`` would write it (the private file readable by its owner only).
+
+    In a consortium each hospital makes its own and hands only the ``.pub`` to the SuperLink's
+    operator; here one process plays every hospital.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    pair = SupernodeKey(private_key=folder / name, public_key=folder / f"{name}.pub")
+    pair.private_key.touch(mode=0o600)
+    pair.private_key.chmod(0o600)  # also when the file was there before
+    pair.private_key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    pair.public_key.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
+    return pair
+
+
+def superlink_command(*, port: int, log_path: Path, tls: Tls | None, supernode_auth: bool = False) -> list[str]:
+    """``supernode_auth``: admit only SuperNodes whose public keys were registered beforehand."""
+    if supernode_auth and tls is None:
+        # flower-superlink itself exits on this combination (its exit code 104), but only after its slow start.
+        raise ValueError("SuperNode authentication needs TLS: Flower's SuperLink refuses --enable-supernode-auth "
+                         "with --insecure; give it certificates (--tls-self-signed)")
     security = (
         ["--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.server_certfile),
          "--ssl-keyfile", str(tls.server_keyfile)]
         if tls is not None else ["--insecure"]
     )
+    if supernode_auth:
+        security.append("--enable-supernode-auth")
     return [
         flower_executable("flower-superlink"), *security,
         "--isolation", "subprocess",
@@ -201,9 +243,15 @@ def superlink_command(*, port: int, log_path: Path, tls: Tls | None) -> list[str
     ]
 
 
-def supernode_command(*, superlink: str, partition_id: int, num_partitions: int, port: int, tls: Tls | None) -> list[str]:
-    """One hospital: ``partition-id`` selects its shard; ``--port`` is its own ClientApp API."""
+def supernode_command(
+    *, superlink: str, partition_id: int, num_partitions: int, port: int, tls: Tls | None,
+    private_key: Path | None = None,
+) -> list[str]:
+    """One hospital: ``partition-id`` selects its shard; ``--port`` is its own ClientApp API;
+    ``private_key`` signs its requests (its public key must be registered with the SuperLink)."""
     security = ["--root-certificates", str(tls.ca_certfile)] if tls is not None else ["--insecure"]
+    if private_key is not None:
+        security += ["--auth-supernode-private-key", str(private_key)]
     return [
         flower_executable("flower-supernode"), *security,
         "--superlink", superlink,
@@ -224,6 +272,44 @@ def write_connection(flwr_home: Path, *, address: str, tls: Tls | None) -> None:
     write_toml(flwr_home / "config.toml", {"superlink": {"default": CONNECTION_NAME, CONNECTION_NAME: connection}})
 
 
+def register_supernode_command(public_key: Path) -> list[str]:
+    """``flwr supernode register``: adds a public key to the SuperLink through its Control API
+    (the connection written by :func:`write_connection`); prints the new node id as JSON."""
+    return [flower_executable("flwr"), "supernode", "register", str(public_key), CONNECTION_NAME, "--format", "json"]
+
+
+def register_supernodes(public_keys: list[Path], *, env: dict[str, str], log_path: Path) -> list[int]:
+    """Register every key with the SuperLink; return their node ids in the same order.
+
+    Each ``flwr`` call imports Flower (seconds on a busy machine), so a few run at once.
+    """
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    def register(public_key: Path) -> tuple[subprocess.CompletedProcess, int | None]:
+        try:
+            done = subprocess.run(register_supernode_command(public_key), env=env, capture_output=True, text=True,
+                                  timeout=_READY_TIMEOUT_S * 5, check=False)
+        except subprocess.TimeoutExpired as expired:
+            done = subprocess.CompletedProcess(expired.cmd, returncode=-1, stdout="",
+                                               stderr=f"(no answer within {expired.timeout:.0f}s)")
+        try:
+            node_id = int(json.loads(done.stdout)["node-id"]) if done.returncode == 0 else None
+        except (ValueError, KeyError, TypeError):
+            node_id = None
+        return done, node_id
+
+    with ThreadPoolExecutor(max_workers=min(4, len(public_keys) or 1)) as pool:
+        results = list(pool.map(register, public_keys))
+    with open(log_path, "a") as log:
+        for public_key, (done, node_id) in zip(public_keys, results, strict=True):
+            log.write(f"$ {' '.join(done.args)}\n{done.stdout}{done.stderr}\n")
+            if node_id is None:
+                raise RuntimeError(f"registering {public_key} with the SuperLink failed (exit code {done.returncode}); "
+                                   f"see {log_path}")
+    return [node_id for _, node_id in results]
+
+
 def _wait_until_listening(port: int, process: subprocess.Popen, *, what: str, log_path: Path) -> None:
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -237,8 +323,13 @@ def _wait_until_listening(port: int, process: subprocess.Popen, *, what: str, lo
 
 
 @contextmanager
-def local_deployment(workdir: Path, *, num_hospitals: int, tls: Tls | None = None):
+def local_deployment(workdir: Path, *, num_hospitals: int, tls: Tls | None = None, supernode_auth: bool = False):
     """A SuperLink and ``num_hospitals`` SuperNodes on free localhost ports; stopped on exit.
+
+    With ``supernode_auth`` (needs ``tls``) every hospital gets its own key pair under
+    ``workdir/supernode-keys``, its public key is registered with the SuperLink before any
+    SuperNode starts, and its SuperNode signs with the private key; the SuperLink refuses
+    any other SuperNode.
 
     Yields the environment (``FLWR_HOME`` with the connection) under which ``flwr run``
     reaches this SuperLink.
@@ -251,16 +342,24 @@ def local_deployment(workdir: Path, *, num_hospitals: int, tls: Tls | None = Non
     started = StartedProcesses()
     try:
         superlink_log = workdir / "superlink.log"
-        superlink = started.start(superlink_command(port=port, log_path=superlink_log, tls=tls), env=env,
-                                  log_path=workdir / "superlink.out")
+        superlink = started.start(
+            superlink_command(port=port, log_path=superlink_log, tls=tls, supernode_auth=supernode_auth),
+            env=env, log_path=workdir / "superlink.out",
+        )
         _wait_until_listening(port, superlink, what="flower-superlink", log_path=superlink_log)
+        keys: list[SupernodeKey | None] = [None] * num_hospitals
+        if supernode_auth:
+            keys = [supernode_key(workdir / "supernode-keys", f"hospital-{k}") for k in range(num_hospitals)]
+            node_ids = register_supernodes([key.public_key for key in keys], env=env,
+                                           log_path=workdir / "supernode-register.log")
+            logger.info("local deployment: registered %d SuperNode keys (node ids %s)", len(node_ids), node_ids)
         supernodes = []
-        for hospital in range(num_hospitals):
+        for hospital, key in enumerate(keys):
             node_port = free_port()
             log_path = workdir / f"supernode-{hospital}.log"
             process = started.start(
                 supernode_command(superlink=f"127.0.0.1:{port}", partition_id=hospital, num_partitions=num_hospitals,
-                                  port=node_port, tls=tls),
+                                  port=node_port, tls=tls, private_key=key.private_key if key is not None else None),
                 env=env, log_path=log_path,
             )
             supernodes.append((hospital, node_port, process, log_path))
@@ -277,43 +376,30 @@ def _new_run_folders(runs_root: Path, before: set[Path]) -> list[Path]:
     return sorted(p for p in runs_root.iterdir() if p.is_dir() and p not in before) if runs_root.exists() else []
 
 
-def run_deployed(
-    cfg: ExperimentConfig,
-    *,
-    workdir: Path,
-    runs_root: Path,
-    tls: Tls | None = None,
-    timeout_s: float = 3600.0,
-) -> Path:
-    """Run ``cfg`` on a local deployment, one SuperNode per hospital; return its run folder.
+def submit_run(experiment: Path, *, env: dict[str, str], workdir: Path, runs_root: Path, timeout_s: float) -> Path:
+    """``flwr run`` the experiment file on the deployment ``env`` reaches; return its run folder.
 
     ``flwr run`` returns 0 even when the run fails, so the outcome is read from the run
     folder's ``status.json`` (written by the ServerApp, as under simulation).
     """
     import json
 
-    workdir = workdir.resolve()
-    runs_root = runs_root.resolve()
     runs_root.mkdir(parents=True, exist_ok=True)
-    experiment = workdir / "experiment.toml"
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_toml(experiment, cfg.to_toml_dict())
     before = set(runs_root.iterdir())
-    with local_deployment(workdir, num_hospitals=cfg.federation.num_hospitals, tls=tls) as env:
-        command = [
-            flower_executable("flwr"), "run", str(PROJECT_ROOT), CONNECTION_NAME, "--stream",
-            "--run-config", f'experiment="{experiment}" runs-root="{runs_root}"',
-        ]
-        with open(workdir / "flwr-run.log", "wb") as log:
-            try:
-                submitted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                           timeout=timeout_s, check=False)
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(
-                    f"the run did not finish within {timeout_s:.0f}s; see {workdir / 'flwr-run.log'}"
-                ) from None
-        if submitted.returncode != 0:
-            raise RuntimeError(f"flwr run exited with code {submitted.returncode}; see {workdir / 'flwr-run.log'}")
+    command = [
+        flower_executable("flwr"), "run", str(PROJECT_ROOT), CONNECTION_NAME, "--stream",
+        "--run-config", f'experiment="{experiment}" runs-root="{runs_root}"',
+    ]
+    with open(workdir / "flwr-run.log", "wb") as log:
+        try:
+            submitted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                       timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"the run did not finish within {timeout_s:.0f}s; see {workdir / 'flwr-run.log'}"
+            ) from None
+    if submitted.returncode != 0:
+        raise RuntimeError(f"flwr run exited with code {submitted.returncode}; see {workdir / 'flwr-run.log'}")
     folders = _new_run_folders(runs_root, before)
     if len(folders) != 1:
         raise RuntimeError(
@@ -327,6 +413,26 @@ def run_deployed(
             f"see {folders[0] / 'run.log'} and {workdir}"
         )
     return folders[0]
+
+
+def run_deployed(
+    cfg: ExperimentConfig,
+    *,
+    workdir: Path,
+    runs_root: Path,
+    tls: Tls | None = None,
+    supernode_auth: bool = False,
+    timeout_s: float = 3600.0,
+) -> Path:
+    """Run ``cfg`` on a local deployment, one SuperNode per hospital; return its run folder."""
+    workdir = workdir.resolve()
+    runs_root = runs_root.resolve()
+    experiment = workdir / "experiment.toml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_toml(experiment, cfg.to_toml_dict())
+    with local_deployment(workdir, num_hospitals=cfg.federation.num_hospitals, tls=tls,
+                          supernode_auth=supernode_auth) as env:
+        return submit_run(experiment, env=env, workdir=workdir, runs_root=runs_root, timeout_s=timeout_s)
 
 
 def deploy_command(
@@ -345,8 +451,20 @@ def deploy_command(
     tls_self_signed: Annotated[
         bool, typer.Option("--tls-self-signed", help="Encrypt with a throw-away CA made in the workdir (a trial of TLS).")
     ] = False,
+    supernode_auth: Annotated[
+        bool,
+        typer.Option(
+            "--supernode-auth",
+            help="Admit only registered SuperNodes: a key pair per hospital made in the workdir, each public key "
+                 "registered with `flwr supernode register` before the SuperNodes start (needs --tls-self-signed).",
+        ),
+    ] = False,
 ) -> None:
-    """Run one experiment on a local Flower deployment: a SuperLink and one SuperNode process per hospital."""
+    """Run one experiment on a local Flower deployment: a SuperLink and one SuperNode process per hospital.
+
+    --tls-self-signed and --supernode-auth try on localhost what a consortium turns on
+    (docs/deployment.md, "What a real consortium turns on").
+    """
     import tempfile
 
     from rich.console import Console
@@ -356,6 +474,10 @@ def deploy_command(
 
     overrides = list(set_ or []) + ([f"federation.num_hospitals={hospitals}"] if hospitals is not None else [])
     errors = Console(stderr=True)
+    if supernode_auth and not tls_self_signed:
+        errors.print("[bold red]error:[/] --supernode-auth needs --tls-self-signed: Flower's SuperLink refuses "
+                     "SuperNode authentication without TLS", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2)
     try:
         cfg = load_experiment(config, overrides)
     except ConfigError as error:
@@ -364,11 +486,12 @@ def deploy_command(
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fl-mia-deploy-"))
     Console().print(
         f"fl-mia deploy · {cfg.name} · {cfg.federation.num_hospitals} SuperNodes · {cfg.federation.rounds} rounds · "
+        f"{'TLS' if tls_self_signed else 'no TLS'}{' · SuperNode authentication' if supernode_auth else ''} · "
         f"logs in {workdir}"
     )
     try:
         tls = self_signed_tls(workdir / "certificates") if tls_self_signed else None
-        run_dir = run_deployed(cfg, workdir=workdir, runs_root=runs_root, tls=tls)
+        run_dir = run_deployed(cfg, workdir=workdir, runs_root=runs_root, tls=tls, supernode_auth=supernode_auth)
     except RuntimeError as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
