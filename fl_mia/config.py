@@ -251,7 +251,9 @@ class SimulationConfig(_Section):
 class ThreatConfig(_Section):
     """What the server does: honest-but-curious FedAvg, or a poisoning strategy."""
 
-    poisoning: Literal["none", "gradient_ascent", "isolation", "model_inconsistency", "backdoor", "trap_weights", "trap_inconsistency"] = Field(
+    poisoning: Literal[
+        "none", "gradient_ascent", "isolation", "model_inconsistency", "backdoor", "trap_weights", "trap_inconsistency"
+    ] = Field(
         "none",
         description="'none': honest-but-curious server; otherwise the malicious strategy it runs "
         "('trap_inconsistency': trap weights for one hospital per round, silenced models for the others, against SecAgg+).",
@@ -284,7 +286,7 @@ class ThreatConfig(_Section):
     )
     trap_in_turn: bool = Field(
         True,
-        description="trap_weights: trap one target hospital per poisoned round, in turn (one reply left out per round), rather than all targets at once.",
+        description="trap_weights: trap one target hospital per poisoned round, in turn (one reply left out per round), rather than all targets at once (trap_inconsistency always traps in turn).",
     )
     trap_fit_steps: int = Field(
         60, ge=0, le=10_000, description="trap_weights, trap_inconsistency: optimisation steps that separate a detector's target from the server's other scans."
