@@ -256,8 +256,12 @@ SOURCE_INFERENCE_MAX_HOSPITALS = 8
 class ThreatConfig(_Section):
     """What the server does: honest-but-curious FedAvg, or a poisoning strategy."""
 
-    poisoning: Literal["none", "gradient_ascent", "isolation", "model_inconsistency", "backdoor", "trap_weights"] = Field(
-        "none", description="'none': honest-but-curious server; otherwise the malicious strategy it runs."
+    poisoning: Literal[
+        "none", "gradient_ascent", "isolation", "model_inconsistency", "backdoor", "trap_weights", "trap_inconsistency"
+    ] = Field(
+        "none",
+        description="'none': honest-but-curious server; otherwise the malicious strategy it runs "
+        "('trap_inconsistency': trap weights for one hospital per round, silenced models for the others, against SecAgg+).",
     )
     target_hospitals: list[int] = Field(
         [0], description="Hospitals the poisoning targets (model_inconsistency: the one whose update it isolates)."
@@ -283,14 +287,14 @@ class ThreatConfig(_Section):
     backdoor_lr: float = Field(1e-3, gt=0.0, le=1.0, description="backdoor: learning rate of the implanting.")
     trap_detectors_per_round: int = Field(
         16, ge=1, le=4096,
-        description="trap_weights: candidates trapped per targeted hospital and poisoned round (one GroupNorm group of encoder.layer1.0.conv1 each).",
+        description="trap_weights, trap_inconsistency: candidates trapped per targeted hospital and poisoned round (one GroupNorm group of encoder.layer1.0.conv1 each).",
     )
     trap_in_turn: bool = Field(
         True,
-        description="trap_weights: trap one target hospital per poisoned round, in turn (one reply left out per round), rather than all targets at once.",
+        description="trap_weights: trap one target hospital per poisoned round, in turn (one reply left out per round), rather than all targets at once (trap_inconsistency always traps in turn).",
     )
     trap_fit_steps: int = Field(
-        60, ge=0, le=10_000, description="trap_weights: optimisation steps that separate a detector's target from the server's other scans."
+        60, ge=0, le=10_000, description="trap_weights, trap_inconsistency: optimisation steps that separate a detector's target from the server's other scans."
     )
     update_attacks: bool = Field(
         True, description="Score candidates on each hospital's update (loss reduction, gradient alignment, ...)."
@@ -663,19 +667,36 @@ class ExperimentConfig(_Section):
         late = [r for r in self.threat.poison_rounds or [] if r > self.federation.rounds]
         if late:
             raise ValueError(f"threat.poison_rounds: round {late[0]} is after the last round (federation.rounds)")
-        if self.threat.poisoning == "trap_weights":
+        if self.threat.poisoning in ("trap_weights", "trap_inconsistency"):
             self._trap_weights_fit_the_model()
+        if self.threat.poisoning == "trap_inconsistency":
+            self._trap_inconsistency_leaves_training_rounds()
         return self
 
     def _trap_weights_fit_the_model(self) -> None:
         # The trap reads "this parameter never moved" as "its detector never fired".
+        poisoning = self.threat.poisoning
         if self.training.weight_decay != 0:
             raise ValueError(
-                "threat.poisoning=trap_weights: training.weight_decay must be 0 (decay moves every weight and hides the trap)"
+                f"threat.poisoning={poisoning}: training.weight_decay must be 0 (decay moves every weight and hides the trap)"
             )
         if not self.threat.update_attacks:
-            raise ValueError("threat.poisoning=trap_weights reads the hospitals' updates: set threat.update_attacks = true")
+            raise ValueError(f"threat.poisoning={poisoning} reads the hospitals' updates: set threat.update_attacks = true")
         # Whether the model has the trap's site and room for its detectors: fl_mia.preflight.
+
+    def _trap_inconsistency_leaves_training_rounds(self) -> None:
+        threat = self.threat
+        if not threat.trap_in_turn and len(set(threat.target_hospitals)) > 1:
+            raise ValueError(
+                "threat.trap_in_turn=false: trap_inconsistency traps one hospital per round (an aggregate isolates "
+                "only one unsilenced update); set threat.trap_in_turn = true"
+            )
+        trapped = set(threat.poison_rounds) if threat.poison_rounds is not None else set(range(1, self.federation.rounds + 1))
+        if threat.compensate and trapped >= set(range(1, self.federation.rounds + 1)):
+            raise ValueError(
+                "threat.poison_rounds: trap_inconsistency keeps the previous global model in every trapped round, so "
+                "trapping every round leaves the model untrained; list only the trap rounds, after the training rounds"
+            )
 
     @model_validator(mode="after")
     def _failures_name_real_hospitals_and_rounds(self) -> "ExperimentConfig":

@@ -40,15 +40,29 @@ def _threat_fits_the_defences(cfg: ExperimentConfig) -> None:
             "threat.poisoning=isolation needs each hospital's own returned model, which SecAgg+ hides; "
             "use model_inconsistency under secagg, or turn defences.secagg.enabled off"
         )
-    if poisoning == "model_inconsistency":
+    if poisoning in ("model_inconsistency", "trap_inconsistency"):
         from fl_mia.models import build_experiment_model
         from fl_mia.poisoning.model_inconsistency import silencing_keys
 
         silencing_keys(build_experiment_model(cfg))  # the decoder must have a norm layer to silence
+    if poisoning == "trap_inconsistency" and secagg:
+        from fl_mia.poisoning.trap_inconsistency import reconstruction_step
+
+        # A fired detector's weights move by about training.lr per Adam step. The reconstructed
+        # update carries SecAgg+'s rounding times max_weight / n (a hospital's share of the
+        # weights): a step within a hundredth of lr leaves room for that factor.
+        s = cfg.defences.secagg
+        step = reconstruction_step(clipping_range=s.clipping_range, quantization_range=s.quantization_range)
+        if step > cfg.training.lr / 100:
+            raise ValueError(
+                f"defences.secagg.quantization_range={s.quantization_range} is too coarse for trap_inconsistency: one "
+                f"quantisation step ({step:.2g}, from clipping_range={s.clipping_range:g}) must stay below training.lr/100 "
+                f"({cfg.training.lr / 100:.2g}) for the detectors' changes to outlast SecAgg+'s rounding; raise it"
+            )
 
 
 def _trap_fits_the_model(cfg: ExperimentConfig) -> None:
-    if cfg.threat.poisoning != "trap_weights":
+    if cfg.threat.poisoning not in ("trap_weights", "trap_inconsistency"):
         return
     from fl_mia.models import build_model
     from fl_mia.poisoning.trap_weights import check_capacity

@@ -4,7 +4,9 @@ Only two hooks change: ``configure_fit`` replaces a targeted hospital's payload 
 one (the honest payload object is shared by every hospital of the round and is never
 touched), and ``prepare_for_aggregation`` optionally folds a poisoned hospital back in
 (``Poisoner.fold_back``: "global model + its own update", or left out), so that the poison
-itself does not reach the global model.
+itself does not reach the global model. Under SecAgg+ nothing can be folded back one by
+one; a poisoner with ``discards_secure_sum`` makes the server keep its previous global
+model for the poisoned round instead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class PoisoningFedAvg(HonestFedAvg):
         self.poisoner = poisoner
         self.threat = threat
         self.poisoned_this_round: set[int] = set()
+        self.silenced_this_round: set[int] = set()
         self._global_this_round: list[np.ndarray] | None = None
 
     def __repr__(self) -> str:
@@ -35,6 +38,7 @@ class PoisoningFedAvg(HonestFedAvg):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager) -> list[tuple[ClientProxy, FitIns]]:
         instructions = super().configure_fit(server_round, parameters, client_manager)
         self.poisoned_this_round = set()
+        self.silenced_this_round = set()
         self._global_this_round = parameters_to_ndarrays(parameters)
         if not self.threat.poisons(server_round):
             return instructions
@@ -51,6 +55,8 @@ class PoisoningFedAvg(HonestFedAvg):
             payload = FitIns(ndarrays_to_parameters(poisoned), dict(honest_ins.config))
             self.sent_this_round[hospital] = payload.parameters
             self.poisoned_this_round.add(hospital)
+            if self.poisoner.is_silenced(server_round=server_round, hospital=hospital):
+                self.silenced_this_round.add(hospital)
             tailored.append((proxy, payload))
         return tailored
 
@@ -58,10 +64,11 @@ class PoisoningFedAvg(HonestFedAvg):
         """Model inconsistency under SecAgg+: recover the target's own model from the aggregate.
 
         The silenced hospitals' deltas are zero (but for the head bias), so the average
-        delta D = n_t·Δ_t / Σn and Δ_t = D·Σn / n_t (``reconstruct_target_update``).
+        delta D = n_t·Δ_t / Σn and Δ_t = D·Σn / n_t (``reconstruct_target_update``). The
+        target's model is what it was sent (honest, or trapped) plus Δ_t.
         """
         weights, view = super().visible_weights(hospital, res, results)
-        silenced = self.poisoned_this_round if self.poisoner.silences_updates else set()
+        silenced = self.silenced_this_round
         if not self.secure_aggregation or hospital in silenced or not silenced:
             return weights, view
         counts = {partition_of(p, r, self.directory): r.num_examples for p, r in results}
@@ -89,8 +96,15 @@ class PoisoningFedAvg(HonestFedAvg):
                     hospital=partition_of(proxy, res, self.directory),
                     returned=parameters_to_ndarrays(res.parameters),
                 )
-        if not self.threat.compensate or not self.poisoned_this_round or self.secure_aggregation:
-            return results  # under SecAgg+ the replies are one masked sum: nothing to fold back one by one
+        if self.secure_aggregation:
+            # The replies are one masked sum: nothing to fold back one by one. Either the whole
+            # round's sum goes in, or the server keeps its previous global model (FedAvg
+            # aggregates nothing, so the workflow keeps the parameters it had).
+            if self.threat.compensate and self.poisoned_this_round and self.poisoner.discards_secure_sum:
+                return []
+            return results
+        if not self.threat.compensate or not self.poisoned_this_round:
+            return results
         prepared = []
         for proxy, res in results:
             hospital = partition_of(proxy, res, self.directory)

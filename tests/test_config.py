@@ -113,7 +113,15 @@ def test_threat_and_defence_configs_are_overlays_on_a_base(folder):
             continue
         raw = tomllib.loads(path.read_text())
         assert "extends" in raw, f"{path.name} copies its base instead of extending it"
-        assert set(raw) - {"extends", "name"} <= {"threat", "defences", "privacy"}, (
+        if "federation" in raw:
+            # One exception: an attack that runs after the base's training rounds may append rounds,
+            # and only those (secagg_trap_weights.toml); rounds 1..R stay the base's experiment.
+            base_rounds = load_config(path.parent / raw["extends"]).federation.rounds
+            appended = load_config(path).threat.poison_rounds or []
+            assert set(raw["federation"]) == {"rounds"} and appended and min(appended) > base_rounds, (
+                f"{path.name} changes [federation] beyond appending attack rounds after the base's {base_rounds}"
+            )
+        assert set(raw) - {"extends", "name", "federation"} <= {"threat", "defences", "privacy"}, (
             f"{path.name} restates sections of its base: {sorted(set(raw) - {'extends', 'name', 'threat', 'defences', 'privacy'})}"
         )
 

@@ -21,10 +21,19 @@ class Poisoner(ABC):
     # True when the poisoned hospitals' updates are known to be zero, so that an aggregate
     # reveals the others' updates (model inconsistency).
     silences_updates: bool = False
+    # Under SecAgg+ a poisoned round's replies are one sum, nothing can be folded back one by
+    # one: True makes the server keep its previous global model for that round instead
+    # (with ``threat.compensate``), so the poisoned round never reaches the global model.
+    discards_secure_sum: bool = False
 
     @abstractmethod
     def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:
         ...
+
+    def is_silenced(self, *, server_round: int, hospital: int) -> bool:
+        """Whether the payload this poisoner sent ``hospital`` silences its update (so an aggregate
+        carries the other, unsilenced hospitals' updates alone)."""
+        return self.silences_updates
 
     def observe_reply(self, *, server_round: int, hospital: int, returned: list[np.ndarray]) -> None:
         """Called with every hospital's returned weights (when the server can see them)."""

@@ -13,6 +13,7 @@ from fl_mia.poisoning.base import Poisoner
 from fl_mia.poisoning.gradient_ascent import GradientAscentPoisoner
 from fl_mia.poisoning.isolation import IsolationPoisoner
 from fl_mia.poisoning.model_inconsistency import ModelInconsistencyPoisoner
+from fl_mia.poisoning.trap_inconsistency import TrapInconsistencyPoisoner
 from fl_mia.poisoning.trap_weights import TrapWeightsPoisoner
 
 # Each factory gets the threat section, what the attacker knows, and a scratch model of the
@@ -31,6 +32,9 @@ POISONERS: dict[str, Callable[[ThreatConfig, AttackerKnowledge, nn.Module], Pois
     "trap_weights": lambda t, k, m: TrapWeightsPoisoner(
         k, m, targets=t.target_hospitals, detectors_per_round=t.trap_detectors_per_round, fit_steps=t.trap_fit_steps,
         in_turn=t.trap_in_turn,
+    ),
+    "trap_inconsistency": lambda t, k, m: TrapInconsistencyPoisoner(
+        k, m, targets=t.target_hospitals, detectors_per_round=t.trap_detectors_per_round, fit_steps=t.trap_fit_steps,
     ),
 }
 

@@ -64,7 +64,8 @@ def threat_report(
             "target_hospitals": list(threat.target_hospitals),
             "poisoned_hospitals": sorted(poisoned),
             "poison_rounds": sorted(rounds) if rounds is not None else "all",
-            "compensated": threat.compensate and not cfg.defences.secagg.enabled,
+            # Under SecAgg+ nothing is folded back one by one; a poisoner may drop a poisoned round's sum.
+            "compensated": threat.compensate and (not cfg.defences.secagg.enabled or poisoner.discards_secure_sum),
             "stealth": stealth(round_log.rows(), poisoned=poisoned, rounds=rounds, pairs=poisoner.poisoned_pairs()),
             **poisoner.report(),
         }
