@@ -128,6 +128,22 @@ def test_resume_skips_complete_cells_resumes_interrupted_and_reruns_failed(tmp_p
     assert sum(not c["skipped"] for c in summary["cells"]) == 1 + 1  # interrupted + failed
 
 
+def test_a_cell_another_process_is_running_is_left_alone(tmp_path):
+    import socket
+
+    suite = load_suite(_write_suite(tmp_path, GRID))
+    out = tmp_path / "out"
+    run_suite(suite, out=out, run=FakeRuns().run, resume_run=FakeRuns().resume)
+    busy = out / "cells" / "defence=argmax__seed=0"
+    (busy / "metrics.json").unlink()
+    set_status(busy, "running", pid=os.getppid(), host=socket.gethostname())  # a live process on this host
+    again = FakeRuns()
+    summary = run_suite(suite, out=out, resume=True, run=again.run, resume_run=again.resume)
+    assert again.ran == [] and again.resumed == []
+    assert (busy / "config.toml").is_file(), "a running cell's folder must not be removed"
+    assert "still running" in next(c["error"] for c in summary["cells"] if c["name"] == busy.name)
+
+
 @pytest.mark.slow
 def test_tiny_suite_killed_midway_finishes_only_the_missing_cells(tmp_path):
     raw = tiny_raw(privacy={"attacks": ["loss"], "shadow_epochs": 1})

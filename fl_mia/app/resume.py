@@ -24,7 +24,7 @@ def _first_difference(saved: Any, given: Any, prefix: str = "") -> tuple[str, An
     return None if saved == given else (prefix.rstrip("."), saved, given)
 
 
-def _still_running(status: dict[str, Any]) -> bool:
+def still_running(status: dict[str, Any]) -> bool:
     """A run whose status says running and whose process is alive on this host."""
     pid, host = status.get("pid"), status.get("host")
     if status.get("state") != "running" or not isinstance(pid, int) or host != socket.gethostname():
@@ -57,7 +57,7 @@ def resumable_run(run_dir: Path, given: ExperimentConfig | None = None) -> tuple
         status = {"state": "unknown"}  # status.json is rewritten on resume; the checkpoint decides
     if status.get("state") == "complete":
         raise RunFolderError(f"--resume {run_dir}: the run is already complete; see it with fl-mia show {run_dir}")
-    if _still_running(status):
+    if still_running(status):
         raise RunFolderError(f"--resume {run_dir}: still running (process {status['pid']}); wait for it or stop it first")
     try:
         saved = load_config(run_dir / "config.toml")

@@ -46,6 +46,7 @@ from typing import Any
 from fl_mia.config import ConfigError, ExperimentConfig
 from fl_mia.preflight import load_experiment
 from fl_mia.run_folder import RunFolderError, read_status, write_json
+from fl_mia.app.resume import still_running
 from fl_mia.app.simulation_resources import available_cpus
 from fl_mia.app.sweep import _completed as completed_metrics
 
@@ -149,13 +150,15 @@ def cell_name(axes: dict[str, str], seed: int) -> str:
 
 
 def _cell_state(folder: Path, cfg: ExperimentConfig) -> str:
-    """``complete`` (same config), ``interrupted`` (resumable), ``empty`` or ``foreign``."""
+    """``complete`` (same config), ``running`` (alive in another process), ``interrupted`` (resumable), ``empty`` or ``foreign``."""
     if not folder.exists() or not any(folder.iterdir()):
         return "empty"
     if (folder / "config.toml").is_file() and tomllib.loads((folder / "config.toml").read_text()) != cfg.to_toml_dict():
         return "foreign"
     if completed_metrics(folder, cfg) is not None:
         return "complete"
+    if still_running(read_status(folder)):
+        return "running"  # another process is running this cell right now: never touch it
     return "interrupted"
 
 
@@ -224,6 +227,13 @@ def run_suite(
             _report(on_cell, cell, "skipped", done, len(suite.cells), 0.0)
             continue
         error = None
+        if state == "running":
+            error = f"still running in process {read_status(folder).get('pid')}; left alone (resume the suite once it ends)"
+            logger.error("suite cell %s: %s", cell.name, error)
+            records.append(_cell_record(cell, folder, state="failed", skipped=True, error=error))
+            done += 1
+            _report(on_cell, cell, "failed", done, len(suite.cells), 0.0, error)
+            continue
         try:
             if state == "interrupted":
                 try:
