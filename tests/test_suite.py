@@ -149,7 +149,7 @@ def test_tiny_suite_killed_midway_finishes_only_the_missing_cells(tmp_path):
     raw = tiny_raw(privacy={"attacks": ["loss"], "shadow_epochs": 1})
     path = _write_suite(tmp_path, 'name = "tiny"\nconfig = "base.toml"\nseeds = [0, 1]\n', raw=raw)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "fl_mia.app.cli", "suite", str(path), "--out", str(out)]
+    command = [sys.executable, "-m", "fl_mia.app.cli", "suite", str(path), "--out", str(out), "--shared-ray"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     first_cell = out / "cells" / "seed=0"

@@ -233,8 +233,8 @@ def suite(
         list[str] | None, typer.Option("--set", help="Override a config value in every cell (repeatable).")
     ] = None,
     shared_ray: Annotated[
-        bool, typer.Option("--shared-ray/--ray-per-cell", help="Start Ray once for every cell (default) or once per cell.")
-    ] = True,
+        bool, typer.Option("--shared-ray/--ray-per-cell", help="Start one Ray head for every cell, or Ray once per cell (default: bench/suite_ray.py measured no saving).")
+    ] = False,
 ) -> None:
     """Run a grid of experiments (threats × defences × seeds); one run folder per cell."""
     import time

@@ -22,10 +22,11 @@ so a killed suite loses at most the cell it was running: ``--resume`` skips comp
 continues an interrupted cell from its checkpoint (:func:`fl_mia.app.experiment.resume_experiment`)
 and runs failed or missing ones again. A failing cell is recorded and the suite goes on.
 
-Every cell would start Ray and stop it again (``run_simulation`` does, ~10–20 s here). The
-CLI's suite starts one private Ray head instead (:func:`shared_ray_cluster`) and every cell
-joins it through ``RAY_ADDRESS``, as a run joins any cluster; cells' configs are unchanged.
-``bench/suite_ray.py`` measures what that saves.
+Every cell starts Ray and stops it again (``run_simulation`` does). With ``--shared-ray`` the
+CLI starts one private Ray head instead (:func:`shared_ray_cluster`) and every cell joins it
+through ``RAY_ADDRESS``, as a run joins any cluster; cells' configs and results are unchanged.
+``bench/suite_ray.py`` measures both ways side by side; it found no saving on the development
+machine (docs/benchmarks/suite_ray.md), so one Ray per cell stays the default.
 """
 
 from __future__ import annotations
