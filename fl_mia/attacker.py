@@ -106,12 +106,13 @@ class ServerAttacker:
             view = target_view(self.model, server_round, self.cfg.defences.output, seed=self.cfg.seed)
             for name in self.round_scores:
                 self.round_scores[name][server_round] = self._score(name, view)
+        per_round = time.perf_counter() - started
         on_updates = self.updates.seconds_by_round.get(server_round, 0.0) if self.updates is not None else 0.0
         if server_round > 0:
             # bench/scale.py reads this line: the server's privacy work per round against the training it observes.
             logger.info(
                 "privacy step round %d: %.2f s (update attacks %.2f s, per-round attacks %.2f s)",
-                server_round, on_updates + time.perf_counter() - started, on_updates, time.perf_counter() - started,
+                server_round, on_updates + per_round, on_updates, per_round,
             )
 
     # Checkpoint protocol (fl_mia.checkpoint): the per-round scores gathered so far.

@@ -83,9 +83,12 @@ class UpdateAttackRecorder:
             return None
         return np.flatnonzero(np.isin(self.asked_about, hospitals))
 
+    def _candidates(self, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return (self.images, self.masks) if rows is None else (self.images[rows], self.masks[rows])
+
     def _losses(self, weights: list[np.ndarray], rows: np.ndarray | None) -> np.ndarray:
         set_weights(self.model, weights)
-        images, masks = (self.images, self.masks) if rows is None else (self.images[rows], self.masks[rows])
+        images, masks = self._candidates(rows)
         return candidate_losses(
             self.model, images, masks, dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight
         )
@@ -103,31 +106,31 @@ class UpdateAttackRecorder:
             union = self._rows([reply.hospital for reply in members])
             if union is not None and len(union) == 0:
                 continue  # no candidate is asked about these hospitals
+            # Per reply: its rows of the score matrix, and where they sit in the group's passes.
+            own = {reply.hospital: self._rows([reply.hospital]) for reply in members}
+            rows = {h: slice(None) if r is None else r for h, r in own.items()}
+            at = {h: slice(None) if r is None else np.searchsorted(union, r) for h, r in own.items()}
             sent_losses = self._losses(sent, union)
             # Under SecAgg+ every hospital's visible model is the same aggregate: score it once.
-            returned_losses: dict[tuple[str, int], np.ndarray] = {}
+            returned_losses: dict[str, np.ndarray] = {}
             for reply in members:
-                own = self._rows([reply.hospital])
-                key = (_fingerprint(reply.weights), -1 if own is None else reply.hospital)
+                h = reply.hospital
+                key = _fingerprint(reply.weights) if self.every_candidate else str(h)
                 if key not in returned_losses:
-                    returned_losses[key] = self._losses(reply.weights, own)
-                before = sent_losses if own is None else sent_losses[np.searchsorted(union, own)]
-                for name, values in loss_signals(before, returned_losses[key]).items():
-                    self.scores[name][index, slice(None) if own is None else own, reply.hospital] = values
+                    returned_losses[key] = self._losses(reply.weights, own[h])
+                for name, values in loss_signals(sent_losses[at[h]], returned_losses[key]).items():
+                    self.scores[name][index, rows[h], h] = values
             if self.with_gradient_alignment:
                 set_weights(self.model, sent)
                 updates = [update_vector(self.model, sent, reply.weights) for reply in members]
-                images, masks = (self.images, self.masks) if union is None else (self.images[union], self.masks[union])
+                images, masks = self._candidates(union)
                 cosines = gradient_alignment(
                     self.model, updates, images, masks,
                     dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight,
                 )
                 for column, reply in enumerate(members):
-                    own = self._rows([reply.hospital])
-                    if own is None:
-                        self.scores["gradient_alignment"][index, :, reply.hospital] = cosines[:, column]
-                    else:
-                        self.scores["gradient_alignment"][index, own, reply.hospital] = cosines[np.searchsorted(union, own), column]
+                    h = reply.hospital
+                    self.scores["gradient_alignment"][index, rows[h], h] = cosines[at[h], column]
         for source in self.signal_sources:
             for reply in observed:
                 signals = source.update_signals(
