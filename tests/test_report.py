@@ -19,7 +19,9 @@ from fl_mia.run_folder import write_csv, write_json, write_npz, write_toml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _fake_run(folder: Path, *, seed: int, shift: float, defence: str, non_members: int = 60) -> None:
+def _fake_run(
+    folder: Path, *, seed: int, shift: float, defence: str, non_members: int = 60, rival_shifts: dict[str, float] | None = None
+) -> None:
     """What a finished run leaves, with scores whose separation ``shift`` the test controls."""
     rng = np.random.default_rng(seed)  # same seed → same candidates in every cell, as in a real suite
     members = non_members
@@ -30,6 +32,8 @@ def _fake_run(folder: Path, *, seed: int, shift: float, defence: str, non_member
     keep[np.arange(len(hospital)), hospital] = is_member
     noise = np.random.default_rng(seed + 100).normal(size=len(hospital))
     scores = {"loss": noise + shift * is_member, "update.gradient_alignment": noise + 0.2 * is_member}
+    # Further attacks on the same candidates: the shared noise makes them strongly paired.
+    scores |= {name: noise + s * is_member for name, s in (rival_shifts or {}).items()}
     folder.mkdir(parents=True)
     write_toml(folder / "config.toml", {"name": "fake", "seed": seed, "defences": {"output": {"mode": defence}}})
     np.save(folder / "keep.npy", keep)
@@ -122,3 +126,25 @@ def test_no_hand_typed_result_page(suite_folder, tmp_path):
     # write_report is the only writer of a results page: its output starts with the generated mark.
     write_report([suite_folder], html_path=None, markdown_path=tmp_path / "results.md")
     assert (tmp_path / "results.md").read_text().startswith(GENERATED_MARK)
+
+
+def test_rival_attacks_are_compared_on_the_same_run_and_candidates(tmp_path):
+    shifts = {"rmia": 1.2, "lira_offline": 0.3, "lira_online": 0.3}
+    for seed in (0, 1):
+        _fake_run(tmp_path / f"seed{seed}", seed=seed, shift=0.3, defence="none", non_members=100, rival_shifts=shifts)
+    data = build_report_data([tmp_path / "seed0", tmp_path / "seed1"])
+    rivals = {pair: result for group in data["groups"] for pair, result in group["rival_attacks"].items()}
+    assert rivals["rmia − lira_offline"]["auc"]["significant"] and rivals["rmia − lira_offline"]["auc"]["difference"] > 0.1
+    assert rivals["rmia − loss"]["auc"]["significant"]
+    # Equal separation, same noise: a difference of exactly zero is not significant.
+    assert rivals["lira_online − lira_offline"]["auc"]["difference"] == 0.0
+    assert not rivals["lira_online − lira_offline"]["auc"]["significant"]
+    assert not rivals["lira_offline − loss"]["auc"]["significant"]
+    assert "## Attack against attack" in render_markdown(data)
+    assert "<h2>Attack against attack</h2>" in render_html(data)
+
+
+def test_no_rival_rows_without_both_attacks(suite_folder):
+    data = build_report_data([suite_folder])
+    assert all(not group["rival_attacks"] for group in data["groups"])
+    assert "Attack against attack" not in render_markdown(data)

@@ -175,33 +175,63 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
     return result
 
 
+# Attacks that claim to beat another on the same evidence (the newer first): the report puts
+# each pair side by side on the same candidates and bootstrap resamples, cell by cell.
+RIVAL_ATTACKS = (
+    ("rmia", "lira_offline"),
+    ("rmia", "lira_online"),
+    ("lira_online", "lira_offline"),
+    ("lira_offline", "loss"),
+    ("rmia", "loss"),
+)
+
+
+def _paired(pairs: list[tuple[RunRecord, RunRecord]], attack_a: str, attack_b: str, *, stream: np.random.SeedSequence) -> dict[str, Any] | None:
+    """``attack_a`` on each pair's first run minus ``attack_b`` on its second, pooled over the pairs.
+
+    None when a pair's runs were judged on different candidates or lack a score.
+    """
+    a, b, members, units = [], [], [], []
+    for mine, theirs in pairs:
+        truth, patient = candidate_truth(mine.run_dir)
+        if theirs is not mine:
+            truth_b, patient_b = candidate_truth(theirs.run_dir)
+            if not (np.array_equal(truth, truth_b) and np.array_equal(patient, patient_b)):
+                return None  # different candidates: no paired comparison
+        with np.load(mine.run_dir / "scores.npz") as x, np.load(theirs.run_dir / "scores.npz") as y:
+            if attack_a not in x.files or attack_b not in y.files:
+                return None
+            a.append(x[attack_a])
+            b.append(y[attack_b])
+        members.append(truth)
+        units.append(np.array([f"{mine.seed}:{p}" for p in patient]))
+    if not pairs:
+        return None
+    result = paired_difference(
+        np.concatenate(a), np.concatenate(b), np.concatenate(members), groups=np.concatenate(units), seed=stream
+    )
+    result["seeds"] = [mine.seed for mine, _ in pairs]
+    return result
+
+
 def paired_against(group: Group, baseline: Group, attack: str, *, seed: int = 0) -> dict[str, Any] | None:
     """Group minus baseline on the same candidates (pooled over the seeds both have)."""
     if group is baseline:
         return None
-    mine = {r.seed: r for r in group.runs}
     theirs = {r.seed: r for r in baseline.runs}
-    seeds = sorted(set(mine) & set(theirs))
-    a, b, members, units = [], [], [], []
-    for s in seeds:
-        truth_a, patient_a = candidate_truth(mine[s].run_dir)
-        truth_b, patient_b = candidate_truth(theirs[s].run_dir)
-        if not (np.array_equal(truth_a, truth_b) and np.array_equal(patient_a, patient_b)):
-            return None  # different candidates: no paired comparison
-        with np.load(mine[s].run_dir / "scores.npz") as x, np.load(theirs[s].run_dir / "scores.npz") as y:
-            if attack not in x.files or attack not in y.files:
-                return None
-            a.append(x[attack])
-            b.append(y[attack])
-        members.append(truth_a)
-        units.append(np.array([f"{s}:{p}" for p in patient_a]))
-    if not seeds:
-        return None
-    result = paired_difference(
-        np.concatenate(a), np.concatenate(b), np.concatenate(members), groups=np.concatenate(units),
-        seed=seed_sequence(seed, "report-paired", attack),
-    )  # fmt: skip
-    result["seeds"] = seeds
+    pairs = sorted(((r, theirs[r.seed]) for r in group.runs if r.seed in theirs), key=lambda pair: pair[0].seed)
+    return _paired(pairs, attack, attack, stream=seed_sequence(seed, "report-paired", attack))
+
+
+def rival_attacks(group: Group, attacks: list[str], *, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Each pair of ``RIVAL_ATTACKS`` both run in ``group``: first minus second on the group's own candidates."""
+    pairs = [(r, r) for r in sorted(group.runs, key=lambda r: r.seed)]
+    result = {}
+    for first, second in RIVAL_ATTACKS:
+        if first in attacks and second in attacks:
+            difference = _paired(pairs, first, second, stream=seed_sequence(seed, "report-rivals", first, second))
+            if difference is not None:
+                result[f"{first} − {second}"] = difference
     return result
 
 
@@ -241,6 +271,7 @@ def build_report_data(paths: list[Path]) -> dict[str, Any]:
         summary["paired_vs_baseline"] = {
             attack: paired_against(group, baseline_group, attack) for attack in attacks
         } if group is not baseline_group else {}
+        summary["rival_attacks"] = rival_attacks(group, attacks)
         first = group.runs[0]
         base = by_name.get(first.baseline) if first.baseline else baseline_group.runs[0]
         summary["config_difference"] = config_difference(first.config, base.config) if base is not None else []

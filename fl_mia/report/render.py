@@ -96,6 +96,19 @@ def matrices(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     return result
 
 
+def _difference_cells(result: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Δ AUC and Δ TPR@1%FPR of a paired comparison, each with its interval (bold when significant)."""
+    cells = []
+    for key in ("auc", "tpr_at_1pct_fpr"):
+        item = result.get(key) or {}
+        if item.get("difference") is None:
+            needed = item.get("non_members_needed")
+            cells.append(("—" + (f" (needs ≥{needed} non-members)" if needed else ""), False))
+        else:
+            cells.append((f"{item['difference']:+.3f} [{item['ci'][0]:+.2f}, {item['ci'][1]:+.2f}]", item["significant"]))
+    return cells
+
+
 def paired_rows(data: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     header = ["attack", "cell", "seeds", f"Δ AUC vs {data['baseline']}", f"Δ TPR@1%FPR vs {data['baseline']}"]
     rows = []
@@ -104,15 +117,19 @@ def paired_rows(data: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, b
             result = (group.get("paired_vs_baseline") or {}).get(attack)
             if result is None:
                 continue
-            row: list[tuple[str, bool]] = [(attack, False), (group["label"], False), (", ".join(map(str, result["seeds"])), False)]
-            for key in ("auc", "tpr_at_1pct_fpr"):
-                item = result.get(key) or {}
-                if item.get("difference") is None:
-                    needed = item.get("non_members_needed")
-                    row.append(("—" + (f" (needs ≥{needed} non-members)" if needed else ""), False))
-                else:
-                    row.append((f"{item['difference']:+.3f} [{item['ci'][0]:+.2f}, {item['ci'][1]:+.2f}]", item["significant"]))
-            rows.append(row)
+            seeds = ", ".join(map(str, result["seeds"]))
+            rows.append([(attack, False), (group["label"], False), (seeds, False), *_difference_cells(result)])
+    return header, rows
+
+
+def rival_rows(data: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Attack against attack within each cell (``RIVAL_ATTACKS``), on the cell's own candidates."""
+    header = ["first − second", "cell", "seeds", "Δ AUC", "Δ TPR@1%FPR"]
+    rows = []
+    for group in data["groups"]:
+        for pair, result in (group.get("rival_attacks") or {}).items():
+            seeds = ", ".join(map(str, result["seeds"]))
+            rows.append([(pair, False), (group["label"], False), (seeds, False), *_difference_cells(result)])
     return header, rows
 
 
@@ -208,6 +225,14 @@ def render_html(data: dict[str, Any]) -> str:
             '<p class="note">Same candidates, same bootstrap resamples for both; shaded = interval excludes 0.</p>',
             _table(header, rows),
         ]
+    header, rows = rival_rows(data)
+    if rows:
+        parts += [
+            "<h2>Attack against attack</h2>",
+            '<p class="note">Two attacks on the same run, candidates and bootstrap resamples (seeds pooled, by patient); '
+            "shaded = interval excludes 0.</p>",
+            _table(header, rows),
+        ]
     header, rows = accuracy_rows(data)
     parts += ["<h2>Attack accuracy</h2>", '<p class="note">Balanced accuracy, seed mean [t-interval].</p>', _table(header, rows)]
     parts.append("<h2>ROC curves (log-log)</h2><div class=\"figs\">")
@@ -283,6 +308,9 @@ def render_markdown(data: dict[str, Any]) -> str:
     header, rows = paired_rows(data)
     if rows:
         parts += [f"## Paired differences from {data['baseline']} (bold: 95% interval excludes 0)", "", _md_table(header, rows), ""]
+    header, rows = rival_rows(data)
+    if rows:
+        parts += ["## Attack against attack, same run and candidates (bold: 95% interval excludes 0)", "", _md_table(header, rows), ""]
     parts += ["## Attack accuracy (balanced)", "", _md_table(*accuracy_rows(data)), ""]
     rows = epsilon_rows(data)
     if rows:
