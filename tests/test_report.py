@@ -116,8 +116,8 @@ def test_cli_writes_both_files_and_a_bad_path_fails_in_one_line(suite_folder, tm
     assert bad.exit_code == 2 and "neither a suite folder" in bad.output
 
 
-def test_results_page_is_in_step_with_its_generator():
-    page = ROOT / "docs" / "results.md"
+@pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("results*.md")), ids=lambda p: p.name)
+def test_results_page_is_in_step_with_its_generator(page):
     data = json.loads(page.with_suffix(".json").read_text())
     assert page.read_text() == render_markdown(data), "regenerate with fl-mia report SUITE --markdown docs/results.md"
 

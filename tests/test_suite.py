@@ -63,6 +63,12 @@ def test_bad_suite_files_fail_in_one_line_naming_the_key(tmp_path, body, fragmen
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "suites").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_suite_loads_with_two_seeds_or_more(path):
+    suite = load_suite(path)
+    assert len(suite.seeds) >= 2 and suite.cells
+
+
 @pytest.mark.parametrize("name", ["threats", "defences", "paper"])
 def test_shipped_suites_load_and_pool_enough_non_members_for_1pct_fpr(name):
     from fl_mia.privacy.candidates import candidates_per_hospital

@@ -127,7 +127,7 @@ def rival_rows(data: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, bo
     header = ["first − second", "cell", "seeds", "Δ AUC", "Δ TPR@1%FPR"]
     rows = []
     for group in data["groups"]:
-        for pair, result in (group.get("rival_attacks") or {}).items():
+        for pair, result in sorted((group.get("rival_attacks") or {}).items()):  # JSON keeps keys sorted
             seeds = ", ".join(map(str, result["seeds"]))
             rows.append([(pair, False), (group["label"], False), (seeds, False), *_difference_cells(result)])
     return header, rows
