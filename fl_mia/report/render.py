@@ -96,6 +96,10 @@ def matrices(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     return result
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _difference_cells(result: dict[str, Any]) -> list[tuple[str, bool]]:
     """Δ AUC and Δ TPR@1%FPR of a paired comparison, each with its interval (bold when significant)."""
     cells = []
@@ -210,7 +214,7 @@ def render_html(data: dict[str, Any]) -> str:
         if suite.get("description"):
             parts.append(f"<p>{html.escape(suite['description'])}</p>")
     parts.append(
-        f'<p class="note">{len(runs)} runs in {len(groups)} cells. Intervals are 95%: over seeds a Student-t interval of the '
+        f'<p class="note">{_count(len(runs), "run")} in {_count(len(groups), "cell")}. Intervals are 95%: over seeds a Student-t interval of the '
         "mean; pooled over seeds a percentile bootstrap with members and non-members resampled apart, by patient. "
         f"A TPR at an FPR the non-members cannot resolve is “—” (1% FPR needs ≥{non_members_needed(0.01)} non-members).</p>"
     )
@@ -294,7 +298,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         if suite.get("description"):
             parts += [suite["description"], ""]
     parts += [
-        f"{len(data['runs'])} runs in {len(data['groups'])} cells. 95% intervals: over seeds a Student-t interval of the mean; "
+        f"{_count(len(data['runs']), 'run')} in {_count(len(data['groups']), 'cell')}. 95% intervals: over seeds a Student-t interval of the mean; "
         "pooled over seeds a bootstrap by patient (members and non-members resampled apart). "
         f"“—”: a TPR the non-members cannot resolve (1% FPR needs ≥{non_members_needed(0.01)}).",
         "",
