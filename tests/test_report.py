@@ -148,3 +148,22 @@ def test_no_rival_rows_without_both_attacks(suite_folder):
     data = build_report_data([suite_folder])
     assert all(not group["rival_attacks"] for group in data["groups"])
     assert "Attack against attack" not in render_markdown(data)
+
+
+def test_every_attack_is_judged_against_the_auc_bar_with_its_empirical_epsilon(suite_folder, tmp_path):
+    from fl_mia.report.render import audit_rows
+
+    data = build_report_data([suite_folder])
+    header, rows = audit_rows(data)
+    verdicts = {(row[0], row[1]): row[3] for row in rows}
+    assert verdicts[("loss", "defence=none")].startswith("no")  # separation 1.5: far above 0.6
+    assert verdicts[("loss", "defence=argmax")].startswith("yes")  # no separation
+    assert {attack for attack, _ in verdicts} == {"loss", "update.gradient_alignment"}  # update attacks counted too
+    # The empirical ε of each seed's metrics.json is averaged over the seeds.
+    run = tmp_path / "run"
+    _fake_run(run, seed=0, shift=1.5, defence="none")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["privacy"]["loss"]["empirical_epsilon"] = {"epsilon_lower_bound": 1.25}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    row = next(r for r in audit_rows(build_report_data([run]))[1] if r[0] == "loss")
+    assert row[4].startswith("1.25")

@@ -165,6 +165,9 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
             [p["overall"].get("balanced_accuracy_at_attack_threshold") for p in per_seed if p]
         )
         entry["patient_auc"] = mean_interval([(p.get("patient") or {}).get("overall", {}).get("auc") for p in per_seed if p])
+        entry["empirical_epsilon"] = mean_interval(
+            [(p.get("empirical_epsilon") or {}).get("epsilon_lower_bound") for p in per_seed if p], bounds=(0.0, float("inf"))
+        )
         pooled = _pooled(group, attack, seed)
         if pooled is not None:
             scores, is_member, units = pooled
