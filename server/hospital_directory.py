@@ -7,6 +7,7 @@ sampling, aggregation order and per-hospital poisoning are keyed by.
 
 from __future__ import annotations
 
+import os
 import time
 
 from flwr.app import Message
@@ -22,14 +23,36 @@ class FederationError(RuntimeError):
     """The federation cannot start or go on; the message says why."""
 
 
+# Hospitals' first reply carries their start-up (a Ray actor importing torch and building its
+# shard): seconds on a quiet machine, minutes on an overloaded one. Not a config key: it is a
+# property of the machine, not of the experiment, and must not change a run's config.
+STARTUP_TIMEOUT_VARIABLE = "FL_MIA_STARTUP_TIMEOUT_S"
+DEFAULT_STARTUP_TIMEOUT_S = 300.0
+
+
+def startup_timeout_s() -> float:
+    """Seconds the server waits for every hospital's first reply (``FL_MIA_STARTUP_TIMEOUT_S``)."""
+    raw = os.environ.get(STARTUP_TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_STARTUP_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise FederationError(f"{STARTUP_TIMEOUT_VARIABLE}={raw!r}: give a number of seconds above 0, e.g. 900")
+    return value
+
+
 def discover_hospitals(
-    grid: Grid, *, expected: int, connect_timeout_s: float = 30.0, timeout_s: float = 300.0
+    grid: Grid, *, expected: int, connect_timeout_s: float = 30.0, timeout_s: float | None = None
 ) -> dict[int, int]:
     """Return ``{node_id: partition_id}`` for every connected hospital.
 
-    ``timeout_s`` bounds the first reply, which carries the actors' start-up (Ray and torch
-    imports take several seconds per actor on a small machine).
+    ``timeout_s`` (default :func:`startup_timeout_s`) bounds the first reply, which carries
+    the actors' start-up (Ray and torch imports take several seconds per actor on a small machine).
     """
+    timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
     deadline = time.monotonic() + connect_timeout_s
     node_ids = list(grid.get_node_ids())
     while len(node_ids) < expected and time.monotonic() < deadline:
@@ -54,7 +77,10 @@ def discover_hospitals(
         properties = compat.recorddict_to_getpropertiesres(reply.content).properties
         directory[reply.metadata.src_node_id] = int(properties[PARTITION_KEY])
     if len(directory) < expected:
-        raise FederationError(f"only {len(directory)} of {expected} hospitals answered within {timeout_s:.0f}s")
+        raise FederationError(
+            f"only {len(directory)} of {expected} hospitals answered within {timeout_s:.0f}s; hospitals start slowly "
+            f"on a loaded machine: run it on a quieter one or wait longer with {STARTUP_TIMEOUT_VARIABLE}=900"
+        )
     if sorted(directory.values()) != list(range(expected)):
         raise FederationError(f"hospitals reported partition ids {sorted(directory.values())}, expected 0..{expected - 1}")
     return directory

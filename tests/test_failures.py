@@ -159,3 +159,39 @@ def test_other_messages_pass_through_untouched():
     timed, grid, reported = proxy([fit_reply(111)])
     timed.send_and_receive([train_message(111, "0", MessageTypeLegacy.GET_PROPERTIES)], timeout=300.0)
     assert grid.timeouts == [300.0] and reported == []
+
+
+class _SilentGrid:
+    """Two SuperNodes that never answer: what an overloaded machine looks like to the server."""
+
+    def __init__(self) -> None:
+        from flwr.common.constant import SUPERLINK_NODE_ID
+        from flwr.supercore.task_identity import TaskIdentity
+
+        self.timeouts: list[float] = []
+        # Messages built by the server stamp the process's task identity (a ServerApp process's).
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 0
+
+    def get_node_ids(self):
+        return [11, 12]
+
+    def send_and_receive(self, messages, timeout=None):
+        self.timeouts.append(timeout)
+        return []
+
+
+def test_hospitals_that_do_not_start_in_time_fail_in_one_line_naming_the_wait_to_raise(monkeypatch):
+    from server.hospital_directory import STARTUP_TIMEOUT_VARIABLE, FederationError, discover_hospitals
+
+    monkeypatch.delenv(STARTUP_TIMEOUT_VARIABLE, raising=False)
+    grid = _SilentGrid()
+    with pytest.raises(FederationError, match=f"only 0 of 2 hospitals answered within 300s.*{STARTUP_TIMEOUT_VARIABLE}=900") as error:
+        discover_hospitals(grid, expected=2)
+    assert "\n" not in str(error.value)
+    monkeypatch.setenv(STARTUP_TIMEOUT_VARIABLE, "900")
+    with pytest.raises(FederationError, match="within 900s"):
+        discover_hospitals(grid, expected=2)
+    assert grid.timeouts == [300.0, 900.0]
+    monkeypatch.setenv(STARTUP_TIMEOUT_VARIABLE, "soon")
+    with pytest.raises(FederationError, match=f"{STARTUP_TIMEOUT_VARIABLE}='soon': give a number of seconds"):
+        discover_hospitals(grid, expected=2)
