@@ -45,7 +45,7 @@ def _fake_run(
     privacy["candidate_set"] = {"lesion_area_auc": 0.55}
     write_json(folder / "metrics.json", {
         "experiment": "fake", "seed": seed, "threat_model": "honest", "wall_time_s": 1.0,
-        "utility": {"dice": 0.6 - 0.1 * (defence == "argmax") + 0.01 * seed},
+        "utility": {"dice": 0.6 - 0.1 * (defence == "argmax") + 0.01 * seed, "dice_pooled": 0.5 - 0.2 * (defence == "argmax") + 0.1 * seed},
         "defence_report": {"dp_sgd": {"epsilon_max": 8.0 + seed}} if defence == "argmax" else {},
         "privacy": privacy,
     })  # fmt: skip
@@ -167,3 +167,16 @@ def test_every_attack_is_judged_against_the_auc_bar_with_its_empirical_epsilon(s
     (run / "metrics.json").write_text(json.dumps(metrics))
     row = next(r for r in audit_rows(build_report_data([run]))[1] if r[0] == "loss")
     assert row[4].startswith("1.25")
+
+
+def test_utility_is_set_against_the_baseline_seed_by_seed(suite_folder):
+    from fl_mia.report.render import utility_rows
+
+    data = build_report_data([suite_folder])
+    header, rows = utility_rows(data)
+    # Only the defended cell, once per seed, each against the baseline of its own seed.
+    assert [(row[0], row[1]) for row in rows] == [("defence=argmax", "0"), ("defence=argmax", "1")]
+    assert rows[0][2:5] == ["0.300", "0.500", "0.60×"]
+    assert rows[1][2:5] == ["0.400", "0.600", "0.67×"]
+    assert "## Utility against defence=none, seed by seed" in render_markdown(data)
+    assert "<h2>Utility against defence=none, seed by seed</h2>" in render_html(data)

@@ -135,6 +135,33 @@ def dice_of(run: RunRecord) -> float | None:
     return (run.metrics.get("utility") or {}).get("dice")
 
 
+def pooled_dice_of(run: RunRecord) -> float | None:
+    return (run.metrics.get("utility") or {}).get("dice_pooled")
+
+
+def utility_against(group: Group, baseline: Group) -> list[dict[str, Any]]:
+    """Seed by seed, the cell's Dice beside the baseline's on the same seed, and their ratio.
+
+    A defence's utility cost is a per-seed comparison (the same data, split and initial model),
+    which seed means with intervals over two seeds would blur.
+    """
+    if group is baseline:
+        return []
+    theirs = {r.seed: r for r in baseline.runs}
+    rows = []
+    for run in sorted(group.runs, key=lambda r: r.seed):
+        other = theirs.get(run.seed)
+        if other is None:
+            continue
+        mine_pooled, their_pooled = pooled_dice_of(run), pooled_dice_of(other)
+        rows.append({
+            "seed": run.seed, "dice_pooled": mine_pooled, "baseline_dice_pooled": their_pooled,
+            "ratio_pooled": mine_pooled / their_pooled if mine_pooled is not None and their_pooled else None,
+            "dice": dice_of(run), "baseline_dice": dice_of(other),
+        })  # fmt: skip
+    return rows
+
+
 def epsilon_of(run: RunRecord) -> dict[str, float]:
     report = run.metrics.get("defence_report") or {}
     found = {}
@@ -274,6 +301,7 @@ def build_report_data(paths: list[Path]) -> dict[str, Any]:
         summary["paired_vs_baseline"] = {
             attack: paired_against(group, baseline_group, attack) for attack in attacks
         } if group is not baseline_group else {}
+        summary["utility_vs_baseline"] = utility_against(group, baseline_group)
         summary["rival_attacks"] = rival_attacks(group, attacks)
         first = group.runs[0]
         base = by_name.get(first.baseline) if first.baseline else baseline_group.runs[0]

@@ -163,6 +163,23 @@ def significance_note(data: dict[str, Any]) -> str:
     )
 
 
+def _number(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def utility_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Each cell's pooled and per-image Dice beside the baseline's, seed by seed, with the pooled ratio."""
+    baseline = data["baseline"]
+    header = ["cell", "seed", "pooled Dice", f"pooled Dice of {baseline}", "ratio", "per-image Dice", f"per-image Dice of {baseline}"]
+    rows = []
+    for group in data["groups"]:
+        for row in group.get("utility_vs_baseline") or []:
+            rows.append([group["label"], str(row["seed"]), _number(row["dice_pooled"]), _number(row["baseline_dice_pooled"]),
+                         "—" if row["ratio_pooled"] is None else f"{row['ratio_pooled']:.2f}×",
+                         _number(row["dice"]), _number(row["baseline_dice"])])  # fmt: skip
+    return header, rows
+
+
 def epsilon_rows(data: dict[str, Any]) -> list[list[str]]:
     rows = []
     for group in data["groups"]:
@@ -242,6 +259,9 @@ def render_html(data: dict[str, Any]) -> str:
     )
     header, rows = summary_rows(data)
     parts += ["<h2>Summary</h2>", _table(header, rows)]
+    header, rows = utility_rows(data)
+    if rows:
+        parts += [f"<h2>Utility against {html.escape(data['baseline'])}, seed by seed</h2>", _table(header, rows)]
     for caption, header, rows in matrices(data):
         parts += [f"<h2>Matrix · {html.escape(caption)}</h2>", _table(header, rows)]
     header, rows = paired_rows(data)
@@ -337,6 +357,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         _md_table(*summary_rows(data)),
         "",
     ]
+    header, rows = utility_rows(data)
+    if rows:
+        parts += [f"## Utility against {data['baseline']}, seed by seed", "", _md_table(header, rows), ""]
     for caption, header, rows in matrices(data):
         parts += [f"## {caption}", "", _md_table(header, rows), ""]
     header, rows = paired_rows(data)
