@@ -135,6 +135,14 @@ def dice_of(run: RunRecord) -> float | None:
     return (run.metrics.get("utility") or {}).get("dice")
 
 
+def _seed_pairs(group: Group, baseline: Group) -> list[tuple[RunRecord, RunRecord]]:
+    """Each run of ``group`` with the baseline's run of the same seed, by seed; none for the baseline itself."""
+    if group is baseline:
+        return []
+    theirs = {r.seed: r for r in baseline.runs}
+    return sorted(((r, theirs[r.seed]) for r in group.runs if r.seed in theirs), key=lambda pair: pair[0].seed)
+
+
 def pooled_dice_of(run: RunRecord) -> float | None:
     return (run.metrics.get("utility") or {}).get("dice_pooled")
 
@@ -145,14 +153,8 @@ def utility_against(group: Group, baseline: Group) -> list[dict[str, Any]]:
     A defence's utility cost is a per-seed comparison (the same data, split and initial model),
     which seed means with intervals over two seeds would blur.
     """
-    if group is baseline:
-        return []
-    theirs = {r.seed: r for r in baseline.runs}
     rows = []
-    for run in sorted(group.runs, key=lambda r: r.seed):
-        other = theirs.get(run.seed)
-        if other is None:
-            continue
+    for run, other in _seed_pairs(group, baseline):
         mine_pooled, their_pooled = pooled_dice_of(run), pooled_dice_of(other)
         rows.append({
             "seed": run.seed, "dice_pooled": mine_pooled, "baseline_dice_pooled": their_pooled,
@@ -248,9 +250,7 @@ def paired_against(group: Group, baseline: Group, attack: str, *, seed: int = 0)
     """Group minus baseline on the same candidates (pooled over the seeds both have)."""
     if group is baseline:
         return None
-    theirs = {r.seed: r for r in baseline.runs}
-    pairs = sorted(((r, theirs[r.seed]) for r in group.runs if r.seed in theirs), key=lambda pair: pair[0].seed)
-    return _paired(pairs, attack, attack, stream=seed_sequence(seed, "report-paired", attack))
+    return _paired(_seed_pairs(group, baseline), attack, attack, stream=seed_sequence(seed, "report-paired", attack))
 
 
 def rival_attacks(group: Group, attacks: list[str], *, seed: int = 0) -> dict[str, dict[str, Any]]:

@@ -163,10 +163,6 @@ def significance_note(data: dict[str, Any]) -> str:
     )
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def utility_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Each cell's pooled and per-image Dice beside the baseline's, seed by seed, with the pooled ratio."""
     baseline = data["baseline"]
@@ -174,9 +170,9 @@ def utility_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for group in data["groups"]:
         for row in group.get("utility_vs_baseline") or []:
-            rows.append([group["label"], str(row["seed"]), _number(row["dice_pooled"]), _number(row["baseline_dice_pooled"]),
+            rows.append([group["label"], str(row["seed"]), _cell(row["dice_pooled"], None), _cell(row["baseline_dice_pooled"], None),
                          "—" if row["ratio_pooled"] is None else f"{row['ratio_pooled']:.2f}×",
-                         _number(row["dice"]), _number(row["baseline_dice"])])  # fmt: skip
+                         _cell(row["dice"], None), _cell(row["baseline_dice"], None)])  # fmt: skip
     return header, rows
 
 
