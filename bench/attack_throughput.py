@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from fl_mia.attacks import TargetView, attack_names
-from fl_mia.config_loading import load_config
+from fl_mia.attacker.predictions import TargetView, attack_names
+from fl_mia.config.loading import load_config
 from fl_mia.models import build_experiment_model
-from fl_mia.attacker import ServerAttacker
-from fl_mia.privacy.candidates import build_candidates
+from fl_mia.attacker.server_attacker import ServerAttacker
+from fl_mia.referee.candidates import build_candidates
 from fl_mia.training import predict_logits
 
 ROOT = Path(__file__).resolve().parent.parent

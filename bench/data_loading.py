@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from record import BenchRecord
 
-from fl_mia.config_loading import load_config
+from fl_mia.config.loading import load_config
 from fl_mia.data.export import export_phantom
 from fl_mia.data.pool import load_pool
 

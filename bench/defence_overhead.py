@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from flwr.app import Context, RecordDict  # noqa: E402
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.config_loading import load_config  # noqa: E402
+from fl_mia.config.loading import load_config  # noqa: E402
 
 
 def _federated_round_seconds(cfg: ExperimentConfig, client_app, rounds: int) -> list[float]:

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fl_mia.attacks.signals import per_image_loss
-from fl_mia.config_loading import load_config
+from fl_mia.attacker.predictions.output_signals import per_image_loss
+from fl_mia.config.loading import load_config
 from fl_mia.data import build_attacker_population, build_hospital
 from fl_mia.models import build_experiment_model
 from fl_mia.training import predict_logits, train_local
-from fl_mia.update_attacks.signals import gradient_alignment
+from fl_mia.attacker.updates.signals import gradient_alignment
 
 ROOT = Path(__file__).resolve().parent.parent
 

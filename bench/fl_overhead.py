@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fl_mia.config_loading import load_config
+from fl_mia.config.loading import load_config
 from fl_mia.data import build_hospital
 from fl_mia.app.experiment import run_experiment
 from fl_mia.global_eval import GlobalModelEvaluator

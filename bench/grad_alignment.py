@@ -19,7 +19,7 @@ import torch
 
 from fl_mia.config import ModelConfig
 from fl_mia.models import build_model, get_weights
-from fl_mia.update_attacks.signals import gradient_alignment, gradient_alignment_loop, update_vector
+from fl_mia.attacker.updates.signals import gradient_alignment, gradient_alignment_loop, update_vector
 
 
 def timed(fn):

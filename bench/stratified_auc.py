@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.config_loading import load_config
-from fl_mia.privacy.candidates import build_candidates, lesion_area
+from fl_mia.config.loading import load_config
+from fl_mia.referee.candidates import build_candidates, lesion_area
 
 
 def _auc(is_member: np.ndarray, scores: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fl_mia.config import ConfigError, ExperimentConfig
-from fl_mia.config_loading import load_config
+from fl_mia.config.loading import load_config
 
 
 def _model_builds(cfg: ExperimentConfig) -> None:
@@ -23,7 +23,7 @@ def _model_builds(cfg: ExperimentConfig) -> None:
 
 
 def _attacks_registered(cfg: ExperimentConfig) -> None:
-    from fl_mia.attacks.registry import attack_names
+    from fl_mia.attacker.predictions.registry import attack_names
 
     for field in ("attacks", "per_round_attacks"):
         unknown = [name for name in getattr(cfg.privacy, field) if name not in attack_names()]
@@ -42,11 +42,11 @@ def _threat_fits_the_defences(cfg: ExperimentConfig) -> None:
         )
     if poisoning in ("model_inconsistency", "trap_inconsistency"):
         from fl_mia.models import build_experiment_model
-        from fl_mia.poisoning.model_inconsistency import silencing_keys
+        from fl_mia.attacker.poisoning.model_inconsistency import silencing_keys
 
         silencing_keys(build_experiment_model(cfg))  # the decoder must have a norm layer to silence
     if poisoning == "trap_inconsistency" and secagg:
-        from fl_mia.poisoning.trap_inconsistency import reconstruction_step
+        from fl_mia.attacker.poisoning.trap_inconsistency import reconstruction_step
 
         # A fired detector's weights move by about training.lr per Adam step. The reconstructed
         # update carries SecAgg+'s rounding times max_weight / n (a hospital's share of the
@@ -65,7 +65,7 @@ def _trap_fits_the_model(cfg: ExperimentConfig) -> None:
     if cfg.threat.poisoning not in ("trap_weights", "trap_inconsistency"):
         return
     from fl_mia.models import build_model
-    from fl_mia.poisoning.trap_weights import check_capacity
+    from fl_mia.attacker.poisoning.trap_weights import check_capacity
 
     # Also checks the model has the trap's site (a ResNet-family encoder with GroupNorm).
     check_capacity(build_model(cfg.model, in_channels=1, classes=1), cfg.threat.trap_detectors_per_round)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.config_loading import load_config
+from fl_mia.config.loading import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

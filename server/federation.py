@@ -22,12 +22,12 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.data import forget_rendered_hospitals
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
-from fl_mia.poisoning import make_poisoner
-from fl_mia.poisoning.report import threat_report
-from fl_mia.attacker import ServerAttacker, server_attacker
-from fl_mia.privacy.candidates import build_candidates
-from fl_mia.privacy.evaluation import Referee
-from fl_mia.reporting import write_federation_outputs
+from fl_mia.attacker.poisoning import make_poisoner
+from fl_mia.attacker.poisoning.threat_summary import threat_report
+from fl_mia.attacker.server_attacker import ServerAttacker, server_attacker
+from fl_mia.referee.candidates import build_candidates
+from fl_mia.referee.evaluation import Referee
+from fl_mia.run_outputs import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
 from server.defences import defence_outputs, fit_workflow, wrap_strategy

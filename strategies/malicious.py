@@ -16,13 +16,13 @@ from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, para
 from flwr.server.client_proxy import ClientProxy
 
 from fl_mia.config import ThreatConfig
-from fl_mia.poisoning import Poisoner
-from fl_mia.poisoning.model_inconsistency import reconstruct_target_update
+from fl_mia.attacker.poisoning import Poisoner
+from fl_mia.attacker.poisoning.model_inconsistency import reconstruct_target_update
 from strategies.honest import HonestFedAvg, partition_of
 
 
 class PoisoningFedAvg(HonestFedAvg):
-    """FedAvg whose payloads come from a :class:`~fl_mia.poisoning.Poisoner` in poisoned rounds."""
+    """FedAvg whose payloads come from a :class:`~fl_mia.attacker.poisoning.Poisoner` in poisoned rounds."""
 
     def __init__(self, *, poisoner: Poisoner, threat: ThreatConfig, **honest_kwargs) -> None:
         super().__init__(**honest_kwargs)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 
 torch.set_num_threads(1)
 

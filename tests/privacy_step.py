@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fl_mia.attacker import ServerAttacker
-from fl_mia.privacy.candidates import build_candidates
-from fl_mia.privacy.evaluation import Referee
+from fl_mia.attacker.server_attacker import ServerAttacker
+from fl_mia.referee.candidates import build_candidates
+from fl_mia.referee.evaluation import Referee
 
 
 class PrivacyStep:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from fl_mia.config import ConfigError
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import architecture_names, build_experiment_model
 from fl_mia.preflight import preflight
-from fl_mia.update_attacks import signals
-from fl_mia.update_attacks.signals import gradient_alignment, gradient_alignment_loop
+from fl_mia.attacker.updates import signals
+from fl_mia.attacker.updates.signals import gradient_alignment, gradient_alignment_loop
 from tests.conftest import tiny_raw
 
 # The encoder each architecture is tested with, its depth and the smallest scans it takes.

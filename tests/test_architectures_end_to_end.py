@@ -14,7 +14,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from clients.client_app import make_client_app
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.preflight import preflight
 from fl_mia.run_folder import create_run_folder
 from server.federation import run_federation

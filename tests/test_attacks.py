@@ -18,11 +18,11 @@ from scipy.ndimage import gaussian_filter
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from fl_mia.attacks import AttackerKnowledge, TargetView, attack_names, make_attack
+from fl_mia.attacker.predictions import AttackerKnowledge, TargetView, attack_names, make_attack
 from fl_mia.config import TrainingConfig
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import Split
-from fl_mia.knowledge import CandidateSet
+from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.seeding import int_seed, rng_for
 from fl_mia.training import train_local
 from tests.conftest import tiny_raw
@@ -121,7 +121,7 @@ def auc_of(name: str, setting) -> float:
 
 def test_the_target_memorised_its_members(separable):
     _, target, candidates, is_member = separable
-    from fl_mia.attacks.signals import per_image_loss
+    from fl_mia.attacker.predictions.output_signals import per_image_loss
 
     loss = per_image_loss(TargetView(target).logits(candidates.images), candidates.masks, dice_weight=1, ce_weight=1)
     assert loss[is_member].mean() < 0.5 * loss[~is_member].mean()

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer
 from fl_mia.app.cli import app
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.round_log import RoundLog
 from fl_mia.run_folder import set_status, write_toml
 from strategies.honest import PartitionSeededClientManager

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fl_mia.checkpoint import CHECKPOINT_FILE, CheckpointError, Checkpointer, read_checkpoint
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.round_log import ROUND_COLUMNS, RoundLog
 from fl_mia.run_folder import write_csv
 from fl_mia.contracts import HospitalReply

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from fl_mia.config import ConfigError
-from fl_mia.config_loading import apply_overrides, build_config, load_config
+from fl_mia.config.loading import apply_overrides, build_config, load_config
 from fl_mia.preflight import preflight
 from tests.conftest import tiny_raw
 
@@ -135,12 +135,12 @@ def test_no_two_config_files_define_the_same_experiment():
 
 
 def test_readme_documents_every_config_key():
-    from fl_mia.config_reference import reference_rows
+    from fl_mia.config.reference import reference_rows
 
     reference = (ROOT / "docs" / "config-reference.md").read_text()
     missing = [key for key, _, _ in reference_rows() if f"`{key}`" not in reference]
     assert not missing, (
-        f"docs/config-reference.md lacks {missing}; regenerate with python -m fl_mia.config_reference --write docs/config-reference.md"
+        f"docs/config-reference.md lacks {missing}; regenerate with python -m fl_mia.config.reference --write docs/config-reference.md"
     )
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.defences.consistency import HospitalChannel, model_digest
 from strategies.honest import HonestFedAvg
 from tests.conftest import tiny_raw

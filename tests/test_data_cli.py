@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fl_mia.app.cli import app
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.data.export import LAYOUTS, export_phantom, phantom_cases
 from fl_mia.data.pool import load_pool

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_attacker_population, build_hospital, input_channels
 from fl_mia.data import pool as pool_module
 from fl_mia.data.disk import assignment

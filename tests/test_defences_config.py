@@ -3,7 +3,7 @@
 import pytest
 
 from fl_mia.config import ConfigError
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from tests.conftest import tiny_raw
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_mia.config_loading import build_config, load_config
+from fl_mia.config.loading import build_config, load_config
 from fl_mia.app.experiment import run_experiment
 from tests.conftest import tiny_raw
 

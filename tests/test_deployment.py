@@ -29,7 +29,7 @@ from fl_mia.app.deploy import (
 )
 from fl_mia.app.simulation_resources import backend_config, check_resources, ray_cluster_address
 from fl_mia.config import ConfigError, SimulationConfig
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from tests.conftest import tiny_raw
 from tests.local_services import processes_mentioning, ray_head, stop_processes
 
@@ -336,7 +336,7 @@ def test_documented_flwr_run_commands_complete_on_a_dataset_from_disk(tmp_path):
     """docs/deployment.md's `flwr run .` recipe, with a private FLWR_HOME and ports, on a tiny
     MSD-layout dataset written by nibabel: the hospitals' actors read their shards from disk
     (through the shared cache) and the ServerApp attacks and reports at slice and patient level."""
-    from fl_mia.config_loading import load_config
+    from fl_mia.config.loading import load_config
     from fl_mia.run_folder import write_toml
     from tests.disk_datasets import write_msd
 

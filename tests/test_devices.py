@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from fl_mia.config import ConfigError
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.devices import model_device, process_device
 from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.preflight import preflight
 from fl_mia.training import predict_logits, train_local
-from fl_mia.update_attacks.signals import gradient_alignment
+from fl_mia.attacker.updates.signals import gradient_alignment
 from tests.conftest import tiny_raw
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

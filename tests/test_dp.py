@@ -10,7 +10,7 @@ from opacus.accountants import RDPAccountant
 
 from clients.dp_state import train_dp_sgd
 from fl_mia.config import ConfigError
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.defences.accounting import central_dp_epsilon
 from fl_mia.defences.dp_sgd import plan_for, train_local_dp

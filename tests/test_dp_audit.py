@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fl_mia.privacy.dp_audit import clopper_pearson_lower, clopper_pearson_upper, empirical_epsilon
+from fl_mia.referee.dp_audit import clopper_pearson_lower, clopper_pearson_upper, empirical_epsilon
 from fl_mia.seeding import rng_for
 
 

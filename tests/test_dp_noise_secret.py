@@ -8,7 +8,7 @@ import torch
 from flwr.app import RecordDict
 
 from clients.dp_state import SECRET_ENVIRONMENT_VARIABLE, SECRET_NODE_CONFIG_KEY, train_dp_sgd
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.defences.dp_sgd import train_local_dp
 from fl_mia.models import build_model, get_weights

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_mia.config_loading import load_config
+from fl_mia.config.loading import load_config
 from fl_mia.defences.accounting import REFERENCE_DELTA, epsilon_of
 from fl_mia.preflight import preflight
 

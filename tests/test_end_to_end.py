@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.app.experiment import run_experiment
 from tests.conftest import tiny_raw
 

@@ -13,7 +13,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fl_mia import failures as failures_module
 from fl_mia.config import FailuresConfig
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.failures import Failure, SimulatedHospitalCrash, planned_failure, simulate_failure
 from server.round_timeout import CRASHED, TIMED_OUT, TRAINED, NoRepliesError, RoundDeadlines, RoundTimeoutGrid
 from tests.conftest import tiny_raw

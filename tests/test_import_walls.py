@@ -2,10 +2,10 @@
 
 1. Library ↔ apps: the core of ``fl_mia`` imports nothing from ``clients``, ``server``,
    ``strategies``, the app layer ``fl_mia.app`` or Flower; only ``fl_mia.app`` composes them.
-2. Attacker ↔ referee: nothing the attacker runs — attacks, update attacks, poisoners, what
-   the attacker knows, strategies, clients and the strategy-facing server modules — reaches
-   the referee's ``fl_mia.privacy`` (the ledger, candidate drawing, membership metrics),
-   directly or through another module.
+2. Attacker ↔ referee: nothing under ``fl_mia.attacker`` (prediction attacks, update signals,
+   poisoners, what the attacker knows) — nor the Flower apps it drives (strategies, clients,
+   the strategy-facing server modules) — reaches the referee ``fl_mia.referee`` (the ledger,
+   candidate drawing, membership metrics), directly or through another module.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ PACKAGES = ("fl_mia", "clients", "server", "strategies")
 # The only server modules allowed to hold the referee: they compose a run (draw the
 # candidates, hand the attacker its knowledge, join the scores with the ledger at the end).
 SERVER_COMPOSERS = {"server.federation", "server.server_app"}
-ATTACKER_SIDE = ("fl_mia.attacks", "fl_mia.poisoning", "fl_mia.update_attacks", "fl_mia.attacker", "fl_mia.knowledge",
-                 "strategies", "clients", "server")
-REFEREE = "fl_mia.privacy"
+ATTACKER = "fl_mia.attacker"
+# The Flower apps run on the attacker's side of the wall too (the strategy poisons and observes).
+APPS_ON_ATTACKER_SIDE = ("strategies", "clients", "server")
+REFEREE = "fl_mia.referee"
 
 
 def module_name(path: Path) -> str:
@@ -132,15 +133,29 @@ def test_the_library_core_imports_no_app_and_no_flower(module):
 def attacker_side_modules() -> list[str]:
     return sorted(
         m for m in project_modules()
-        if any(in_package(m, side) for side in ATTACKER_SIDE) and m not in SERVER_COMPOSERS
+        if (in_package(m, ATTACKER) or any(in_package(m, app) for app in APPS_ON_ATTACKER_SIDE))
+        and m not in SERVER_COMPOSERS
     )
+
+
+def referee_modules_reached(graph: dict[str, set[str]], module: str) -> list[str]:
+    return sorted(m for m in reachable(graph, module) | set(graph[module]) if in_package(m, REFEREE))
 
 
 @pytest.mark.parametrize("module", attacker_side_modules())
 def test_attacker_side_never_reaches_the_referee(module):
-    graph = import_graph()
-    reached = sorted(m for m in reachable(graph, module) | set(graph[module]) if in_package(m, REFEREE))
+    reached = referee_modules_reached(import_graph(), module)
     assert not reached, f"{module} reaches the referee through imports: {reached}"
+
+
+def test_the_attacker_is_one_package():
+    # Everything the server runs to learn membership lives under one prefix.
+    attacker = [m for m in project_modules() if in_package(m, ATTACKER)]
+    assert {"fl_mia.attacker.predictions", "fl_mia.attacker.updates", "fl_mia.attacker.poisoning",
+            "fl_mia.attacker.knowledge", "fl_mia.attacker.server_attacker"} <= set(attacker)
+    stray = [m for m in project_modules() if m.split(".")[:2] in (["fl_mia", "attacks"], ["fl_mia", "poisoning"],
+                                                                 ["fl_mia", "update_attacks"], ["fl_mia", "privacy"])]
+    assert not stray, f"attacker or referee code outside its package: {stray}"
 
 
 def test_the_walls_can_fail():
@@ -148,3 +163,9 @@ def test_the_walls_can_fail():
     graph = import_graph()
     assert any(in_package(m, REFEREE) for m in reachable(graph, "server.federation"))
     assert any(in_package(m, "server") for m in reachable(graph, "fl_mia.app.experiment"))
+    # A violation planted one hop away (an attack importing a module that imports the ledger) is caught.
+    planted = {module: set(edges) for module, edges in graph.items()}
+    planted["fl_mia.attacker.predictions.lira"].add("fl_mia.seeding")
+    planted["fl_mia.seeding"] = planted["fl_mia.seeding"] | {"fl_mia.referee.candidates"}
+    assert referee_modules_reached(planted, "fl_mia.attacker.predictions.lira") == ["fl_mia.referee.candidates"]
+    assert not referee_modules_reached(graph, "fl_mia.attacker.predictions.lira")

@@ -49,10 +49,10 @@ def test_noise_has_the_configured_spread_stays_in_range_and_is_fresh_per_query()
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from fl_mia.attacks import ATTACKS, MembershipAttack, TargetView  # noqa: E402
-from fl_mia.attacks.label_only import LabelOnlyAttack  # noqa: E402
-from fl_mia.attacks.signals import per_image_loss  # noqa: E402
-from fl_mia.config_loading import build_config  # noqa: E402
+from fl_mia.attacker.predictions import ATTACKS, MembershipAttack, TargetView  # noqa: E402
+from fl_mia.attacker.predictions.label_only import LabelOnlyAttack  # noqa: E402
+from fl_mia.attacker.predictions.output_signals import per_image_loss  # noqa: E402
+from fl_mia.config.loading import build_config  # noqa: E402
 from fl_mia.defences.output import (  # noqa: E402
     RELEASED_PROBABILITY_FLOOR,
     HardenedTargetView,
@@ -60,7 +60,7 @@ from fl_mia.defences.output import (  # noqa: E402
     target_view,
 )
 from fl_mia.models import get_weights  # noqa: E402
-from fl_mia.knowledge import CandidateSet  # noqa: E402
+from fl_mia.attacker.knowledge import CandidateSet  # noqa: E402
 from tests.privacy_step import PrivacyStep  # noqa: E402
 from tests.conftest import tiny_raw  # noqa: E402
 

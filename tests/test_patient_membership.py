@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.knowledge import CandidateSet
-from fl_mia.privacy.candidates import MembershipLedger
-from fl_mia.reporting import privacy_table, render_summary
+from fl_mia.attacker.knowledge import CandidateSet
+from fl_mia.referee.candidates import MembershipLedger
+from fl_mia.console_summary import privacy_table, render_summary
 from tests.test_privacy import run_privacy_step
 
 

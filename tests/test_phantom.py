@@ -2,7 +2,7 @@ import hashlib
 
 import numpy as np
 
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_attacker_population, build_hospital
 from fl_mia.data.phantom import LESION, ORGAN, PatientAnatomy, ScannerProfile, render_slice
 from tests.conftest import tiny_raw

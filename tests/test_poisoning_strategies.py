@@ -13,9 +13,9 @@ from fl_mia.config import ModelConfig, ThreatConfig, TrainingConfig
 from fl_mia.data import Split
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import build_model, get_weights, set_weights
-from fl_mia.knowledge import AttackerKnowledge, CandidateSet
-from fl_mia.poisoning import make_poisoner
-from fl_mia.poisoning.model_inconsistency import reconstruct_target_update, silenced_weights
+from fl_mia.attacker.knowledge import AttackerKnowledge, CandidateSet
+from fl_mia.attacker.poisoning import make_poisoner
+from fl_mia.attacker.poisoning.model_inconsistency import reconstruct_target_update, silenced_weights
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 from strategies.malicious import PoisoningFedAvg
 
@@ -166,7 +166,7 @@ def test_target_update_is_recovered_from_the_aggregate():
 
 
 def test_backdoor_implant_makes_the_trigger_draw_the_fixed_mask():
-    from fl_mia.poisoning.backdoor import BackdoorPoisoner
+    from fl_mia.attacker.poisoning.backdoor import BackdoorPoisoner
 
     model = tiny_model()
     weights = get_weights(model)

@@ -13,18 +13,18 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fl_mia.attacks import ATTACKS, MembershipAttack, attack_names, make_attack
+from fl_mia.attacker.predictions import ATTACKS, MembershipAttack, attack_names, make_attack
 from fl_mia.config import ConfigError
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.preflight import preflight
 from fl_mia.data import build_hospital
 from fl_mia.models import build_model, get_weights
-from fl_mia.knowledge import CandidateSet
-from fl_mia.privacy.candidates import MembershipLedger, build_candidates
-from fl_mia.attacker import server_attacker
-from fl_mia.privacy.evaluation import round_score_key
+from fl_mia.attacker.knowledge import CandidateSet
+from fl_mia.referee.candidates import MembershipLedger, build_candidates
+from fl_mia.attacker.server_attacker import server_attacker
+from fl_mia.referee.evaluation import round_score_key
 from tests.privacy_step import PrivacyStep
-from fl_mia.privacy.metrics import membership_metrics, tpr_at_fpr
+from fl_mia.referee.metrics import membership_metrics, tpr_at_fpr
 from fl_mia.run_folder import write_json
 from tests.conftest import tiny_raw
 
@@ -118,8 +118,8 @@ def test_candidates_are_reproducible(tiny_cfg):
 
 def test_matched_candidates_leave_the_masks_nothing_to_tell():
     """Plain draws on the overfit base differ in lesions (a mask-only score beats chance); matched ones do not."""
-    from fl_mia.config_loading import load_config
-    from fl_mia.privacy.candidates import LESION_AREA_STRATA, lesion_area, lesion_strata
+    from fl_mia.config.loading import load_config
+    from fl_mia.referee.candidates import LESION_AREA_STRATA, lesion_area, lesion_strata
 
     plain_cfg = load_config(ROOT / "configs" / "overfit.toml")
     matched_cfg = load_config(ROOT / "configs" / "overfit.toml", ["privacy.match_lesion_area=true"])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.app.experiment import run_experiment
-from fl_mia.reporting import render_summary
+from fl_mia.console_summary import render_summary
 from tests.conftest import tiny_raw
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from fl_mia.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint
 from fl_mia.app.cli import app
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.app.experiment import run_experiment
 from tests.conftest import tiny_raw
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fl_mia.app.cli import app
-from fl_mia.privacy.metrics import membership_metrics
+from fl_mia.referee.metrics import membership_metrics
 from fl_mia.report.collect import build_report_data
 from fl_mia.report.render import GENERATED_MARK, render_html, render_markdown, write_report
 from fl_mia.run_folder import write_csv, write_json, write_npz, write_toml

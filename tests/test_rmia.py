@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.attacks import TargetView, make_attack
-from fl_mia.attacks.rmia import RMIAAttack, mean_true_class_probability
+from fl_mia.attacker.predictions import TargetView, make_attack
+from fl_mia.attacker.predictions.rmia import RMIAAttack, mean_true_class_probability
 from tests.test_attacks import attack_cfg, control, separable  # noqa: F401  (fixtures)
 
 

@@ -10,7 +10,7 @@ import pytest
 from fl_mia import run_folder
 from fl_mia.app import experiment
 from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.app.experiment import resume_experiment, run_experiment
 from fl_mia.app.resume import resumable_run
 from fl_mia.round_log import RoundLog

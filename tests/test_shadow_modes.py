@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fl_mia.attacks.shadow_federation import fedavg, shadow_hospitals
-from fl_mia.attacks.shadows import HardenedShadow, ShadowStore
-from fl_mia.config_loading import build_config
+from fl_mia.attacker.predictions.shadow_federation import fedavg, shadow_hospitals
+from fl_mia.attacker.predictions.shadows import HardenedShadow, ShadowStore
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.defences.output import RELEASED_PROBABILITY_FLOOR
 from fl_mia.models import build_experiment_model

@@ -1,4 +1,4 @@
-"""Bootstrap intervals, paired differences, seed means and resolvability (fl_mia.privacy.statistics)."""
+"""Bootstrap intervals, paired differences, seed means and resolvability (fl_mia.referee.statistics)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from fl_mia.privacy.metrics import membership_metrics
-from fl_mia.privacy.statistics import (
+from fl_mia.referee.metrics import membership_metrics
+from fl_mia.referee.statistics import (
     auc_interval,
     bootstrap_intervals,
     mean_interval,

@@ -71,8 +71,8 @@ def test_every_shipped_suite_loads_with_two_seeds_or_more(path):
 
 @pytest.mark.parametrize("name", ["threats", "defences", "paper"])
 def test_shipped_suites_load_and_pool_enough_non_members_for_1pct_fpr(name):
-    from fl_mia.privacy.candidates import candidates_per_hospital
-    from fl_mia.privacy.statistics import non_members_needed
+    from fl_mia.referee.candidates import candidates_per_hospital
+    from fl_mia.referee.statistics import non_members_needed
 
     suite = load_suite(ROOT / "configs" / "suites" / f"{name}.toml")
     assert len(suite.seeds) >= 3

@@ -16,7 +16,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
 from clients.client_app import make_client_app
 from fl_mia.config import ConfigError
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.preflight import preflight
 from fl_mia.run_folder import create_run_folder
 from server.federation import run_federation
@@ -117,9 +117,9 @@ def trained_setting():
     import torch
 
     from fl_mia.data import build_attacker_population
-    from fl_mia.knowledge import AttackerKnowledge
+    from fl_mia.attacker.knowledge import AttackerKnowledge
     from fl_mia.models import build_experiment_model, get_weights
-    from fl_mia.privacy.candidates import build_candidates
+    from fl_mia.referee.candidates import build_candidates
     from fl_mia.training import train_local
 
     raw = tiny_raw(federation=FEDERATION, threat=TRAP, defences={"secagg": {"enabled": True}})
@@ -134,9 +134,9 @@ def trained_setting():
 
 
 def test_the_secure_sum_of_a_trap_round_names_the_targets_members_and_is_discarded(trained_setting):
-    from fl_mia.data.federation import build_hospital
+    from fl_mia.data.shards import build_hospital
     from fl_mia.models import build_experiment_model, get_weights, set_weights
-    from fl_mia.poisoning import make_poisoner
+    from fl_mia.attacker.poisoning import make_poisoner
     from fl_mia.training import train_local
     from strategies.malicious import PoisoningFedAvg
     from tests.flower_doubles import Recorder

@@ -8,15 +8,15 @@ import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_attacker_population
-from fl_mia.data.federation import build_hospital
+from fl_mia.data.shards import build_hospital
 from fl_mia.defences.dp_sgd import train_local_dp
 from fl_mia.models import build_experiment_model, get_weights, set_weights
-from fl_mia.knowledge import AttackerKnowledge
-from fl_mia.poisoning import make_poisoner
-from fl_mia.poisoning.trap_weights import TrapSite, detector_inputs
-from fl_mia.privacy.candidates import build_candidates
+from fl_mia.attacker.knowledge import AttackerKnowledge
+from fl_mia.attacker.poisoning import make_poisoner
+from fl_mia.attacker.poisoning.trap_weights import TrapSite, detector_inputs
+from fl_mia.referee.candidates import build_candidates
 from fl_mia.training import train_local
 from strategies.malicious import PoisoningFedAvg
 from tests.conftest import tiny_raw
@@ -151,7 +151,7 @@ def test_targets_are_trapped_one_per_round_in_turn(setting):
 
 
 def test_stealth_compares_exactly_the_trapped_replies():
-    from fl_mia.poisoning.report import stealth
+    from fl_mia.attacker.poisoning.threat_summary import stealth
 
     rows = [
         {"round": r, "hospital": h, "first_batch_loss": 2.0 if (r, h) in {(1, 0), (2, 1)} else 1.0}

@@ -10,9 +10,9 @@ from fl_mia.config import ModelConfig, TrainingConfig
 from fl_mia.models import build_model, get_weights
 from fl_mia.training import train_local
 from fl_mia.data import Split
-from fl_mia.update_attacks.recorder import UpdateAttackRecorder, candidate_round_scores, candidate_scores, source_guess
+from fl_mia.attacker.updates.recorder import UpdateAttackRecorder, candidate_round_scores, candidate_scores, source_guess
 from fl_mia.contracts import HospitalReply
-from fl_mia.knowledge import AttackerKnowledge, CandidateSet
+from fl_mia.attacker.knowledge import AttackerKnowledge, CandidateSet
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_compare_refuses_runs_with_different_candidates(tmp_path):
 
 def test_without_source_inference_each_update_is_scored_on_its_own_candidates_only(setting, monkeypatch):
     """The membership scores are those of the every-candidate recorder, for a fraction of the passes."""
-    import fl_mia.update_attacks.recorder as recorder_module
+    import fl_mia.attacker.updates.recorder as recorder_module
 
     model, images, masks, _, _ = setting
     asked_about = np.array([0, 1] * 8, dtype=np.int64)  # each hospital asked about its own and the other's scans

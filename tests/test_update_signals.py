@@ -8,11 +8,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fl_mia.config import TrainingConfig
-from fl_mia.config_loading import build_config
+from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import train_local
-from fl_mia.update_attacks.signals import (
+from fl_mia.attacker.updates.signals import (
     ALL_SIGNALS,
     gradient_alignment,
     gradient_alignment_loop,

@@ -1,7 +1,7 @@
 """The defence's verdict counts every attack: prediction, update, accumulated."""
 
 from fl_mia.app.sweep import sweep_row
-from fl_mia.privacy.verdict import AUC_BAR, defence_verdict, verdict_line
+from fl_mia.referee.verdict import AUC_BAR, defence_verdict, verdict_line
 
 
 def attack(auc, tpr, eps):
@@ -54,7 +54,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from fl_mia.privacy.dp_audit import empirical_epsilon  # noqa: E402
+from fl_mia.referee.dp_audit import empirical_epsilon  # noqa: E402
 from tests.test_privacy import privacy_run  # noqa: E402,F401  (fixture)
 
 
@@ -70,7 +70,7 @@ def test_referee_audits_every_attack_and_counts_it_in_the_verdict(privacy_run):
 
 
 def test_roc_figure_draws_the_dp_bound(tmp_path):
-    from fl_mia.privacy.plots import plot_roc_loglog
+    from fl_mia.referee.plots import plot_roc_loglog
 
     curves = {"a": (np.r_[np.ones(5), np.zeros(5)], np.r_[np.ones(5, bool), np.zeros(5, bool)])}
     plot_roc_loglog(tmp_path / "plain.png", curves, title="t")

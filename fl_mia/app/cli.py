@@ -68,7 +68,7 @@ def run(
 ) -> None:
     """Run one experiment: federated training, then the outputs in a new run folder."""
     from fl_mia.app.experiment import resume_experiment, run_experiment
-    from fl_mia.reporting import render_summary
+    from fl_mia.console_summary import render_summary
     from server.hospital_directory import FederationError
     from server.round_timeout import NoRepliesError
 
@@ -137,7 +137,8 @@ def run(
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """Print the summary table of a finished run."""
-    from fl_mia.reporting import read_metrics, render_summary
+    from fl_mia.console_summary import render_summary
+    from fl_mia.run_outputs import read_metrics
     from fl_mia.run_folder import read_status
 
     if not (run_dir / "metrics.json").is_file():

@@ -91,7 +91,7 @@ def comparison_rows(runs: list[SavedRun], attacks: list[str], *, hospital: str |
 
 def write_comparison(runs: list[SavedRun], attacks: list[str], out: Path, *, hospital: str | None) -> list[dict]:
     """``comparison.csv`` and ``comparison_roc.png`` (log-log, one curve per run and attack)."""
-    from fl_mia.privacy.plots import plot_roc_loglog
+    from fl_mia.referee.plots import plot_roc_loglog
 
     out.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(runs, attacks, hospital=hospital)

@@ -470,7 +470,8 @@ def deploy_command(
     from rich.console import Console
 
     from fl_mia.preflight import load_experiment
-    from fl_mia.reporting import read_metrics, render_summary
+    from fl_mia.console_summary import render_summary
+    from fl_mia.run_outputs import read_metrics
 
     overrides = list(set_ or []) + ([f"federation.num_hospitals={hospitals}"] if hospitals is not None else [])
     errors = Console(stderr=True)

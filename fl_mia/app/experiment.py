@@ -20,7 +20,7 @@ from typing import Any
 
 from fl_mia.checkpoint import Checkpoint
 from fl_mia.config import ExperimentConfig
-from fl_mia.reporting import read_metrics
+from fl_mia.run_outputs import read_metrics
 from fl_mia.round_log import RoundProgress
 from fl_mia.run_folder import create_run_folder, set_status, write_toml
 from fl_mia.app.simulation_resources import backend_config, check_resources

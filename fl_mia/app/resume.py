@@ -10,7 +10,7 @@ from typing import Any
 
 from fl_mia.checkpoint import Checkpoint, read_checkpoint
 from fl_mia.config import ConfigError, ExperimentConfig
-from fl_mia.config_loading import load_config
+from fl_mia.config.loading import load_config
 from fl_mia.run_folder import RunFolderError, read_status
 
 

@@ -2,7 +2,7 @@
 
 The pool's patients are shared out by :mod:`fl_mia.data.partition`, then each hospital's
 patients are split into train / held-out / test exactly as the phantom's are
-(:func:`fl_mia.data.federation.split_by_patient`), so no split ever cuts a patient.
+(:func:`fl_mia.data.shards.split_by_patient`), so no split ever cuts a patient.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.data.federation import HospitalData, Split, split_by_patient
+from fl_mia.data.shards import HospitalData, Split, split_by_patient
 from fl_mia.data.partition import PatientTable, assign_patients
 from fl_mia.data.pool import SlicePool, pool_of
 from fl_mia.data.sources.base import DataError

@@ -1,7 +1,7 @@
 """Hospitals and the attacker's population, from the phantom or from a dataset on disk.
 
 The one entry point clients, server and attacker use (through :mod:`fl_mia.data`): it picks
-the phantom's renderer (:mod:`fl_mia.data.federation`) or the disk pool
+the phantom's renderer (:mod:`fl_mia.data.shards`) or the disk pool
 (:mod:`fl_mia.data.disk`) by ``data.source``, so the phantom's code path stays as it was.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fl_mia.config import ExperimentConfig
 import fl_mia.data.disk as disk
-import fl_mia.data.federation as federation
-from fl_mia.data.federation import HospitalData, Split
+import fl_mia.data.shards as federation
+from fl_mia.data.shards import HospitalData, Split
 
 
 def build_hospital(cfg: ExperimentConfig, hospital: int) -> HospitalData:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fl_mia.config import ExperimentConfig
-from fl_mia.data.federation import HospitalData, Split
+from fl_mia.data.shards import HospitalData, Split
 from fl_mia.data.hospitals import build_attacker_population, build_hospital
 
 

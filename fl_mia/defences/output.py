@@ -11,7 +11,7 @@ probabilities the attacker is allowed to see (for one output channel, C = 1 hold
 The noise is drawn from a seeded generator per call, so a run is reproducible, and
 fresh noise is drawn for every query (repeating a query does not return the same draw).
 
-Prediction attacks read a :class:`~fl_mia.attacks.TargetView`; :func:`target_view` gives them
+Prediction attacks read a :class:`~fl_mia.attacker.predictions.TargetView`; :func:`target_view` gives them
 a :class:`HardenedTargetView` when hardening is on, whose ``logits`` are the logits *of the
 released probabilities* (so every attack's signal — loss, probability map, LiRA's confidence —
 is computed from what the defence releases) and whose ``hard_labels`` are the argmax of the
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_mia.attacks.base import TargetView
+from fl_mia.target_view import TargetView
 from fl_mia.config import OutputConfig
 from fl_mia.seeding import torch_generator
 from fl_mia.segmentation_metrics import hard_predictions
@@ -71,7 +71,7 @@ def released_logits(probs: torch.Tensor, *, floor: float = RELEASED_PROBABILITY_
 
 @dataclass
 class HardenedTargetView(TargetView):
-    """A :class:`~fl_mia.attacks.TargetView` that answers with hardened outputs only.
+    """A :class:`~fl_mia.attacker.predictions.TargetView` that answers with hardened outputs only.
 
     ``logits`` returns :func:`released_logits` of the released probabilities (computed once per
     image stack and shared by the attacks scoring this view, like the plain view: one release

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from fl_mia.privacy.metrics import membership_metrics
-from fl_mia.privacy.statistics import bootstrap_intervals, mean_interval, paired_difference
+from fl_mia.referee.metrics import membership_metrics
+from fl_mia.referee.statistics import bootstrap_intervals, mean_interval, paired_difference
 from fl_mia.seeding import seed_sequence
 
 PACKAGES = ("torch", "flwr", "segmentation-models-pytorch", "opacus", "numpy", "scikit-learn")

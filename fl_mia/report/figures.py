@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_mia.privacy.metrics import roc_points
+from fl_mia.referee.metrics import roc_points
 from fl_mia.report.collect import Group, RunRecord, candidate_truth
 
 FRONTIER_KEYS = (("auc", "attack AUC", 0.5), ("tpr_at_1pct_fpr", "attack TPR at 1% FPR", 0.01))

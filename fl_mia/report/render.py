@@ -14,8 +14,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from fl_mia.privacy.statistics import format_with_interval, non_members_needed
-from fl_mia.privacy.verdict import AUC_BAR
+from fl_mia.referee.statistics import format_with_interval, non_members_needed
+from fl_mia.referee.verdict import AUC_BAR
 from fl_mia.report import figures
 from fl_mia.report.collect import build_report_data, to_json
 

@@ -1,0 +1,1 @@
+"""The attacker: everything the server runs to learn membership."""

@@ -1,0 +1,77 @@
+"""What a run reports about its threat model: what the server changed, how visibly, to what effect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fl_mia.config import ExperimentConfig
+from fl_mia.attacker.poisoning.base import Poisoner
+
+
+def stealth(
+    rows: list[dict[str, Any]],
+    *,
+    poisoned: set[int],
+    rounds: set[int] | None,
+    pairs: set[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """First-batch training loss of poisoned vs untouched hospitals in the poisoned rounds.
+
+    A hospital sees this loss before its first step on the model it received; a ratio near 1
+    means the poisoning does not show in what hospitals routinely log. ``pairs`` (round,
+    hospital), when the poisoner knows them, say exactly which replies were poisoned (a
+    poisoner that takes its targets in turn poisons one hospital per round).
+    """
+    def is_poisoned(row) -> bool:
+        if pairs is not None:
+            return (int(row["round"]), int(row["hospital"])) in pairs
+        return int(row["hospital"]) in poisoned
+
+    def in_poisoned_round(row) -> bool:
+        if pairs is not None:
+            return int(row["round"]) in {r for r, _ in pairs}
+        return rounds is None or int(row["round"]) in rounds
+
+    losses: dict[bool, list[float]] = {True: [], False: []}
+    for row in rows:
+        if row["hospital"] == "all" or row.get("first_batch_loss") in (None, "") or int(row["round"]) <= 0:
+            continue
+        if in_poisoned_round(row):
+            losses[is_poisoned(row)].append(float(row["first_batch_loss"]))
+    poisoned_loss = float(np.mean(losses[True])) if losses[True] else None
+    other_loss = float(np.mean(losses[False])) if losses[False] else None
+    return {
+        "poisoned_first_batch_loss": poisoned_loss,
+        "untouched_first_batch_loss": other_loss,
+        "ratio": poisoned_loss / other_loss if poisoned_loss and other_loss else None,
+    }
+
+
+def threat_report(
+    cfg: ExperimentConfig, round_log, poisoner: Poisoner | None, *, final_weights: list[np.ndarray], evaluator
+) -> dict[str, Any]:
+    threat = cfg.threat
+    report: dict[str, Any] = {"threat_model": threat.threat_model, "poisoning": threat.poisoning}
+    if poisoner is None:
+        return report
+    poisoned = poisoner.poisoned_hospitals(cfg.federation.num_hospitals)
+    rounds = set(threat.poison_rounds) if threat.poison_rounds is not None else None
+    report.update(
+        {
+            "what_the_server_changes": poisoner.describe(),
+            "target_hospitals": list(threat.target_hospitals),
+            "poisoned_hospitals": sorted(poisoned),
+            "poison_rounds": sorted(rounds) if rounds is not None else "all",
+            # Under SecAgg+ nothing is folded back one by one; a poisoner may drop a poisoned round's sum.
+            "compensated": threat.compensate and (not cfg.defences.secagg.enabled or poisoner.discards_secure_sum),
+            "stealth": stealth(round_log.rows(), poisoned=poisoned, rounds=rounds, pairs=poisoner.poisoned_pairs()),
+            **poisoner.report(),
+        }
+    )
+    images = np.concatenate([split.images for split in evaluator.tests])
+    report.update(
+        poisoner.effect_report(model=evaluator.model, final_weights=final_weights, test_images=images, num_classes=evaluator.classes)
+    )
+    return report

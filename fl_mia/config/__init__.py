@@ -1,0 +1,49 @@
+"""Typed experiment configuration: one TOML file = one experiment (the schema only).
+
+A leaf package: it imports nothing else of fl_mia; one module per section. Values and cross-field rules are checked
+by pydantic at load, so a bad value fails with the name of its field. Reading files,
+``extends`` and ``--set`` live in :mod:`fl_mia.config.loading`; checks that need a model,
+a registry or a poisoner run once in :mod:`fl_mia.preflight`.
+"""
+
+
+from fl_mia.config.base import ConfigError, Section
+from fl_mia.config.data_config import DataConfig
+from fl_mia.config.defences_config import (
+    CentralDpConfig,
+    ConsistencyConfig,
+    DefencesConfig,
+    DpSgdConfig,
+    OutputConfig,
+    SecAggConfig,
+    check_defences,
+)
+from fl_mia.config.experiment_config import ExperimentConfig
+from fl_mia.config.federation_config import FederationConfig
+from fl_mia.config.privacy_config import PrivacyConfig
+from fl_mia.config.runtime_config import FailuresConfig, ScheduledFailure, SimulationConfig
+from fl_mia.config.threat_config import SOURCE_INFERENCE_MAX_HOSPITALS, ThreatConfig
+from fl_mia.config.training_config import ModelConfig, TrainingConfig
+
+__all__ = [
+    "SOURCE_INFERENCE_MAX_HOSPITALS",
+    "CentralDpConfig",
+    "ConfigError",
+    "ConsistencyConfig",
+    "DataConfig",
+    "DefencesConfig",
+    "DpSgdConfig",
+    "ExperimentConfig",
+    "FailuresConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PrivacyConfig",
+    "ScheduledFailure",
+    "SecAggConfig",
+    "Section",
+    "SimulationConfig",
+    "ThreatConfig",
+    "TrainingConfig",
+    "check_defences",
+]

@@ -1,0 +1,108 @@
+"""A finished run's summary on the terminal: the utility table, the membership table, the verdict."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fl_mia.referee.statistics import format_with_interval
+from fl_mia.referee.verdict import verdict_line
+
+TABLE_KEYS = ("dice", "iou", "dice_pooled", "dice_lesion_images", "loss")
+
+
+def summary_table(metrics: dict[str, Any]) -> Table:
+    utility = metrics["utility"]
+    table = Table(title=f"{metrics['experiment']} · seed {metrics['seed']} · {metrics['rounds_completed']} rounds")
+    for column in ("", "Dice", "IoU", "pooled Dice", "lesion-image Dice", "test loss"):
+        table.add_column(column, justify="right" if column else "left")
+
+    def add(label: str, values: dict[str, float] | None) -> None:
+        if values:
+            table.add_row(label, *(f"{values[key]:.3f}" for key in TABLE_KEYS))
+
+    add("untrained model", utility.get("initial"))
+    for hospital, values in utility["per_hospital"].items():
+        add(f"hospital {hospital}", values)
+    add("global model (all)", utility)
+    table.caption = f"wall time {metrics['wall_time_s']:.1f} s · {metrics['cost']['model_parameters']:,} parameters"
+    failures = metrics.get("failures") or {}
+    if failures.get("events"):
+        lost = ", ".join(f"round {e['round']} hospital {e['hospital']} {e['status'].replace('_', ' ')}" for e in failures["events"])
+        table.caption += f"\nupdates lost: {lost}"
+    return table
+
+
+PRIVACY_KEYS = ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+TPR_LABELS = {"tpr_at_1pct_fpr": "1%", "tpr_at_0.1pct_fpr": "0.1%"}
+
+
+def _privacy_cell(overall: dict[str, Any], key: str) -> str:
+    """A figure with its 95% interval; "—" for a TPR the non-members cannot resolve (or no value)."""
+    ci = overall.get("ci") or {}
+    resolved = (ci.get("resolvability") or {}).get(key)
+    if overall.get(key) is None or (resolved is not None and not resolved["resolvable"]):
+        return "—"
+    return format_with_interval(overall[key], ci.get(key) if key != "balanced_accuracy" else None)
+
+
+def _resolution_caption(level: str, overall: dict[str, Any]) -> str | None:
+    resolvability = (overall.get("ci") or {}).get("resolvability") or {}
+    needs = [
+        f"TPR@{TPR_LABELS[key]}FPR needs ≥{value['non_members_needed']} non-members"
+        for key, value in sorted(resolvability.items(), key=lambda item: item[1]["non_members_needed"])
+        if not value["resolvable"]
+    ]
+    if not needs:
+        return None
+    return f"{level}: {overall['non_members']} non-members, so — for " + ", ".join(needs)
+
+
+def privacy_table(metrics: dict[str, Any]) -> Table | None:
+    """Each attack's AUC, balanced accuracy and TPR at low FPR on the final global model.
+
+    Every figure carries its 95% bootstrap interval; each attack has a slice-level row and
+    a patient-level row (a patient's score is the mean of its slices').
+    """
+    privacy = metrics.get("privacy")
+    attacks = {name: result for name, result in (privacy or {}).items() if isinstance(result, dict) and "overall" in result}
+    if not attacks:
+        return None
+    table = Table(title="membership inference · final global model · 95% intervals (bootstrap by patient)")
+    for column in ("attack", "AUC", "bal. acc.", "TPR@1%FPR", "TPR@0.1%FPR"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for name, result in attacks.items():
+        table.add_row(name, *(_privacy_cell(result["overall"], key) for key in PRIVACY_KEYS))
+        patient = (result.get("patient") or {}).get("overall")
+        if patient is not None:
+            table.add_row("  └ patients", *(_privacy_cell(patient, key) for key in PRIVACY_KEYS))
+    first = next(iter(attacks.values()))
+    overall = first["overall"]
+    caption = f"{overall['members']} members / {overall['non_members']} non-members; bal. acc. at the best ROC threshold"
+    notes = [_resolution_caption("slices", overall)]
+    if (first.get("patient") or {}).get("overall"):
+        notes.append(_resolution_caption("patients", first["patient"]["overall"]))
+    if not any(notes) and overall.get("resolution_note"):
+        notes.append(overall["resolution_note"])
+    caption += "".join(f"\n{note}" for note in notes if note)
+    confound = (privacy.get("candidate_set") or {}).get("lesion_area_auc")
+    if confound is not None:
+        # What the masks alone give: an attack near this figure may be reading lesions, not membership.
+        caption += f"\nmask-only score (lesion area, no model): AUC {confound:.3f}"
+    table.caption = caption
+    return table
+
+
+def render_summary(metrics: dict[str, Any]) -> str:
+    console = Console(width=110, record=True, file=io.StringIO())
+    console.print(summary_table(metrics))
+    privacy = privacy_table(metrics)
+    if privacy is not None:
+        console.print(privacy)
+    verdict = verdict_line((metrics.get("privacy") or {}).get("verdict"))
+    if verdict is not None:
+        console.print(verdict)
+    return console.export_text()

@@ -1,6 +1,0 @@
-"""What a dishonest server does to the model it sends: poisoners, by name."""
-
-from fl_mia.poisoning.base import Poisoner
-from fl_mia.poisoning.registry import POISONERS, make_poisoner
-
-__all__ = ["POISONERS", "Poisoner", "make_poisoner"]

@@ -1,4 +1,0 @@
-"""The privacy step: candidates and their ledger, membership metrics, figures, evaluation.
-
-Submodules are imported where used (``fl_mia.privacy.evaluation`` pulls in the attacks).
-"""
