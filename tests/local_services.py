@@ -6,7 +6,7 @@ module gathers what the tests use.
 
 from __future__ import annotations
 
-from fl_mia.app.deploy import free_port, stop_processes
+from fl_mia.app.processes import free_port, stop_processes
 from fl_mia.app.ray_head import processes_mentioning, ray_head
 
 __all__ = ["free_port", "processes_mentioning", "ray_head", "stop_processes"]

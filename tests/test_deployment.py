@@ -15,18 +15,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fl_mia.app.deploy import (
+from fl_mia.app.certificates import self_signed_tls, supernode_key
+from fl_mia.app.flower_commands import (
     CONNECTION_NAME,
-    StartedProcesses,
     child_environment,
-    free_port,
     register_supernode_command,
-    self_signed_tls,
     superlink_command,
     supernode_command,
-    supernode_key,
     write_connection,
 )
+from fl_mia.app.processes import StartedProcesses, free_port
 from fl_mia.app.simulation_resources import backend_config, check_resources, ray_cluster_address
 from fl_mia.config import ConfigError, SimulationConfig
 from fl_mia.config.loading import build_config
@@ -127,7 +125,7 @@ def test_registration_names_the_public_key_and_the_local_connection(tmp_path):
 def test_registration_returns_node_ids_in_key_order_and_stops_on_a_refusal(tmp_path, monkeypatch):
     """`flwr supernode register --format json` stands in as a script printing what flwr 1.42
     prints (`{"success": true, "node-id": N}`), or failing as it does on a refused key."""
-    from fl_mia.app import deploy
+    from fl_mia.app import flower_commands
 
     def fake_register(public_key: Path) -> list[str]:
         if public_key.name == "refused.pub":
@@ -135,12 +133,12 @@ def test_registration_returns_node_ids_in_key_order_and_stops_on_a_refusal(tmp_p
         node_id = int(public_key.stem.split("-")[1]) + 100
         return [sys.executable, "-c", f"print('{{\"success\": true, \"node-id\": {node_id}}}')"]
 
-    monkeypatch.setattr(deploy, "register_supernode_command", fake_register)
+    monkeypatch.setattr(flower_commands, "register_supernode_command", fake_register)
     keys = [tmp_path / f"hospital-{k}.pub" for k in range(5)]
-    node_ids = deploy.register_supernodes(keys, env=dict(os.environ), log_path=tmp_path / "log")
+    node_ids = flower_commands.register_supernodes(keys, env=dict(os.environ), log_path=tmp_path / "log")
     assert node_ids == [100, 101, 102, 103, 104]
     with pytest.raises(RuntimeError, match="refused.pub"):
-        deploy.register_supernodes([*keys[:2], tmp_path / "refused.pub"], env=dict(os.environ),
+        flower_commands.register_supernodes([*keys[:2], tmp_path / "refused.pub"], env=dict(os.environ),
                                    log_path=tmp_path / "log")
     assert "public key already in use" in (tmp_path / "log").read_text()
 
@@ -252,7 +250,7 @@ def test_ray_cluster_runs_a_two_round_experiment(tmp_path):
 @pytest.mark.slow
 def test_deployment_with_tls_equals_the_simulation(tmp_path):
     """Two SuperNodes against a TLS SuperLink through `flwr run`; rounds.csv as under simulation."""
-    from fl_mia.app.deploy import run_deployed
+    from fl_mia.app.local_deployment import run_deployed
     from fl_mia.app.experiment import run_experiment
 
     cfg = build_config(_tiny_deploy_raw())
@@ -279,7 +277,8 @@ def test_supernode_auth_admits_the_registered_hospitals_and_refuses_strangers():
     import shutil
     import tempfile
 
-    from fl_mia.app.deploy import flower_executable, local_deployment, submit_run
+    from fl_mia.app.flower_commands import flower_executable
+    from fl_mia.app.local_deployment import local_deployment, submit_run
     from fl_mia.run_folder import write_toml
 
     workdir = Path(tempfile.mkdtemp(prefix="flmia-auth-", dir="/tmp"))  # short: Flower's state and logs

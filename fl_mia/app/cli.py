@@ -304,7 +304,7 @@ def report(
     console.print("written: " + ", ".join(str(p) for p in (output, markdown) if p is not None))
 
 
-app.command("deploy")(deploy_command)  # hospitals as Flower SuperNodes: fl_mia/app/deploy.py
+app.command("deploy")(deploy_command)  # hospitals as Flower SuperNodes: fl_mia/app/deploy.py, local_deployment.py
 
 
 def main() -> None:

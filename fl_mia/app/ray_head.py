@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from fl_mia.app.deploy import free_port, stop_processes
+from fl_mia.app.processes import free_port, stop_processes
 
 
 def processes_mentioning(marker: str) -> list[psutil.Process]:
