@@ -62,7 +62,7 @@ def run_in_process(cfg, *, runs_root: Path):
     from clients.client_app import make_client_app
     from fl_mia.app.experiment import RunResult
     from server.federation import run_federation
-    from tests.inprocess_grid import InProcessGrid
+    from server.inprocess_grid import InProcessGrid
 
     run_dir = create_run_folder(cfg.name, runs_root=runs_root)
     grid = InProcessGrid(make_client_app(cfg), cfg.federation.num_hospitals, seed=cfg.seed)

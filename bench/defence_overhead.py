@@ -4,7 +4,7 @@
 
 1. A SecAgg+ round relative to a plain round: the same hospitals (real ``HospitalClient``
    training, the config's model) run a few rounds with and without SecAgg+ over the
-   in-process grid (``tests/inprocess_grid.py``: Flower's workflows and the ClientApp with
+   in-process grid (``server/inprocess_grid.py``: Flower's workflows and the ClientApp with
    its mods, one node after another, no Ray). Round 1 is dropped (warm-up); the median of
    the remaining rounds is compared. Also printed: the protocol alone (hospitals that return a
    fixed update of the model's size), i.e. the cost SecAgg+ adds whatever the training.
@@ -35,7 +35,7 @@ from fl_mia.config.loading import load_config  # noqa: E402
 
 def _federated_round_seconds(cfg: ExperimentConfig, client_app, rounds: int) -> list[float]:
     from server.federation import run_federation
-    from tests.inprocess_grid import InProcessGrid
+    from server.inprocess_grid import InProcessGrid
     from fl_mia.run_folder import create_run_folder
 
     import tempfile
@@ -59,6 +59,38 @@ def secagg_ratio(cfg: ExperimentConfig, rounds: int) -> dict[str, float]:
     secure = _federated_round_seconds(secure_cfg, make_client_app(secure_cfg), rounds)
     p, s = statistics.median(plain[1:] or plain), statistics.median(secure[1:] or secure)
     return {"plain_round_s": p, "secagg_round_s": s, "ratio": s / p}
+
+
+def _protocol_rounds(cfg: ExperimentConfig, client_app, initial, *, rounds: int) -> None:
+    """Flower's workflow (SecAgg+ when the config asks) over the in-process grid, the honest
+    strategy and no evaluation: what the protocol costs around ``client_app``."""
+    from flwr.common import ndarrays_to_parameters
+
+    from server.defences import fit_workflow, wrap_strategy
+    from server.hospital_directory import discover_hospitals
+    from server.inprocess_grid import InProcessGrid, run_inprocess_rounds
+    from strategies.honest import HonestFedAvg, PartitionSeededClientManager
+
+    hospitals = cfg.federation.num_hospitals
+    grid = InProcessGrid(client_app, hospitals, seed=0)
+    directory = discover_hospitals(grid, expected=hospitals)
+    strategy = HonestFedAvg(
+        directory=directory,
+        keep_weights=True,
+        secure_aggregation=cfg.defences.secagg.enabled,
+        fraction_evaluate=0.0,
+        min_fit_clients=hospitals,
+        min_available_clients=hospitals,
+        on_fit_config_fn=lambda r: {"server_round": r},
+        initial_parameters=ndarrays_to_parameters(initial),
+    )
+    run_inprocess_rounds(
+        grid,
+        wrap_strategy(cfg, strategy),
+        fit_workflow=fit_workflow(cfg),
+        client_manager=PartitionSeededClientManager(seed=0, directory=directory),
+        rounds=rounds,
+    )
 
 
 def secagg_protocol_only(cfg: ExperimentConfig) -> dict[str, float]:
@@ -85,23 +117,14 @@ def secagg_protocol_only(cfg: ExperimentConfig) -> dict[str, float]:
     def app(c):
         return ClientApp(client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(), mods=[defences_mod(c)])
 
-    from tests.flower_doubles import run_rounds  # the Ray-free harness of the protocol tests
-
     out = {}
     for label, enabled in (("plain", False), ("secagg", True)):
         c = cfg.model_copy(deep=True)
         c.defences.secagg.enabled = enabled
-        import tests.flower_doubles as doubles
-
-        saved = doubles.known_update_app
-        doubles.known_update_app = lambda _cfg, _sizes: app(c)
-        try:
-            initial = [np.zeros(s, np.float32) for s in sizes]
-            started = time.perf_counter()
-            run_rounds(c, [10] * cfg.federation.num_hospitals, initial=initial, rounds=2)
-            out[f"{label}_s_per_round"] = (time.perf_counter() - started) / 2
-        finally:
-            doubles.known_update_app = saved
+        initial = [np.zeros(s, np.float32) for s in sizes]
+        started = time.perf_counter()
+        _protocol_rounds(c, app(c), initial, rounds=2)
+        out[f"{label}_s_per_round"] = (time.perf_counter() - started) / 2
     out["secagg_extra_s_per_round"] = out["secagg_s_per_round"] - out["plain_s_per_round"]
     return out
 

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Context, RecordDict
+from flwr.app import Context
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import FitIns, ndarrays_to_parameters
-from flwr.server import ServerConfig
-from flwr.server.compat import LegacyContext
-from flwr.server.workflow import DefaultWorkflow
-from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
-from flwr.common import parameters_to_ndarrays
-from flwr.compat.common import recorddict_compat as compat
 
 from clients.mods import defences_mod
 from server.defences import fit_workflow, wrap_strategy
-from tests.inprocess_grid import InProcessGrid
+from server.inprocess_grid import InProcessGrid, run_inprocess_rounds
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 
 SHAPES = [(3, 4), (5,), (2, 2, 2)]
@@ -81,15 +75,13 @@ def run_rounds(cfg, sizes, *, strategy_cls=HonestFedAvg, rounds=1, initial=None,
         initial_parameters=ndarrays_to_parameters(initial if initial is not None else base_weights()),
         **strategy_kwargs,
     )
-    context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    legacy = LegacyContext(
-        context=context,
-        config=ServerConfig(num_rounds=rounds),
-        strategy=wrap_strategy(cfg, strategy),
+    final = run_inprocess_rounds(
+        grid,
+        wrap_strategy(cfg, strategy),
+        fit_workflow=fit_workflow(cfg),
         client_manager=PartitionSeededClientManager(seed=0, directory=directory),
+        rounds=rounds,
     )
-    DefaultWorkflow(fit_workflow=fit_workflow(cfg))(grid, legacy)
-    final = parameters_to_ndarrays(compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))
     return final, recorder, grid
 
 

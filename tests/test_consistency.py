@@ -9,7 +9,7 @@ from fl_mia.defences.consistency import HospitalChannel, model_digest
 from strategies.honest import HonestFedAvg
 from tests.conftest import tiny_raw
 from tests.flower_doubles import base_weights, run_rounds
-from tests.inprocess_grid import InProcessGrid
+from server.inprocess_grid import InProcessGrid
 
 SIZES = [16, 10, 6]
 

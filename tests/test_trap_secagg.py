@@ -21,7 +21,7 @@ from fl_mia.preflight import preflight
 from fl_mia.run_folder import create_run_folder
 from server.federation import run_federation
 from tests.conftest import tiny_raw
-from tests.inprocess_grid import InProcessGrid
+from server.inprocess_grid import InProcessGrid
 
 TRAP = {
     "poisoning": "trap_inconsistency", "target_hospitals": [0], "poison_rounds": [2],

@@ -1,6 +1,6 @@
 """A Flower ``Grid`` that runs the ClientApp in this process, one node after another.
 
-For tests and benchmarks of the real protocols (SecAgg+'s four stages, the DP wrappers,
+For tests and benchmarks (bench/) of the real protocols (SecAgg+'s four stages, the DP wrappers,
 the client mods) without Ray: every message goes through the same ``ClientApp`` (mods
 included) that the simulation runs, with a persistent ``Context`` per node, and a
 raising ClientApp becomes an error reply as in the simulation. Not a transport for
@@ -14,11 +14,19 @@ import random
 import uuid
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.client import ClientApp
-from flwr.common.constant import ErrorCode
+from flwr.common import parameters_to_ndarrays
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import ServerConfig
+from flwr.server.client_manager import ClientManager
+from flwr.server.compat import LegacyContext
+from flwr.server.strategy import Strategy
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp.grid import Grid
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -85,3 +93,17 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+def run_inprocess_rounds(
+    grid: InProcessGrid, strategy: Strategy, *, fit_workflow, client_manager: ClientManager, rounds: int
+) -> list[np.ndarray]:
+    """``rounds`` rounds of Flower's ``DefaultWorkflow`` over ``grid`` with an already wrapped
+    ``strategy`` and ``fit_workflow`` (server/defences.py); return the final global weights."""
+    context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    legacy = LegacyContext(
+        context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy, client_manager=client_manager
+    )
+    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+    final = legacy.state.array_records[MAIN_PARAMS_RECORD]
+    return parameters_to_ndarrays(compat.arrayrecord_to_parameters(final, keep_input=True))
