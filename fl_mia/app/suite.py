@@ -227,7 +227,6 @@ def run_suite(
             done += 1
             _report(on_cell, cell, "skipped", done, len(suite.cells), 0.0)
             continue
-        error = None
         if state == "running":
             error = f"still running in process {read_status(folder).get('pid')}; left alone (resume the suite once it ends)"
             logger.error("suite cell %s: %s", cell.name, error)
@@ -235,25 +234,7 @@ def run_suite(
             done += 1
             _report(on_cell, cell, "failed", done, len(suite.cells), 0.0, error)
             continue
-        try:
-            if state == "interrupted":
-                try:
-                    resume_run(folder, cfg=cell.cfg)
-                    label = "resumed"
-                except RunFolderError as reason:  # killed before its first checkpoint: nothing to keep
-                    logger.warning("cell %s cannot resume (%s); running it again", cell.name, reason)
-                    shutil.rmtree(folder)
-                    run(cell.cfg, out=folder)
-                    label = "complete"
-            else:
-                run(cell.cfg, out=folder)
-                label = "complete"
-        except KeyboardInterrupt:
-            raise
-        except Exception as failure:  # one failed cell must not lose the others
-            error = f"{type(failure).__name__}: {failure}"
-            logger.error("suite cell %s failed: %s", cell.name, error)
-            label = "failed"
+        label, error = _run_cell(cell, folder, state, run=run, resume_run=resume_run)
         seconds = time.perf_counter() - cell_started
         record_state = "failed" if label == "failed" else "complete"
         records.append(_cell_record(cell, folder, state=record_state, skipped=False, cell_seconds=seconds, error=error, **_times(folder)))
@@ -265,6 +246,30 @@ def run_suite(
     summary["overhead"] = overhead(records, suite_seconds=summary["wall_time_s"])
     write_json(out / SUITE_JSON, summary)
     return summary
+
+
+def _run_cell(
+    cell: Cell, folder: Path, state: str, *, run: Callable[..., Any], resume_run: Callable[..., Any]
+) -> tuple[str, str | None]:
+    """Run (or resume, when interrupted) one cell; return its label and, when it failed, the error."""
+    try:
+        if state == "interrupted":
+            try:
+                resume_run(folder, cfg=cell.cfg)
+                return "resumed", None
+            except RunFolderError as reason:  # killed before its first checkpoint: nothing to keep
+                logger.warning("cell %s cannot resume (%s); running it again", cell.name, reason)
+                shutil.rmtree(folder)
+                run(cell.cfg, out=folder)
+                return "complete", None
+        run(cell.cfg, out=folder)
+        return "complete", None
+    except KeyboardInterrupt:
+        raise
+    except Exception as failure:  # one failed cell must not lose the others
+        error = f"{type(failure).__name__}: {failure}"
+        logger.error("suite cell %s failed: %s", cell.name, error)
+        return "failed", error
 
 
 def _times(folder: Path) -> dict[str, Any]:
