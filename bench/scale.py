@@ -17,7 +17,7 @@ parallel when CPUs allow, so a round can take less than this sum). "privacy step
 server's scoring per round (update attacks on every reply and the per-round prediction
 attacks; the ``privacy step round`` lines of ``run.log``), against that training.
 
-Goals (issue 12): peak at 8 hospitals ≤ 1.5× that at 2, at 100 ≤ 3×; time per round
+Goals: peak at 8 hospitals ≤ 1.5× that at 2, at 100 ≤ 3×; time per round
 proportional to the hospitals trained in it; the privacy step per round ≤ the training it
 observes at 32 hospitals with 8 sampled.
 """

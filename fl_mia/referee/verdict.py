@@ -12,7 +12,7 @@ from typing import Any
 
 from fl_mia.referee.statistics import non_members_needed
 
-# The bar the project judges defences against (issue 5): an attack above it is a leak worth
+# The bar defences are judged against: an attack above it is a leak worth
 # reporting, whatever the mask-only confound of the candidate set.
 AUC_BAR = 0.6
 
