@@ -7,6 +7,7 @@ components that take only what they use, and a code-layout page that names every
    ``server/federation.py`` no parameter is annotated ``ExperimentConfig``, and a parameter
    named ``cfg`` carries an annotation, so that this test can see what it is.
 3. Every package and module has a docstring, and docs/code-layout.md is the generator's output.
+4. bench/ imports nothing from tests/: what a benchmark drives is shipped code.
 """
 
 from __future__ import annotations
@@ -154,3 +155,23 @@ def test_first_sentence_keeps_abbreviations_and_parentheses_whole():
         "LiRA of Carlini et al. (S&P 2022), offline."
     )
     assert code_layout.first_sentence("Pipes | escaped.\n\nSecond paragraph.") == "Pipes \\| escaped."
+
+
+def imports_of_tests(tree: ast.Module) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.split(".")[0] == "tests"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "tests":
+            found.append(node.module)
+    return found
+
+
+def test_benchmarks_import_nothing_from_tests():
+    found = {
+        path.name: names
+        for path in sorted((ROOT / "bench").glob("*.py"))
+        if (names := imports_of_tests(ast.parse(path.read_text())))
+    }
+    assert not found, f"bench/ imports test code {found}: move what it needs into the library"
+    assert imports_of_tests(ast.parse("def f():\n    import tests.flower_doubles as d"))
