@@ -83,7 +83,7 @@ def secagg_protocol_only(cfg: ExperimentConfig) -> dict[str, float]:
             return [p + rng.normal(0, 1e-3, p.shape).astype(p.dtype) for p in parameters], 10, {"partition_id": self.k, "train_loss": 0.0}
 
     def app(c):
-        return ClientApp(client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(), mods=[defences_mod(c)])
+        return ClientApp(client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(), mods=[defences_mod(lambda _context: (c.defences, c.seed))])
 
     from tests.flower_doubles import run_rounds  # the Ray-free harness of the protocol tests
 
@@ -123,7 +123,10 @@ def dp_sgd_ratio(cfg: ExperimentConfig, repeats: int) -> dict[str, float]:
         plain_times.append(time.perf_counter() - started)
         model = build_experiment_model(cfg)
         started = time.perf_counter()
-        train_local_dp(model, hospital.train, dp_cfg, history=[], secret=cfg.seed, tags=(r, 0))
+        train_local_dp(
+            model, hospital.train, dp_cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[],
+            secret=cfg.seed, tags=(r, 0),
+        )
         dp_times.append(time.perf_counter() - started)
     p, d = statistics.median(plain_times), statistics.median(dp_times)
     return {"plain_local_round_s": p, "dp_sgd_local_round_s": d, "ratio": d / p, "train_images": len(hospital.train)}

@@ -15,6 +15,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from clients.mods import defences_mod
 from server.defences import fit_workflow, wrap_strategy
+from server.federation import secagg_max_weight
 from tests.inprocess_grid import InProcessGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 
@@ -51,7 +52,7 @@ def known_update_app(cfg, sizes: list[int]) -> ClientApp:
         k = int(context.node_config["partition-id"])
         return KnownUpdateClient(k, sizes[k]).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[defences_mod(cfg)])
+    return ClientApp(client_fn=client_fn, mods=[defences_mod(lambda _context: (cfg.defences, cfg.seed))])
 
 
 class Recorder:
@@ -85,10 +86,10 @@ def run_rounds(cfg, sizes, *, strategy_cls=HonestFedAvg, rounds=1, initial=None,
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=rounds),
-        strategy=wrap_strategy(cfg, strategy),
+        strategy=wrap_strategy(cfg.defences, strategy, sampled_per_round=cfg.sampled_per_round()),
         client_manager=PartitionSeededClientManager(seed=0, directory=directory),
     )
-    DefaultWorkflow(fit_workflow=fit_workflow(cfg))(grid, legacy)
+    DefaultWorkflow(fit_workflow=fit_workflow(cfg.defences.secagg, max_weight=secagg_max_weight(cfg)))(grid, legacy)
     final = parameters_to_ndarrays(compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))
     return final, recorder, grid
 

@@ -86,7 +86,7 @@ def test_dp_sgd_noise_moves_every_detector_and_the_trap_no_longer_separates(sett
     cfg = trap_cfg(defences={"dp_sgd": {"enabled": True, "noise_multiplier": 4.0, "max_grad_norm": 0.5}})
     hospital = build_hospital(cfg, 0)
     trace, member, _, _ = trap_round(
-        setting, lambda m: train_local_dp(m, hospital.train, cfg, history=[], secret=0, tags=(1, 0))
+        setting, lambda m: train_local_dp(m, hospital.train, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[], secret=0, tags=(1, 0))
     )
     assert (trace > 0).all()
     assert abs(roc_auc_score(member, trace) - 0.5) <= 0.25
