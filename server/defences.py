@@ -124,7 +124,11 @@ class RunShape:
     num_hospitals: int
     sampled_per_round: int
     rounds: int
-    secagg_max_weight: float | None = None
+    secagg_max_weight: float | None = None  # None: SecAgg+ is off
+
+    @property
+    def secure_aggregation(self) -> bool:
+        return self.secagg_max_weight is not None
 
 
 def privacy_section(

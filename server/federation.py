@@ -104,6 +104,14 @@ def secagg_max_weight(cfg: ExperimentConfig) -> float | None:
     return float(max(cfg.federation.hospital_sizes()) * cfg.data.slices_per_patient)
 
 
+def run_shape(cfg: ExperimentConfig) -> RunShape:
+    """What the defences and their report need of the federation."""
+    return RunShape(
+        num_hospitals=cfg.federation.num_hospitals, sampled_per_round=cfg.sampled_per_round(),
+        rounds=cfg.federation.rounds, secagg_max_weight=secagg_max_weight(cfg),
+    )
+
+
 def make_server_poisoner(cfg: ExperimentConfig, attacker: ServerAttacker | None):
     """The dishonest server's poisoner, armed with what the attacker knows (never the ledger)."""
     if cfg.threat.poisoning == "none":
@@ -198,10 +206,7 @@ def run_federation(
     timed_grid = RoundTimeoutGrid(
         grid, deadlines=deadlines, directory=directory, round_offset=done, on_outcomes=round_log.on_fit_outcomes
     )
-    shape = RunShape(
-        num_hospitals=k, sampled_per_round=cfg.sampled_per_round(), rounds=cfg.federation.rounds,
-        secagg_max_weight=secagg_max_weight(cfg),
-    )
+    shape = run_shape(cfg)
     DefaultWorkflow(fit_workflow=fit_workflow(cfg.defences.secagg, max_weight=shape.secagg_max_weight))(timed_grid, legacy)
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
@@ -222,9 +227,7 @@ def run_federation(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
         privacy=privacy_section,
-        threat=threat_report(
-            cfg.threat, round_log, poisoner, num_hospitals=k, secure_aggregation=cfg.defences.secagg.enabled,
-            final_weights=final, evaluator=evaluator,
-        ),
+        threat=threat_report(cfg.threat, round_log, poisoner, num_hospitals=k, secure_aggregation=shape.secure_aggregation,
+                             final_weights=final, evaluator=evaluator),
         defences=defence_outputs(cfg.defences, shape, round_log, run_id=context.run_id),
     )
