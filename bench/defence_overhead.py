@@ -83,7 +83,10 @@ def secagg_protocol_only(cfg: ExperimentConfig) -> dict[str, float]:
             return [p + rng.normal(0, 1e-3, p.shape).astype(p.dtype) for p in parameters], 10, {"partition_id": self.k, "train_loss": 0.0}
 
     def app(c):
-        return ClientApp(client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(), mods=[defences_mod(lambda _context: (c.defences, c.seed))])
+        return ClientApp(
+            client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(),
+            mods=[defences_mod(lambda _context: (c.defences, c.seed))],
+        )
 
     from tests.flower_doubles import run_rounds  # the Ray-free harness of the protocol tests
 

@@ -39,7 +39,9 @@ def _experiment_of_run(run_config_json: str) -> ExperimentConfig:
     return experiment_from_run_config(json.loads(run_config_json))
 
 
-def hospital_client(cfg: ExperimentConfig, partition_id: int, node_state=None, node_config: dict | None = None) -> HospitalClient:
+def hospital_client(
+    cfg: ExperimentConfig, partition_id: int, node_state=None, node_config: dict | None = None
+) -> HospitalClient:
     """The hospital of ``partition_id``, built from the experiment's sections."""
     torch.set_num_threads(cfg.simulation.threads_per_client)
     hospital = build_hospital(cfg, partition_id)
