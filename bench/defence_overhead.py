@@ -67,6 +67,7 @@ def _protocol_rounds(cfg: ExperimentConfig, client_app, initial, *, rounds: int)
     from flwr.common import ndarrays_to_parameters
 
     from server.defences import fit_workflow, wrap_strategy
+    from server.federation import secagg_max_weight
     from server.hospital_directory import discover_hospitals
     from server.inprocess_grid import InProcessGrid, run_inprocess_rounds
     from strategies.honest import HonestFedAvg, PartitionSeededClientManager
@@ -86,8 +87,8 @@ def _protocol_rounds(cfg: ExperimentConfig, client_app, initial, *, rounds: int)
     )
     run_inprocess_rounds(
         grid,
-        wrap_strategy(cfg, strategy),
-        fit_workflow=fit_workflow(cfg),
+        wrap_strategy(cfg.defences, strategy, sampled_per_round=cfg.sampled_per_round()),
+        fit_workflow=fit_workflow(cfg.defences.secagg, max_weight=secagg_max_weight(cfg)),
         client_manager=PartitionSeededClientManager(seed=0, directory=directory),
         rounds=rounds,
     )
@@ -115,7 +116,10 @@ def secagg_protocol_only(cfg: ExperimentConfig) -> dict[str, float]:
             return [p + rng.normal(0, 1e-3, p.shape).astype(p.dtype) for p in parameters], 10, {"partition_id": self.k, "train_loss": 0.0}
 
     def app(c):
-        return ClientApp(client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(), mods=[defences_mod(c)])
+        return ClientApp(
+            client_fn=lambda context: Fixed(int(context.node_config["partition-id"])).to_client(),
+            mods=[defences_mod(lambda _context: (c.defences, c.seed))],
+        )
 
     out = {}
     for label, enabled in (("plain", False), ("secagg", True)):
@@ -146,7 +150,10 @@ def dp_sgd_ratio(cfg: ExperimentConfig, repeats: int) -> dict[str, float]:
         plain_times.append(time.perf_counter() - started)
         model = build_experiment_model(cfg)
         started = time.perf_counter()
-        train_local_dp(model, hospital.train, dp_cfg, history=[], secret=cfg.seed, tags=(r, 0))
+        train_local_dp(
+            model, hospital.train, dp_cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[],
+            secret=cfg.seed, tags=(r, 0),
+        )
         dp_times.append(time.perf_counter() - started)
     p, d = statistics.median(plain_times), statistics.median(dp_times)
     return {"plain_local_round_s": p, "dp_sgd_local_round_s": d, "ratio": d / p, "train_images": len(hospital.train)}

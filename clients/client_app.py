@@ -1,28 +1,73 @@
-"""Flower ClientApp: builds the hospital of the node's partition and hands it to Flower.
+"""Flower ClientApp: the hospital side's composition root.
 
-``app`` serves ``flwr run .`` (the experiment file comes from the run config);
-``make_client_app(cfg)`` serves ``fl-mia run``, whose simulation passes no run config.
+It reads the experiment once, builds the hospital of the node's partition (its splits, its
+model on its device) and hands each piece only the sections it uses. ``app`` serves
+``flwr run .`` (the experiment file comes from the run config); ``make_client_app(cfg)``
+serves ``fl-mia run``, whose simulation passes no run config.
 """
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+
+import torch
 from flwr.app import Context
 from flwr.client import ClientApp
 
-from fl_mia.run_config import experiment_from_run_config
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DefencesConfig, ExperimentConfig
 from fl_mia.contracts import NODE_PARTITION_KEY
+from fl_mia.data import build_hospital, input_channels, num_classes
+from fl_mia.devices import process_device
+from fl_mia.models import build_model
+from fl_mia.run_config import experiment_from_run_config
 from clients.hospital import HospitalClient
 from clients.mods import defences_mod
 
 
-def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
-    def client_fn(context: Context):
-        experiment = cfg if cfg is not None else experiment_from_run_config(context.run_config)
-        partition_id = int(context.node_config[NODE_PARTITION_KEY])
-        return HospitalClient(experiment, partition_id, context.state, context.node_config).to_client()
+def experiment_of_run(run_config: dict) -> ExperimentConfig:
+    """The experiment a run config names, read and validated once per run config in this process.
 
-    return ClientApp(client_fn=client_fn, mods=[defences_mod(cfg)])
+    Flower builds a fresh client object and runs the mods for every message; without the
+    cache each message would re-read the TOML and re-validate it.
+    """
+    return _experiment_of_run(json.dumps(run_config, sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=8)
+def _experiment_of_run(run_config_json: str) -> ExperimentConfig:
+    return experiment_from_run_config(json.loads(run_config_json))
+
+
+def hospital_client(
+    cfg: ExperimentConfig, partition_id: int, node_state=None, node_config: dict | None = None
+) -> HospitalClient:
+    """The hospital of ``partition_id``, built from the experiment's sections."""
+    torch.set_num_threads(cfg.simulation.threads_per_client)
+    hospital = build_hospital(cfg, partition_id)
+    classes = num_classes(cfg.data.task)
+    device = process_device(cfg.simulation, role="hospital")  # the GPU Ray gave this actor, if any
+    model = build_model(cfg.model, in_channels=input_channels(cfg), classes=classes, image_size=cfg.data.image_size)
+    model.to(device)
+    return HospitalClient(
+        partition_id, hospital, model, classes=classes, training=cfg.training, dp_sgd=cfg.defences.dp_sgd,
+        failures=cfg.failures, rounds=cfg.federation.rounds, seed=cfg.seed, node_state=node_state, node_config=node_config,
+    )
+
+
+def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
+    def experiment(context: Context) -> ExperimentConfig:
+        return cfg if cfg is not None else experiment_of_run(context.run_config)
+
+    def client_fn(context: Context):
+        partition_id = int(context.node_config[NODE_PARTITION_KEY])
+        return hospital_client(experiment(context), partition_id, context.state, context.node_config).to_client()
+
+    def defences_of(context: Context) -> tuple[DefencesConfig, int]:
+        chosen = experiment(context)
+        return chosen.defences, chosen.seed
+
+    return ClientApp(client_fn=client_fn, mods=[defences_mod(defences_of)])
 
 
 app = make_client_app()

@@ -22,7 +22,7 @@ import secrets
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DpSgdConfig, TrainingConfig
 from fl_mia.contracts import DP_ACCOUNTANT_STATE_KEY, DP_NOISE_SECRET_STATE_KEY
 from fl_mia.data import Split
 from fl_mia.defences.accounting import REFERENCE_DELTA, epsilon_of
@@ -58,8 +58,10 @@ def hospital_secret(node_state: RecordDict, node_config: dict, partition_id: int
 def train_dp_sgd(
     model,
     split: Split,
-    cfg: ExperimentConfig,
+    dp: DpSgdConfig,
+    training: TrainingConfig,
     *,
+    rounds: int,
     node_state: RecordDict | None,
     node_config: dict | None = None,
     partition_id: int = 0,
@@ -78,10 +80,10 @@ def train_dp_sgd(
     if not history and prior_steps > 0:
         # A resumed run starts with fresh nodes; the server checkpointed how many DP steps this
         # hospital took. Noise and sample rate are fixed by the config, so that rebuilds the history.
-        plan = plan_for(cfg, len(split))
+        plan = plan_for(dp, training, rounds=rounds, num_train=len(split))
         history = [(plan.noise_multiplier, plan.sample_rate, prior_steps)]
     secret = hospital_secret(node_state, node_config or {}, partition_id)
-    outcome = train_local_dp(model, split, cfg, history=history, secret=secret, tags=tags)
+    outcome = train_local_dp(model, split, dp, training, rounds=rounds, history=history, secret=secret, tags=tags)
     node_state.config_records[DP_ACCOUNTANT_STATE_KEY] = ConfigRecord(history_to_record(outcome.history))
     return outcome.result, {
         "dp_epsilon": outcome.epsilon,

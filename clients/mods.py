@@ -10,6 +10,7 @@ evaluate replies can hang the run (see REFERENCES.md), so each passes other mess
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Context, Message, MessageType
@@ -19,7 +20,7 @@ from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DefencesConfig
 from fl_mia.seeding import int_seed
 from fl_mia.contracts import CONSISTENCY_REFUSAL_CODE, NODE_PARTITION_KEY
 from fl_mia.defences.consistency import HospitalChannel, ModelInconsistencyError, model_digest, session_key
@@ -110,34 +111,29 @@ def _secagg_state(ctxt: Context) -> SecAggPlusState:
     return SecAggPlusState(**ctxt.state.config_records[RECORD_KEY_STATE])
 
 
-def hospital_mods(cfg: ExperimentConfig) -> list:
+def hospital_mods(defences: DefencesConfig, *, seed: int) -> list:
     """The mods of every hospital for this experiment's defences (outermost first)."""
-    defences = cfg.defences
     mods = []
     if defences.secagg.enabled:
         if defences.consistency.mode != "off":
             mods.append(make_consistency_mod(mode=defences.consistency.mode))
-        mods += [secaggplus_mod, make_delta_mod(clipping_range=defences.secagg.clipping_range, seed=cfg.seed)]
+        mods += [secaggplus_mod, make_delta_mod(clipping_range=defences.secagg.clipping_range, seed=seed)]
     if defences.central_dp.mode == "client_clipping":
         mods.append(fixedclipping_mod)
     return mods
 
 
-def defences_mod(cfg: ExperimentConfig | None = None):
+def defences_mod(defences_of: Callable[[Context], tuple[DefencesConfig, int]]):
     """One app-level mod that runs this experiment's defence mods in order.
 
-    ``cfg`` is None under ``flwr run``, where the experiment is read from the run config
-    of each message's context (the ClientApp object is built before any config exists).
+    ``defences_of(context)`` gives the experiment's defences and seed: under ``flwr run`` the
+    ClientApp object is built before any config exists, so they come from each message's
+    run config (read once per run by :mod:`clients.client_app`).
     """
 
     def mod(msg: Message, ctxt: Context, call_next) -> Message:
-        if cfg is not None:
-            experiment = cfg
-        else:
-            from fl_mia.run_config import experiment_from_run_config
-
-            experiment = experiment_from_run_config(ctxt.run_config)
-        return _chain(hospital_mods(experiment), call_next)(msg, ctxt)
+        defences, seed = defences_of(ctxt)
+        return _chain(hospital_mods(defences, seed=seed), call_next)(msg, ctxt)
 
     return mod
 

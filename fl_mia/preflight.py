@@ -65,10 +65,11 @@ def _trap_fits_the_model(cfg: ExperimentConfig) -> None:
     if cfg.threat.poisoning not in ("trap_weights", "trap_inconsistency"):
         return
     from fl_mia.models import build_model
-    from fl_mia.attacker.poisoning.trap_weights import check_capacity
+    from fl_mia.attacker.poisoning.trap_site import check_capacity
 
     # Also checks the model has the trap's site (a ResNet-family encoder with GroupNorm).
-    check_capacity(build_model(cfg.model, in_channels=1, classes=1), cfg.threat.trap_detectors_per_round)
+    detectors = cfg.threat.poisoner_settings().detectors_per_round
+    check_capacity(build_model(cfg.model, in_channels=1, classes=1), detectors, poisoner=cfg.threat.poisoning)
 
 
 def _device_exists(cfg: ExperimentConfig) -> None:

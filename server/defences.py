@@ -10,6 +10,7 @@ and ``fit_workflow`` swaps DefaultWorkflow's fit step for Flower's ``SecAggPlusW
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.common import (
@@ -31,7 +32,7 @@ from flwr.server.strategy import (
 )
 from flwr.server.workflow import SecAggPlusWorkflow
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DefencesConfig, SecAggConfig
 from fl_mia.defences.accounting import REFERENCE_DELTA, central_dp_epsilon
 
 
@@ -82,35 +83,28 @@ class DeltaToGlobal(Strategy):
         return self.strategy.evaluate(server_round, parameters)
 
 
-def wrap_strategy(cfg: ExperimentConfig, strategy: Strategy) -> Strategy:
+def wrap_strategy(defences: DefencesConfig, strategy: Strategy, *, sampled_per_round: int) -> Strategy:
     """The honest (or malicious) strategy wrapped by this experiment's server-side defences."""
-    defences = cfg.defences
     if defences.secagg.enabled:
         strategy = DeltaToGlobal(strategy)
     dp = defences.central_dp
     if dp.mode == "client_clipping":
         strategy = DifferentialPrivacyClientSideFixedClipping(
-            strategy, noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm, num_sampled_clients=cfg.sampled_per_round()
+            strategy, noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm, num_sampled_clients=sampled_per_round
         )
     elif dp.mode == "server_clipping":
         strategy = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm, num_sampled_clients=cfg.sampled_per_round()
+            strategy, noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm, num_sampled_clients=sampled_per_round
         )
     return strategy
 
 
-def secagg_max_weight(cfg: ExperimentConfig) -> float:
-    """An upper bound on any hospital's num_examples (SecAgg+ scales updates by n / max_weight ≤ 1)."""
-    if cfg.data.source != "phantom":
-        from fl_mia.data import build_hospital
+def fit_workflow(secagg: SecAggConfig, *, max_weight: float | None):
+    """``SecAggPlusWorkflow`` when secure aggregation is on, else None (DefaultWorkflow's own).
 
-        return float(max(len(build_hospital(cfg, k).train) for k in range(cfg.federation.num_hospitals)))
-    return float(max(cfg.federation.hospital_sizes()) * cfg.data.slices_per_patient)
-
-
-def fit_workflow(cfg: ExperimentConfig):
-    """``SecAggPlusWorkflow`` when secure aggregation is on, else None (DefaultWorkflow's own)."""
-    secagg = cfg.defences.secagg
+    ``max_weight``: an upper bound on any hospital's num_examples (SecAgg+ scales updates by
+    n / max_weight ≤ 1), from the composition root that knows the hospitals.
+    """
     if not secagg.enabled:
         return None
     return SecAggPlusWorkflow(
@@ -118,39 +112,54 @@ def fit_workflow(cfg: ExperimentConfig):
         reconstruction_threshold=secagg.reconstruction_threshold or 0.66,  # Flower's default fraction
         clipping_range=secagg.clipping_range,
         quantization_range=secagg.quantization_range,
-        max_weight=secagg_max_weight(cfg),
+        max_weight=max_weight,
         timeout=secagg.timeout_s,
     )
 
 
-def privacy_section(cfg: ExperimentConfig, fit_metrics: dict[tuple[int, int], dict], *, consistency=None) -> dict:
+@dataclass(frozen=True)
+class RunShape:
+    """What the defences' report needs of the federation: its size, rounds and SecAgg+ weight bound."""
+
+    num_hospitals: int
+    sampled_per_round: int
+    rounds: int
+    secagg_max_weight: float | None = None  # None: SecAgg+ is off
+
+    @property
+    def secure_aggregation(self) -> bool:
+        return self.secagg_max_weight is not None
+
+
+def privacy_section(
+    defences: DefencesConfig, shape: RunShape, fit_metrics: dict[tuple[int, int], dict], *, consistency=None
+) -> dict:
     """The ``defences`` block of metrics.json: what is in force, ε, what each ε protects against."""
-    defences = cfg.defences
     section: dict = {"active": defences.active()}
     if defences.secagg.enabled:
         s = defences.secagg
         section["secagg"] = {
             "clipping_range": s.clipping_range,
             "quantization_range": s.quantization_range,
-            "max_weight": secagg_max_weight(cfg),
+            "max_weight": shape.secagg_max_weight,
             "server_sees": "the sum of the hospitals' deltas and each hospital's metrics and num_examples",
             "max_abs_delta": max((float(m.get("max_abs_delta", 0.0)) for m in fit_metrics.values()), default=None),
         }
     dp = defences.central_dp
     if dp.mode != "off":
-        rate = cfg.sampled_per_round() / cfg.federation.num_hospitals
+        rate = shape.sampled_per_round / shape.num_hospitals
         section["central_dp"] = {
             "mode": dp.mode,
             "noise_multiplier": dp.noise_multiplier,
             "clipping_norm": dp.clipping_norm,
             "sample_rate": rate,
-            "rounds": cfg.federation.rounds,
+            "rounds": shape.rounds,
             "delta": dp.delta,
             "accountant": "rdp (opacus RDPAccountant: subsampled Gaussian, steps = rounds)",
-            "epsilon": _finite(central_dp_epsilon(noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=cfg.federation.rounds, delta=dp.delta)),
+            "epsilon": _finite(central_dp_epsilon(noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=shape.rounds, delta=dp.delta)),
             "reference_delta": REFERENCE_DELTA,
             "epsilon_at_reference_delta": _finite(central_dp_epsilon(
-                noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=cfg.federation.rounds, delta=REFERENCE_DELTA
+                noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=shape.rounds, delta=REFERENCE_DELTA
             )),
             "protects_against": "whoever sees the released global models; NOT the server, which adds the noise "
             + ("and sees every clipped update" if dp.mode == "server_clipping" else "(and, without SecAgg+, sees every clipped update)"),
@@ -191,7 +200,7 @@ def _finite(value: float) -> float | str:
     return value if math.isfinite(value) else "inf"
 
 
-def defence_outputs(cfg: ExperimentConfig, round_log, *, run_id: int) -> dict:
+def defence_outputs(defences: DefencesConfig, shape: RunShape, round_log, *, run_id: int) -> dict:
     """metrics.json's ``defences`` (names in force) and ``defence_report`` (settings, ε, verdicts)."""
     from fl_mia.defences.consistency import HospitalChannel
 
@@ -201,9 +210,9 @@ def defence_outputs(cfg: ExperimentConfig, round_log, *, run_id: int) -> dict:
         if row["hospital"] != "all" and row["participated"]
     }
     verdicts = None
-    if cfg.defences.consistency.mode != "off":
+    if defences.consistency.mode != "off":
         channel = HospitalChannel(run_id=run_id)
         verdicts = channel.verdicts()
         channel.remove()
-    section = privacy_section(cfg, fit_metrics, consistency=verdicts)
+    section = privacy_section(defences, shape, fit_metrics, consistency=verdicts)
     return {"defences": section.pop("active"), "defence_report": section}

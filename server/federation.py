@@ -22,7 +22,7 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.data import forget_rendered_hospitals
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
-from fl_mia.attacker.poisoning import make_poisoner
+from fl_mia.attacker.poisoning.registry import make_poisoner
 from fl_mia.attacker.poisoning.threat_summary import threat_report
 from fl_mia.attacker.server_attacker import ServerAttacker, server_attacker
 from fl_mia.referee.candidates import build_candidates
@@ -30,7 +30,7 @@ from fl_mia.referee.evaluation import Referee
 from fl_mia.run_outputs import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
-from server.defences import defence_outputs, fit_workflow, wrap_strategy
+from server.defences import RunShape, defence_outputs, fit_workflow, wrap_strategy
 from fl_mia.contracts import DP_PRIOR_STEPS_KEY
 from server.hospital_directory import discover_hospitals
 from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
@@ -90,6 +90,25 @@ def build_strategy(
         on_fit_config_fn=fit_config_fn(fit_config_extra),
         fit_metrics_aggregation_fn=weighted_train_loss,
         initial_parameters=ndarrays_to_parameters(initial if initial is not None else initial_weights(cfg)),
+    )
+
+
+def secagg_max_weight(cfg: ExperimentConfig) -> float | None:
+    """An upper bound on any hospital's num_examples (SecAgg+ scales updates by n / max_weight ≤ 1); None without SecAgg+."""
+    if not cfg.defences.secagg.enabled:
+        return None
+    if cfg.data.source != "phantom":
+        from fl_mia.data import build_hospital
+
+        return float(max(len(build_hospital(cfg, k).train) for k in range(cfg.federation.num_hospitals)))
+    return float(max(cfg.federation.hospital_sizes()) * cfg.data.slices_per_patient)
+
+
+def run_shape(cfg: ExperimentConfig) -> RunShape:
+    """What the defences and their report need of the federation."""
+    return RunShape(
+        num_hospitals=cfg.federation.num_hospitals, sampled_per_round=cfg.sampled_per_round(),
+        rounds=cfg.federation.rounds, secagg_max_weight=secagg_max_weight(cfg),
     )
 
 
@@ -160,7 +179,7 @@ def run_federation(
         checkpointer.save(server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started)
 
     strategy = wrap_strategy(
-        cfg,
+        cfg.defences,
         build_strategy(
             cfg, directory, round_log, evaluator,
             initial=resume.weights if resume is not None else None,
@@ -173,6 +192,7 @@ def run_federation(
             update_observer=attacker.updates if attacker is not None else None,
             poisoner=poisoner,
         ),
+        sampled_per_round=cfg.sampled_per_round(),
     )
     legacy = LegacyContext(
         context=context,
@@ -186,7 +206,8 @@ def run_federation(
     timed_grid = RoundTimeoutGrid(
         grid, deadlines=deadlines, directory=directory, round_offset=done, on_outcomes=round_log.on_fit_outcomes
     )
-    DefaultWorkflow(fit_workflow=fit_workflow(cfg))(timed_grid, legacy)
+    shape = run_shape(cfg)
+    DefaultWorkflow(fit_workflow=fit_workflow(cfg.defences.secagg, max_weight=shape.secagg_max_weight))(timed_grid, legacy)
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
@@ -206,6 +227,7 @@ def run_federation(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
         privacy=privacy_section,
-        threat=threat_report(cfg, round_log, poisoner, final_weights=final, evaluator=evaluator),
-        defences=defence_outputs(cfg, round_log, run_id=context.run_id),
+        threat=threat_report(cfg.threat, round_log, poisoner, num_hospitals=k, secure_aggregation=shape.secure_aggregation,
+                             final_weights=final, evaluator=evaluator),
+        defences=defence_outputs(cfg.defences, shape, round_log, run_id=context.run_id),
     )

@@ -16,7 +16,7 @@ from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, para
 from flwr.server.client_proxy import ClientProxy
 
 from fl_mia.config import ThreatConfig
-from fl_mia.attacker.poisoning import Poisoner
+from fl_mia.attacker.poisoning.base import Poisoner
 from fl_mia.attacker.poisoning.model_inconsistency import reconstruct_target_update
 from strategies.honest import HonestFedAvg, partition_of
 

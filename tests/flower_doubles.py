@@ -9,6 +9,7 @@ from flwr.common import FitIns, ndarrays_to_parameters
 
 from clients.mods import defences_mod
 from server.defences import fit_workflow, wrap_strategy
+from server.federation import secagg_max_weight
 from server.inprocess_grid import InProcessGrid, run_inprocess_rounds
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 
@@ -45,7 +46,7 @@ def known_update_app(cfg, sizes: list[int]) -> ClientApp:
         k = int(context.node_config["partition-id"])
         return KnownUpdateClient(k, sizes[k]).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[defences_mod(cfg)])
+    return ClientApp(client_fn=client_fn, mods=[defences_mod(lambda _context: (cfg.defences, cfg.seed))])
 
 
 class Recorder:
@@ -77,8 +78,8 @@ def run_rounds(cfg, sizes, *, strategy_cls=HonestFedAvg, rounds=1, initial=None,
     )
     final = run_inprocess_rounds(
         grid,
-        wrap_strategy(cfg, strategy),
-        fit_workflow=fit_workflow(cfg),
+        wrap_strategy(cfg.defences, strategy, sampled_per_round=cfg.sampled_per_round()),
+        fit_workflow=fit_workflow(cfg.defences.secagg, max_weight=secagg_max_weight(cfg)),
         client_manager=PartitionSeededClientManager(seed=0, directory=directory),
         rounds=rounds,
     )

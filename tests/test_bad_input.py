@@ -169,9 +169,15 @@ CASES = [
     ),
     Case(
         "more trap detectors than GroupNorm groups",
-        with_set('threat.poisoning="trap_weights"', "threat.trap_detectors_per_round=40"),
-        ("threat.trap_detectors_per_round = 40", "32 GroupNorm groups"),
+        with_set('threat.poisoning="trap_weights"', "threat.trap_weights.detectors_per_round=40"),
+        ("threat.trap_weights.detectors_per_round = 40", "32 GroupNorm groups"),
     ),
+    Case(
+        "a poisoner's knob under its old flat key",
+        with_set('threat.poisoning="gradient_ascent"', "threat.ascent_lr=0.1"),
+        ("threat.ascent_lr has moved", "threat.gradient_ascent.lr"),
+    ),
+    Case("a poisoner nobody registered", with_set('threat.poisoning="flood"'), ("threat.poisoning", "'flood'", "trap_weights")),
     Case(
         "isolation under SecAgg+ (the server holds no hospital's own model to send back)",
         with_set('threat.poisoning="isolation"', "defences.secagg.enabled=true"),

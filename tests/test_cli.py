@@ -21,6 +21,14 @@ def test_bad_override_exits_non_zero_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing is created for a rejected config
 
 
+def test_a_moved_key_fails_in_one_line_naming_its_new_home(tmp_path):
+    result = run_cli("run", QUICKSTART, "--set", "threat.ascent_lr=0.1", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "threat.ascent_lr has moved: use threat.gradient_ascent.lr" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_key_and_missing_file():
     result = run_cli("run", QUICKSTART, "--set", "model.encodr=resnet18")
     assert result.exit_code == 2 and "model.encodr" in result.output

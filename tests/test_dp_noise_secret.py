@@ -29,7 +29,7 @@ def sent_model(cfg):
 def hospital_update(cfg, split, *, node_config=None) -> list[np.ndarray]:
     """What hospital 0 returns after one DP-SGD round, with a fresh node state (a new run)."""
     model = sent_model(cfg)
-    train_dp_sgd(model, split, cfg, node_state=RecordDict(), node_config=node_config or {}, partition_id=0, tags=TAGS)
+    train_dp_sgd(model, split, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, node_state=RecordDict(), node_config=node_config or {}, partition_id=0, tags=TAGS)
     return get_weights(model)
 
 
@@ -51,7 +51,7 @@ def test_server_knowing_the_seed_cannot_regenerate_the_noise(setting, monkeypatc
     # hospital tags, the data if it had it) with the seeds the code used to derive from them.
     for guess in (cfg.seed, 0, 1):
         model = sent_model(cfg)
-        train_local_dp(model, split, cfg, history=[], secret=guess, tags=TAGS)
+        train_local_dp(model, split, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[], secret=guess, tags=TAGS)
         assert not same(get_weights(model), returned), f"the update was regenerated from secret {guess}"
     # Nor is the update a function of what the server holds: a second run differs by its noise.
     assert not same(hospital_update(cfg, split), returned)
@@ -71,13 +71,13 @@ def test_a_hospital_side_secret_makes_dp_runs_reproducible(setting, monkeypatch)
 
 
 def test_training_losses_stay_on_the_hospital_under_dp_sgd(setting, monkeypatch):
-    from clients.hospital import HospitalClient
+    from clients.client_app import hospital_client
 
     cfg, _ = setting
-    client = HospitalClient(cfg, 0, RecordDict(), {})
+    client = hospital_client(cfg, 0, RecordDict(), {})
     _, _, metrics = client.fit(get_weights(sent_model(cfg)), {"server_round": 1})
     assert "train_loss" not in metrics and "first_batch_loss" not in metrics
     assert "dp_epsilon" in metrics
-    plain = HospitalClient(build_config(tiny_raw()), 0, RecordDict(), {})
+    plain = hospital_client(build_config(tiny_raw()), 0, RecordDict(), {})
     _, _, metrics = plain.fit(get_weights(sent_model(cfg)), {"server_round": 1})
     assert "train_loss" in metrics  # without DP-SGD the server sees it, as before

@@ -14,7 +14,7 @@ from fl_mia.data import Split
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.attacker.knowledge import AttackerKnowledge, CandidateSet
-from fl_mia.attacker.poisoning import make_poisoner
+from fl_mia.attacker.poisoning.registry import make_poisoner
 from fl_mia.attacker.poisoning.model_inconsistency import reconstruct_target_update, silenced_weights
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager
 from strategies.malicious import PoisoningFedAvg
@@ -82,7 +82,7 @@ def test_no_poisoning_outside_poison_rounds():
 
 
 def test_gradient_ascent_reaches_its_loss_ratio_on_the_target_candidates():
-    s, weights = strategy("gradient_ascent", target_hospitals=[0], ascent_loss_ratio=1.5, ascent_lr=1e-2)
+    s, weights = strategy("gradient_ascent", target_hospitals=[0], gradient_ascent={"loss_ratio": 1.5, "lr": 1e-2})
     sent, _ = payloads(s, weights)
     model = tiny_model()
     k = knowledge(model)

@@ -5,7 +5,7 @@ import pytest
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.config.loading import build_config
-from server.defences import secagg_max_weight
+from server.federation import secagg_max_weight
 from tests.conftest import tiny_raw
 from tests.flower_doubles import base_weights, plain_fedavg, run_rounds
 

@@ -76,7 +76,7 @@ def test_trap_weights_run_names_the_members_of_the_trapped_hospital(tmp_path):
         tmp_path, "trap",
         federation={"rounds": 2, "num_hospitals": 2, "patients_per_hospital": 16},
         threat={"poisoning": "trap_weights", "target_hospitals": [0], "poison_rounds": [2],
-                "trap_detectors_per_round": 32, "gradient_alignment": False},
+                "trap_weights": {"detectors_per_round": 32}, "gradient_alignment": False},
     )
     trap = metrics["privacy"]["update.trap_trace"]["per_hospital"]["0"]
     assert trap["auc"] >= 0.95 and trap["tpr_at_1pct_fpr"] >= 0.9

@@ -25,7 +25,7 @@ from server.inprocess_grid import InProcessGrid
 
 TRAP = {
     "poisoning": "trap_inconsistency", "target_hospitals": [0], "poison_rounds": [2],
-    "trap_detectors_per_round": 32, "gradient_alignment": False,
+    "trap_inconsistency": {"detectors_per_round": 32}, "gradient_alignment": False,
 }
 FEDERATION = {"rounds": 2, "num_hospitals": 2, "patients_per_hospital": 16}
 
@@ -98,9 +98,10 @@ def test_trap_inconsistency_refuses_trapping_every_round():
         trap_cfg(threat={"poison_rounds": [1, 2]})
 
 
-def test_trap_inconsistency_refuses_several_targets_at_once():
-    with pytest.raises(ConfigError, match="threat.trap_in_turn"):
-        trap_cfg(threat={"target_hospitals": [0, 1], "trap_in_turn": False})
+def test_trap_inconsistency_always_traps_in_turn():
+    # An aggregate isolates one unsilenced update, so its table has no switch to trap all targets at once.
+    with pytest.raises(ConfigError, match="in_turn"):
+        trap_cfg(threat={"target_hospitals": [0, 1], "trap_inconsistency": {"in_turn": False}})
 
 
 def test_trap_inconsistency_refuses_a_quantisation_coarser_than_the_detectors_move():
@@ -136,7 +137,7 @@ def trained_setting():
 def test_the_secure_sum_of_a_trap_round_names_the_targets_members_and_is_discarded(trained_setting):
     from fl_mia.data.shards import build_hospital
     from fl_mia.models import build_experiment_model, get_weights, set_weights
-    from fl_mia.attacker.poisoning import make_poisoner
+    from fl_mia.attacker.poisoning.registry import make_poisoner
     from fl_mia.training import train_local
     from strategies.malicious import PoisoningFedAvg
     from tests.flower_doubles import Recorder

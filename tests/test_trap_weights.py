@@ -14,7 +14,7 @@ from fl_mia.data.shards import build_hospital
 from fl_mia.defences.dp_sgd import train_local_dp
 from fl_mia.models import build_experiment_model, get_weights, set_weights
 from fl_mia.attacker.knowledge import AttackerKnowledge
-from fl_mia.attacker.poisoning import make_poisoner
+from fl_mia.attacker.poisoning.registry import make_poisoner
 from fl_mia.attacker.poisoning.trap_weights import TrapSite, detector_inputs
 from fl_mia.referee.candidates import build_candidates
 from fl_mia.training import train_local
@@ -22,7 +22,7 @@ from strategies.malicious import PoisoningFedAvg
 from tests.conftest import tiny_raw
 from tests.test_poisoning_strategies import manager
 
-TRAP = {"poisoning": "trap_weights", "target_hospitals": [0], "trap_detectors_per_round": 16}
+TRAP = {"poisoning": "trap_weights", "target_hospitals": [0], "trap_weights": {"detectors_per_round": 16}}
 
 
 def trap_cfg(**sections):
@@ -86,7 +86,7 @@ def test_dp_sgd_noise_moves_every_detector_and_the_trap_no_longer_separates(sett
     cfg = trap_cfg(defences={"dp_sgd": {"enabled": True, "noise_multiplier": 4.0, "max_grad_norm": 0.5}})
     hospital = build_hospital(cfg, 0)
     trace, member, _, _ = trap_round(
-        setting, lambda m: train_local_dp(m, hospital.train, cfg, history=[], secret=0, tags=(1, 0))
+        setting, lambda m: train_local_dp(m, hospital.train, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[], secret=0, tags=(1, 0))
     )
     assert (trace > 0).all()
     assert abs(roc_auc_score(member, trace) - 0.5) <= 0.25
@@ -137,7 +137,8 @@ def test_trapped_reply_is_left_out_of_the_aggregate(setting):
 
 def test_targets_are_trapped_one_per_round_in_turn(setting):
     cfg, _, _, global_weights, knowledge = setting
-    threat = cfg.threat.model_copy(update={"target_hospitals": [0, 1], "trap_detectors_per_round": 2})
+    trap = cfg.threat.trap_weights.model_copy(update={"detectors_per_round": 2})
+    threat = cfg.threat.model_copy(update={"target_hospitals": [0, 1], "trap_weights": trap})
     poisoner = make_poisoner(threat, knowledge, build_experiment_model(cfg))
     sent = {
         (r, h): poisoner.poison(server_round=r, hospital=h, global_weights=global_weights)

@@ -95,12 +95,8 @@ class ExperimentConfig(Section):
         # Whether the model has the trap's site and room for its detectors: fl_mia.preflight.
 
     def _trap_inconsistency_leaves_training_rounds(self) -> None:
+        # It traps one hospital per round, always in turn: an aggregate isolates one unsilenced update.
         threat = self.threat
-        if not threat.trap_in_turn and len(set(threat.target_hospitals)) > 1:
-            raise ValueError(
-                "threat.trap_in_turn=false: trap_inconsistency traps one hospital per round (an aggregate isolates "
-                "only one unsilenced update); set threat.trap_in_turn = true"
-            )
         trapped = set(threat.poison_rounds) if threat.poison_rounds is not None else set(range(1, self.federation.rounds + 1))
         if threat.compensate and trapped >= set(range(1, self.federation.rounds + 1)):
             raise ValueError(

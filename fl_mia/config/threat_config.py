@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator
 
-from fl_mia.config.base import Section
+from fl_mia.attacker.poisoning.settings import NO_POISONING, POISONERS
+from fl_mia.config.base import Section, plugin_table_fields
 
 
 # Above this many hospitals source inference is off unless asked for: scoring every candidate
@@ -14,15 +15,25 @@ from fl_mia.config.base import Section
 SOURCE_INFERENCE_MAX_HOSPITALS = 8
 
 
-class ThreatConfig(Section):
-    """What the server does: honest-but-curious FedAvg, or a poisoning strategy."""
+# Each poisoner's knobs live in its own table, [threat.<poisoner>]; the flat keys they replace are errors.
+_MOVED_POISONER_KEYS = {
+    **{f"threat.ascent_{key}": f"threat.gradient_ascent.{key}" for key in ("loss_ratio", "max_steps", "lr", "layers")},
+    **{f"threat.backdoor_{key}": f"threat.backdoor.{key}" for key in ("trigger_size", "trigger_value", "steps", "lr")},
+    "threat.trap_detectors_per_round": "threat.trap_weights.detectors_per_round or threat.trap_inconsistency.detectors_per_round",
+    "threat.trap_fit_steps": "threat.trap_weights.fit_steps or threat.trap_inconsistency.fit_steps",
+    "threat.trap_in_turn": "threat.trap_weights.in_turn",
+}
 
-    poisoning: Literal[
-        "none", "gradient_ascent", "isolation", "model_inconsistency", "backdoor", "trap_weights", "trap_inconsistency"
-    ] = Field(
-        "none",
-        description="'none': honest-but-curious server; otherwise the malicious strategy it runs "
-        "('trap_inconsistency': trap weights for one hospital per round, silenced models for the others, against SecAgg+).",
+
+class ThreatSettings(Section):
+    """What the server does: honest-but-curious FedAvg, or a poisoning strategy (the keys every poisoner shares)."""
+
+    moved_keys: ClassVar[dict[str, str]] = _MOVED_POISONER_KEYS
+
+    poisoning: str = Field(
+        NO_POISONING,
+        description=f"{NO_POISONING!r}: honest-but-curious server; otherwise the registered poisoner the server runs "
+        "(docs/threat-models.md; its own knobs in [threat.<poisoner>]).",
     )
     target_hospitals: list[int] = Field(
         [0], description="Hospitals the poisoning targets (model_inconsistency: the one whose update it isolates)."
@@ -33,29 +44,6 @@ class ThreatConfig(Section):
     compensate: bool = Field(
         True,
         description="Aggregate a poisoned hospital as global + its own update, so the poison does not reach the global model.",
-    )
-    ascent_loss_ratio: float = Field(
-        2.0, gt=1.0, le=1000.0, description="gradient_ascent: stop once the candidates' mean loss is this many times higher."
-    )
-    ascent_max_steps: int = Field(30, ge=1, le=10_000, description="gradient_ascent: most ascent steps per round.")
-    ascent_lr: float = Field(1e-3, gt=0.0, le=1.0, description="gradient_ascent: Adam step size of the ascent.")
-    ascent_layers: Literal["all", "decoder", "head"] = Field(
-        "all", description="gradient_ascent: which layers the ascent may change."
-    )
-    backdoor_trigger_size: int = Field(6, ge=1, le=64, description="backdoor: side of the bottom-right trigger square (px).")
-    backdoor_trigger_value: float = Field(4.0, description="backdoor: value written into the trigger (normalised units).")
-    backdoor_steps: int = Field(20, ge=1, le=10_000, description="backdoor: fine-tuning steps before each sending.")
-    backdoor_lr: float = Field(1e-3, gt=0.0, le=1.0, description="backdoor: learning rate of the implanting.")
-    trap_detectors_per_round: int = Field(
-        16, ge=1, le=4096,
-        description="trap_weights, trap_inconsistency: candidates trapped per targeted hospital and poisoned round (one GroupNorm group of encoder.layer1.0.conv1 each).",
-    )
-    trap_in_turn: bool = Field(
-        True,
-        description="trap_weights: trap one target hospital per poisoned round, in turn (one reply left out per round), rather than all targets at once (trap_inconsistency always traps in turn).",
-    )
-    trap_fit_steps: int = Field(
-        60, ge=0, le=10_000, description="trap_weights, trap_inconsistency: optimisation steps that separate a detector's target from the server's other scans."
     )
     update_attacks: bool = Field(
         True, description="Score candidates on each hospital's update (loss reduction, gradient alignment, ...)."
@@ -77,6 +65,13 @@ class ThreatConfig(Section):
             return self.source_inference
         return num_hospitals <= SOURCE_INFERENCE_MAX_HOSPITALS
 
+    @field_validator("poisoning")
+    @classmethod
+    def _registered_poisoner(cls, value: str) -> str:
+        if value != NO_POISONING and value not in POISONERS:
+            raise ValueError(f"unknown poisoner {value!r}; choose from {', '.join((NO_POISONING, *POISONERS.names()))}")
+        return value
+
     @field_validator("poison_rounds")
     @classmethod
     def _positive_rounds(cls, value: list[int] | None) -> list[int] | None:
@@ -84,9 +79,33 @@ class ThreatConfig(Section):
             raise ValueError("rounds are numbered from 1")
         return value
 
+    def poisoner_settings(self) -> BaseModel | None:
+        """The active poisoner's own table (``None``: honest server, or a poisoner without knobs)."""
+        if self.poisoning == NO_POISONING:
+            return None
+        settings = POISONERS.get(self.poisoning).settings
+        if settings is None:
+            return None
+        # A poisoner registered after this schema was built has no table here: it runs on its defaults.
+        return getattr(self, self.poisoning, None) or settings()
+
     @property
     def threat_model(self) -> str:
-        return "honest-but-curious" if self.poisoning == "none" else f"malicious ({self.poisoning})"
+        return "honest-but-curious" if self.poisoning == NO_POISONING else f"malicious ({self.poisoning})"
 
     def poisons(self, server_round: int) -> bool:
-        return self.poisoning != "none" and (self.poison_rounds is None or server_round in self.poison_rounds)
+        return self.poisoning != NO_POISONING and (self.poison_rounds is None or server_round in self.poison_rounds)
+
+
+def _threat_config() -> Any:
+    """The ``[threat]`` section: the shared keys, then one table per poisoner with settings, from the registry."""
+    return create_model(
+        "ThreatConfig",
+        __base__=ThreatSettings,
+        __module__=__name__,
+        __doc__="What the server does: honest-but-curious FedAvg, or a poisoning strategy with its own table.",
+        **plugin_table_fields(POISONERS),
+    )
+
+
+ThreatConfig = _threat_config()

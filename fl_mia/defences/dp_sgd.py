@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_mia.devices import autocast, model_device
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DpSgdConfig, TrainingConfig
 from fl_mia.data import Split
 from fl_mia.defences.accounting import History, default_delta, epsilon_of, noise_for_epsilon
 from fl_mia.losses import segmentation_loss
@@ -46,18 +46,17 @@ class DpSgdPlan:
     accountant: str
 
 
-def plan_for(cfg: ExperimentConfig, num_train: int) -> DpSgdPlan:
+def plan_for(dp: DpSgdConfig, training: TrainingConfig, *, rounds: int, num_train: int) -> DpSgdPlan:
     """Sample rate, steps and noise of a hospital with ``num_train`` training images.
 
     With a target ε the noise is solved once for every step of every round
     (what ``make_private_with_epsilon`` does for the epochs it is given), assuming the
     hospital takes part in every round — conservative when ``fraction_fit`` < 1.
     """
-    dp = cfg.defences.dp_sgd
-    batches = max(1, math.ceil(num_train / cfg.training.batch_size))
+    batches = max(1, math.ceil(num_train / training.batch_size))
     sample_rate = 1.0 / batches  # Opacus's DPDataLoader: 1 / len(data_loader)
-    steps_per_round = batches * cfg.training.local_epochs
-    total_steps = steps_per_round * cfg.federation.rounds
+    steps_per_round = batches * training.local_epochs
+    total_steps = steps_per_round * rounds
     delta = dp.delta if dp.delta is not None else default_delta(num_train)
     if dp.target_epsilon is not None:
         noise = noise_for_epsilon(
@@ -71,8 +70,10 @@ def plan_for(cfg: ExperimentConfig, num_train: int) -> DpSgdPlan:
 def train_local_dp(
     model: nn.Module,
     split: Split,
-    cfg: ExperimentConfig,
+    dp: DpSgdConfig,
+    training: TrainingConfig,
     *,
+    rounds: int,
     history: History,
     secret: int,
     tags: tuple = (),
@@ -87,7 +88,7 @@ def train_local_dp(
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ValueError(f"model is not DP-SGD compatible ({errors[0]}); set model.norm = 'groupnorm'")
-    plan = plan_for(cfg, len(split))
+    plan = plan_for(dp, training, rounds=rounds, num_train=len(split))
     for module in model.modules():
         if getattr(module, "inplace", False):
             module.inplace = False  # in-place ReLU breaks Opacus's backward hooks; weights are unchanged
@@ -95,8 +96,8 @@ def train_local_dp(
     _freeze_unused(model, torch.from_numpy(split.images[:1]).to(device))
     torch.manual_seed(int_seed(secret, "train-dropout", *tags))
     dataset = TensorDataset(torch.from_numpy(split.images), torch.from_numpy(split.masks))
-    loader = DataLoader(dataset, batch_size=cfg.training.batch_size, generator=torch_generator(secret, "train-order", *tags))
-    optimizer = make_optimizer(model, cfg.training)
+    loader = DataLoader(dataset, batch_size=training.batch_size, generator=torch_generator(secret, "train-order", *tags))
+    optimizer = make_optimizer(model, training)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(accountant=plan.accountant)
@@ -117,15 +118,15 @@ def train_local_dp(
     private_model.train()
     losses: list[float] = []
     steps = empty = 0
-    for _ in range(cfg.training.local_epochs):
+    for _ in range(training.local_epochs):
         for images, masks in private_loader:
             private_optimizer.zero_grad(set_to_none=True)
             if len(images):
                 images, masks = images.to(device), masks.to(device)
-                with autocast(device, cfg.training.amp):
+                with autocast(device, training.amp):
                     logits = private_model(images)
                 loss = segmentation_loss(
-                    logits.float(), masks, dice_weight=cfg.training.dice_weight, ce_weight=cfg.training.ce_weight
+                    logits.float(), masks, dice_weight=training.dice_weight, ce_weight=training.ce_weight
                 )
                 loss.backward()
                 losses.append(float(loss.detach()))

@@ -39,16 +39,16 @@ from fl_mia.training import predict_logits
 RELEASED_PROBABILITY_FLOOR = 1e-6
 
 
-def harden_probabilities(logits: torch.Tensor, cfg: OutputConfig, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def harden_probabilities(logits: torch.Tensor, output: OutputConfig, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Probabilities the attacker sees for ``logits`` ``[N, C, H, W]``."""
     binary = logits.shape[1] == 1
     probs = torch.sigmoid(logits) if binary else torch.softmax(logits, dim=1)
-    if cfg.mode == "argmax":
+    if output.mode == "argmax":
         if binary:
             return (logits > 0).to(probs.dtype)
         return torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    if cfg.mode == "noisy_probabilities" and cfg.noise_std > 0:
-        noise = torch.randn(probs.shape, generator=generator, dtype=probs.dtype) * cfg.noise_std
+    if output.mode == "noisy_probabilities" and output.noise_std > 0:
+        noise = torch.randn(probs.shape, generator=generator, dtype=probs.dtype) * output.noise_std
         probs = (probs + noise).clamp(0.0, 1.0)
         if not binary:
             # A pixel whose noisy probabilities all clip to 0 releases the uniform distribution.

@@ -1,6 +1,2 @@
-"""What a dishonest server does to the model it sends: poisoners, by name."""
-
-from fl_mia.attacker.poisoning.base import Poisoner
-from fl_mia.attacker.poisoning.registry import POISONERS, make_poisoner
-
-__all__ = ["POISONERS", "Poisoner", "make_poisoner"]
+"""What a dishonest server does to the model it sends: poisoners, registered by name in
+:mod:`fl_mia.attacker.poisoning.settings` and built by :func:`fl_mia.attacker.poisoning.registry.make_poisoner`."""

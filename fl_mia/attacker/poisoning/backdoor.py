@@ -18,6 +18,7 @@ from fl_mia.losses import segmentation_loss
 from fl_mia.models import get_weights, set_weights
 from fl_mia.attacker.knowledge import AttackerKnowledge
 from fl_mia.attacker.poisoning.base import Poisoner
+from fl_mia.attacker.poisoning.settings import BackdoorSettings
 from fl_mia.segmentation_metrics import confusion_counts, hard_predictions, summarize
 from fl_mia.seeding import torch_generator
 from fl_mia.training import predict_logits
@@ -66,6 +67,15 @@ class BackdoorPoisoner(Poisoner):
         masks = knowledge.population.masks
         self.target_mask = backdoor_mask(masks.shape[1:], size=trigger_size, foreground_class=int(masks.max() or 1))
         self._cache: tuple[int, list[np.ndarray]] | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: BackdoorSettings, knowledge: AttackerKnowledge, model: nn.Module, *, targets: list[int]
+    ) -> "BackdoorPoisoner":
+        return cls(
+            knowledge, model, targets=targets, trigger_size=settings.trigger_size,
+            trigger_value=settings.trigger_value, steps=settings.steps, lr=settings.lr,
+        )
 
     def effect_report(
         self, *, model: nn.Module, final_weights: list[np.ndarray], test_images: np.ndarray, num_classes: int

@@ -21,6 +21,7 @@ from fl_mia.losses import segmentation_loss
 from fl_mia.models import get_weights, set_weights
 from fl_mia.attacker.knowledge import AttackerKnowledge
 from fl_mia.attacker.poisoning.base import Poisoner
+from fl_mia.attacker.poisoning.settings import GradientAscentSettings
 
 LAYER_PREFIXES = {"all": ("",), "decoder": ("decoder", "segmentation_head"), "head": ("segmentation_head",)}
 
@@ -40,9 +41,9 @@ class GradientAscentPoisoner(Poisoner):
         layers: str = "all",
     ) -> None:
         if target_loss_ratio <= 1.0:
-            raise ValueError("threat.ascent_loss_ratio must be above 1 (1 = no ascent)")
+            raise ValueError("threat.gradient_ascent.loss_ratio must be above 1 (1 = no ascent)")
         if layers not in LAYER_PREFIXES:
-            raise ValueError(f"threat.ascent_layers must be one of {', '.join(LAYER_PREFIXES)}")
+            raise ValueError(f"threat.gradient_ascent.layers must be one of {', '.join(LAYER_PREFIXES)}")
         self.knowledge = knowledge
         self.model = model  # scratch: its weights are overwritten
         self.targets = set(targets)
@@ -51,6 +52,15 @@ class GradientAscentPoisoner(Poisoner):
         self.lr = lr
         self.layers = layers
         self.history: list[dict] = []  # achieved loss ratio and steps, per round and hospital
+
+    @classmethod
+    def from_settings(
+        cls, settings: GradientAscentSettings, knowledge: AttackerKnowledge, model: nn.Module, *, targets: list[int]
+    ) -> "GradientAscentPoisoner":
+        return cls(
+            knowledge, model, targets=targets, target_loss_ratio=settings.loss_ratio, max_steps=settings.max_steps,
+            lr=settings.lr, layers=settings.layers,
+        )
 
     def describe(self) -> str:
         return (

@@ -18,6 +18,11 @@ class IsolationPoisoner(Poisoner):
         self.targets = set(targets)
         self._last_returned: dict[int, list[np.ndarray]] = {}
 
+    @classmethod
+    def from_settings(cls, settings: None, knowledge: object, model: object, *, targets: list[int]) -> "IsolationPoisoner":
+        """It has no knobs, and needs neither what the attacker knows nor a model."""
+        return cls(targets=targets)
+
     def describe(self) -> str:
         return f"sends hospitals {sorted(self.targets)} the model each returned last round instead of the aggregate"
 

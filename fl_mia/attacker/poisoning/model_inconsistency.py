@@ -69,6 +69,13 @@ class ModelInconsistencyPoisoner(Poisoner):
         self.targets = set(targets)
         silencing_keys(model)  # fail at set-up, not in round 3
 
+    @classmethod
+    def from_settings(
+        cls, settings: None, knowledge: object, model: nn.Module, *, targets: list[int]
+    ) -> "ModelInconsistencyPoisoner":
+        """It has no knobs and needs no attacker knowledge: it silences, it does not score."""
+        return cls(model, targets=targets)
+
     def describe(self) -> str:
         weight_key, bias_key = silencing_keys(self.model)
         return (

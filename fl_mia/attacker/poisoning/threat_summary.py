@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import ThreatConfig
 from fl_mia.attacker.poisoning.base import Poisoner
 
 
@@ -50,13 +50,20 @@ def stealth(
 
 
 def threat_report(
-    cfg: ExperimentConfig, round_log, poisoner: Poisoner | None, *, final_weights: list[np.ndarray], evaluator
+    threat: ThreatConfig,
+    round_log,
+    poisoner: Poisoner | None,
+    *,
+    num_hospitals: int,
+    secure_aggregation: bool,
+    final_weights: list[np.ndarray],
+    evaluator,
 ) -> dict[str, Any]:
-    threat = cfg.threat
+    """The ``threat`` block of metrics.json; ``secure_aggregation``: whether SecAgg+ hid each reply."""
     report: dict[str, Any] = {"threat_model": threat.threat_model, "poisoning": threat.poisoning}
     if poisoner is None:
         return report
-    poisoned = poisoner.poisoned_hospitals(cfg.federation.num_hospitals)
+    poisoned = poisoner.poisoned_hospitals(num_hospitals)
     rounds = set(threat.poison_rounds) if threat.poison_rounds is not None else None
     report.update(
         {
@@ -65,7 +72,7 @@ def threat_report(
             "poisoned_hospitals": sorted(poisoned),
             "poison_rounds": sorted(rounds) if rounds is not None else "all",
             # Under SecAgg+ nothing is folded back one by one; a poisoner may drop a poisoned round's sum.
-            "compensated": threat.compensate and (not cfg.defences.secagg.enabled or poisoner.discards_secure_sum),
+            "compensated": threat.compensate and (not secure_aggregation or poisoner.discards_secure_sum),
             "stealth": stealth(round_log.rows(), poisoned=poisoned, rounds=rounds, pairs=poisoner.poisoned_pairs()),
             **poisoner.report(),
         }

@@ -45,6 +45,7 @@ from torch import nn
 
 from fl_mia.attacker.knowledge import AttackerKnowledge
 from fl_mia.attacker.poisoning.model_inconsistency import silenced_weights, silencing_keys
+from fl_mia.attacker.poisoning.settings import TrapInconsistencySettings
 from fl_mia.attacker.poisoning.trap_weights import TrapWeightsPoisoner
 
 GLOBAL_MODEL_POLICY = (
@@ -75,6 +76,15 @@ class TrapInconsistencyPoisoner(TrapWeightsPoisoner):
         )
         silencing_keys(model)  # fail at set-up, not in the first trapped round
         self.silenced_pairs: set[tuple[int, int]] = set()
+
+    @classmethod
+    def from_settings(
+        cls, settings: TrapInconsistencySettings, knowledge: AttackerKnowledge, model: nn.Module, *, targets: list[int]
+    ) -> "TrapInconsistencyPoisoner":
+        return cls(
+            knowledge, model, targets=targets, detectors_per_round=settings.detectors_per_round,
+            fit_steps=settings.fit_steps,
+        )
 
     def describe(self) -> str:
         weight_key, bias_key = silencing_keys(self.model)

@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fl_mia.config import ModelConfig
-from fl_mia.models import build_model, get_weights, set_weights
+from fl_mia.models import get_weights, set_weights
 from fl_mia.attacker.knowledge import AttackerKnowledge
 from fl_mia.attacker.poisoning.base import Poisoner
+from fl_mia.attacker.poisoning.settings import TrapWeightsSettings
+from fl_mia.attacker.poisoning.trap_site import TrapSite, check_capacity
 
 SIGNAL = "trap_trace"
 # How much larger than any detector response the constant channels are: large enough that
@@ -52,57 +53,6 @@ CONSTANT_SCALE = 100.0
 # Softness of the max over the server's other scans while fitting a detector.
 SOFTMAX_SHARPNESS = 20.0
 POSITIONS_TRIED = 8
-
-
-@dataclass(frozen=True)
-class TrapSite:
-    """Where the trap goes: the stem conv/norm and the first residual conv/norm of a ResNet encoder."""
-
-    stem_conv: str
-    stem_norm: str
-    detector_conv: str
-    detector_norm: str
-
-    @classmethod
-    def of(cls, model: nn.Module) -> "TrapSite":
-        site = cls("encoder.conv1", "encoder.bn1", "encoder.layer1.0.conv1", "encoder.layer1.0.bn1")
-        modules = dict(model.named_modules())
-        kinds = {site.stem_conv: nn.Conv2d, site.stem_norm: nn.GroupNorm, site.detector_conv: nn.Conv2d, site.detector_norm: nn.GroupNorm}
-        for name, kind in kinds.items():
-            if not isinstance(modules.get(name), kind):
-                raise ValueError(
-                    f"threat.poisoning=trap_weights needs {name} to be a {kind.__name__} "
-                    "(a ResNet-family encoder with model.norm = 'groupnorm')"
-                )
-        if modules[site.detector_conv].in_channels != modules[site.stem_conv].out_channels:
-            raise ValueError("threat.poisoning=trap_weights: encoder.layer1.0.conv1 must read the stem's channels")
-        if modules[site.detector_norm].num_channels // modules[site.detector_norm].num_groups < 2:
-            raise ValueError("threat.poisoning=trap_weights needs GroupNorm groups of at least two channels")
-        return site
-
-    def modules(self, model: nn.Module) -> tuple[nn.Conv2d, nn.GroupNorm, nn.Conv2d, nn.GroupNorm]:
-        named = dict(model.named_modules())
-        return named[self.stem_conv], named[self.stem_norm], named[self.detector_conv], named[self.detector_norm]
-
-    def capacity(self, model: nn.Module) -> int:
-        """Detectors that fit in one model: one per GroupNorm group of the detector layer."""
-        return self.modules(model)[3].num_groups
-
-    def group_keys(self) -> tuple[str, str, str]:
-        """State-dict keys whose rows of a detector's group carry its trace."""
-        return f"{self.detector_conv}.weight", f"{self.detector_norm}.weight", f"{self.detector_norm}.bias"
-
-
-def check_capacity(model: nn.Module, detectors_per_round: int) -> int:
-    """The detectors one model holds; ``ValueError`` naming the config field if asked for more."""
-    site = TrapSite.of(model)
-    capacity = site.capacity(model)
-    if detectors_per_round > capacity:
-        raise ValueError(
-            f"threat.trap_detectors_per_round = {detectors_per_round} exceeds the {capacity} GroupNorm groups of "
-            f"{site.detector_conv}; use at most {capacity} and spread candidates over more threat.poison_rounds"
-        )
-    return capacity
 
 
 @dataclass
@@ -224,7 +174,7 @@ class TrapWeightsPoisoner(Poisoner):
         self.knowledge = knowledge
         self.model = model  # scratch: its weights are overwritten
         self.site = TrapSite.of(self.model)
-        capacity = check_capacity(self.model, detectors_per_round)
+        capacity = check_capacity(self.model, detectors_per_round, poisoner=self.name)
         self.targets = set(targets)
         # One target per poisoned round, in turn: each round then loses one hospital's reply,
         # not all of them, and the global model keeps training.
@@ -244,6 +194,15 @@ class TrapWeightsPoisoner(Poisoner):
         self.margins: list[float] = []
         self.not_separating = 0
         self.ever_armed = np.zeros(num_candidates, dtype=bool)
+
+    @classmethod
+    def from_settings(
+        cls, settings: TrapWeightsSettings, knowledge: AttackerKnowledge, model: nn.Module, *, targets: list[int]
+    ) -> "TrapWeightsPoisoner":
+        return cls(
+            knowledge, model, targets=targets, detectors_per_round=settings.detectors_per_round,
+            fit_steps=settings.fit_steps, in_turn=settings.in_turn,
+        )
 
     def describe(self) -> str:
         targets = sorted(self.targets)

@@ -75,7 +75,10 @@ def _train_as_target(store: "ShadowStore", model: nn.Module, split: Split, name:
 
     def local(hospital_model: nn.Module, shard: Split, tags: tuple) -> None:
         # The attacker's own noise: seeded from its own stream, never the hospitals'.
-        train_local_dp(hospital_model, shard, cfg, history=[], secret=int_seed(cfg.seed, "attacker-shadow-dp"), tags=("shadow", name, *tags))
+        train_local_dp(
+            hospital_model, shard, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[],
+            secret=int_seed(cfg.seed, "attacker-shadow-dp"), tags=("shadow", name, *tags),
+        )
 
     train_federated_shadow(model, split, cfg, name=name, local_train=local)
 
