@@ -141,6 +141,12 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
     from fl_mia.run_outputs import read_metrics
     from fl_mia.run_folder import read_status
 
+    from fl_mia.app.suite import SUITE_JSON
+
+    if not run_dir.exists():
+        _fail(f"{run_dir}: does not exist; give a run folder (fl-mia run prints its path at the end)")
+    if (run_dir / SUITE_JSON).is_file():
+        _fail(f"{run_dir}: a suite folder, not a run folder; summarise it with: fl-mia report {run_dir} -o report.html")
     if not (run_dir / "metrics.json").is_file():
         _fail(f"{run_dir}: no metrics.json (state: {read_status(run_dir)['state']}); is this a finished run folder?")
     typer.echo(render_summary(read_metrics(run_dir)), nl=False)
