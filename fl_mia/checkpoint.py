@@ -137,3 +137,12 @@ def read_checkpoint(run_dir: Path, cfg: ExperimentConfig) -> Checkpoint:
         config_fingerprint=meta["config_fingerprint"],
         wall_time_s=float(meta["wall_time_s"]),
     )
+
+
+def checkpoint_round(run_dir: Path) -> int | None:
+    """The last round ``checkpoint.npz`` holds (``None``: no readable checkpoint), without checking the config."""
+    try:
+        with np.load(Path(run_dir) / CHECKPOINT_FILE, allow_pickle=False) as archive:
+            return int(json.loads(str(archive["meta"]))["round"])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None

@@ -17,6 +17,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp.grid import Grid
 
 from fl_mia.contracts import PARTITION_KEY
+from fl_mia.stop_request import STOP
 
 
 class FederationError(RuntimeError):
@@ -56,6 +57,7 @@ def discover_hospitals(
     deadline = time.monotonic() + connect_timeout_s
     node_ids = list(grid.get_node_ids())
     while len(node_ids) < expected and time.monotonic() < deadline:
+        STOP.raise_if_set()
         time.sleep(0.2)
         node_ids = list(grid.get_node_ids())
     if len(node_ids) != expected:

@@ -15,6 +15,7 @@ keep the old model and loop on).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from flwr.app import Message
@@ -24,6 +25,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp.grid import Grid
 
 from fl_mia.contracts import CONSISTENCY_REFUSAL_CODE
+from fl_mia.stop_request import STOP
 
 logger = logging.getLogger("fl_mia")
 
@@ -33,6 +35,8 @@ TIMED_OUT = "timed_out"
 # A hospital that withheld its SecAgg+ shares because the hospitals did not all receive the
 # same model (fl_mia.defences.consistency): a defence working, not a failure of the run.
 REFUSED = "refused"
+# Flower's deployment grid pulls every 3 s; a stop request should not wait that long.
+LONGEST_PULL_INTERVAL_S = 1.0
 
 
 class NoRepliesError(RuntimeError):
@@ -111,14 +115,30 @@ class RoundTimeoutGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
         if not messages or any(m.metadata.message_type != MessageType.TRAIN for m in messages):
-            return self._grid.send_and_receive(messages, timeout=timeout)
+            return self._push_and_pull(messages, timeout=timeout)
         group_id = messages[0].metadata.group_id
         deadline = self._deadlines.timeout_for(group_id)
         if timeout is not None:
             deadline = timeout if deadline is None else min(timeout, deadline)
         sent_to = [m.metadata.dst_node_id for m in messages]
-        replies = list(self._grid.send_and_receive(messages, timeout=deadline))
+        replies = self._push_and_pull(messages, timeout=deadline)
         self._report(group_id, sent_to, replies, deadline)
+        return replies
+
+    def _push_and_pull(self, messages: list[Message], *, timeout: float | None) -> list[Message]:
+        """Flower's own send-and-receive loop, which also ends when the process is asked to stop."""
+        STOP.raise_if_set()
+        waiting = set(self._grid.push_messages(messages))
+        interval = min(float(getattr(self._grid, "pull_interval", LONGEST_PULL_INTERVAL_S)), LONGEST_PULL_INTERVAL_S)
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting and (end is None or time.monotonic() < end):
+            pulled = list(self._grid.pull_messages(waiting))
+            replies.extend(pulled)
+            waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
+            if waiting:
+                STOP.raise_if_set()
+                time.sleep(interval)
         return replies
 
     def _report(self, group_id: str, sent_to: list[int], replies: list[Message], deadline: float | None) -> None:

@@ -343,6 +343,29 @@ CASES += [
 ]
 
 
+# What a user mistypes on the command line, and what to run instead of a wrong folder.
+CASES += [
+    Case("--set key misspelt", with_set("federation.round=3"), ("--set federation.round=3", "did you mean federation.rounds")),
+    Case("--set section misspelt", with_set("federatoin.rounds=3"), ("--set federatoin.rounds=3", "did you mean federation")),
+    Case(
+        "--set quoted number for an integer",
+        with_set('federation.rounds="3"'),
+        ('--set federation.rounds="3"', "takes an integer", "write federation.rounds=3"),
+    ),
+    Case("--set quoted boolean", with_set('defences.secagg.enabled="true"'), ("takes true or false", "enabled=true")),
+    Case("--set value out of range is blamed on the --set", with_set("federation.rounds=0"), ("--set federation.rounds=0", "greater than")),
+    Case("report of a missing folder", lambda p: ["report", str(p.root / "absent"), "-o", str(p.new_out / "r.html")], ("absent", "does not exist")),
+    Case("report of an unfinished run", lambda p: ["report", str(p.run), "-o", str(p.new_out / "r.html")], ("without metrics.json", "--resume")),
+    Case("show of a missing folder", lambda p: ["show", str(p.root / "absent")], ("absent", "does not exist")),
+    Case(
+        "show of a suite folder",
+        lambda p: ["show", str(p.root / "suite")],
+        ("a suite folder", "fl-mia report"),
+        lambda p: ((p.root / "suite").mkdir(), (p.root / "suite" / "suite.json").write_text("{}")),
+    ),
+]
+
+
 def _cancer_becomes_liver(p: Paths) -> None:
     import nibabel as nib
 

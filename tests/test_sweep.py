@@ -155,3 +155,17 @@ def test_sweep_end_to_end_two_tiny_central_dp_settings(tmp_path):
         assert 0.0 <= row["loss.auc"] <= 1.0 and 0.0 <= row["label_only.tpr_at_1pct_fpr"] <= 1.0
     assert rows[0]["epsilon_central_dp"] > rows[1]["epsilon_central_dp"]  # more noise, smaller ε
     assert (out / SWEEP_CSV).is_file() and (out / SWEEP_PLOT).is_file()
+
+
+def test_a_quoted_value_gives_a_plain_folder_and_progress_names_each_setting_before_it_runs(tmp_path):
+    config = tiny_file(tmp_path)
+    started: list[tuple[int, int, str]] = []
+    out = tmp_path / "sweep"
+    run_sweep(config, param="defences.output.mode", values=['"probabilities"', '"argmax"'], out=out, run=FakeRun(),
+              on_start=lambda index, total, value: started.append((index, total, value)))  # fmt: skip
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["tiny__mode=argmax", "tiny__mode=probabilities"]
+    assert started == [(1, 2, '"probabilities"'), (2, 2, '"argmax"')]
+    again: list[tuple[int, int, str]] = []
+    run_sweep(config, param="defences.output.mode", values=['"probabilities"', '"argmax"'], out=out, run=FakeRun(),
+              on_start=lambda *setting: again.append(setting))  # fmt: skip
+    assert again == []  # finished settings are read back, not announced as running

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fl_mia.app.deploy import deploy_command
 from fl_mia.app.data_cli import data_app
+from fl_mia.app.interrupt import RunInterrupted, resume_command
 from fl_mia.config import ConfigError
 from fl_mia.preflight import load_experiment
 from fl_mia.round_log import RoundProgress
@@ -124,6 +127,10 @@ def run(
             result = resume_experiment(resume, cfg=cfg, on_round_end=show)
         else:
             result = run_experiment(cfg, out=out, on_round_end=show)
+    except RunInterrupted as stopped:
+        _interrupted(stopped.message())
+    except KeyboardInterrupt:  # before the federation started: nothing ran yet
+        _interrupted("interrupted before the federation started; nothing to resume")
     except USER_ERRORS as error:
         _fail(str(error))
     except (FederationError, NoRepliesError) as error:  # the federation's own reasons (a hospital's traceback)
@@ -134,6 +141,13 @@ def run(
     console.print(f"run folder: {result.run_dir}")
 
 
+def _interrupted(line: str) -> None:
+    from fl_mia.app.interrupt import EXIT_CODE
+
+    errors.print(f"[bold yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=EXIT_CODE)
+
+
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """Print the summary table of a finished run."""
@@ -141,6 +155,12 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
     from fl_mia.run_outputs import read_metrics
     from fl_mia.run_folder import read_status
 
+    from fl_mia.app.suite import SUITE_JSON
+
+    if not run_dir.exists():
+        _fail(f"{run_dir}: does not exist; give a run folder (fl-mia run prints its path at the end)")
+    if (run_dir / SUITE_JSON).is_file():
+        _fail(f"{run_dir}: a suite folder, not a run folder; summarise it with: fl-mia report {run_dir} -o report.html")
     if not (run_dir / "metrics.json").is_file():
         _fail(f"{run_dir}: no metrics.json (state: {read_status(run_dir)['state']}); is this a finished run folder?")
     typer.echo(render_summary(read_metrics(run_dir)), nl=False)
@@ -209,17 +229,34 @@ def sweep(
     except (SweepError, ConfigError) as error:
         _fail(str(error))
 
+    import time
+
+    from fl_mia.app.sweep import plain_value
+
+    seconds: list[float] = []
+    done: list[str] = []
+
+    def start(index: int, total: int, value: str) -> None:
+        left = total - index + 1
+        eta = f" · ~{left * sum(seconds) / len(seconds) / 60:.0f} min left" if seconds else ""
+        console.print(f"[{index}/{total}] {param}={plain_value(value)} · running{eta}", markup=False, highlight=False)
+        seconds.append(-time.perf_counter())
+
     def show(row: dict) -> None:
+        if seconds and seconds[-1] < 0:
+            seconds[-1] += time.perf_counter()
+        done.append(row["value"])
         aucs = " · ".join(f"{k[:-4]} AUC {float(v):.3f}" for k, v in row.items() if k.endswith(".auc") and v not in (None, ""))
         dice = row.get("dice")
         console.print(
-            f"{param}={row['value']} · {row['state']}"
+            f"[{len(done)}/{len(parsed)}] {param}={plain_value(row['value'])} · {row['state']}"
             + (f" · Dice {float(dice):.3f}" if dice not in (None, "") else "")
-            + (f" · {aucs}" if aucs else "")
+            + (f" · {aucs}" if aucs else ""),
+            markup=False, highlight=False,
         )
 
     try:
-        run_sweep(config, param=param, values=parsed, out=out, overrides=set_ or [], on_setting=show)
+        run_sweep(config, param=param, values=parsed, out=out, overrides=set_ or [], on_setting=show, on_start=start)
     except (SweepError, *USER_ERRORS) as error:
         _fail(str(error))
     console.print(f"sweep: {out / SWEEP_CSV} · {out / SWEEP_PLOT}")
@@ -265,11 +302,17 @@ def suite(
         )
 
     console.print(f"suite {loaded.name} · {len(loaded.cells)} cells · out {out}")
+    continue_suite = f"fl-mia suite {suite_file} --out {out} --resume" + "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
     try:
         with shared_ray_cluster(loaded, out=out) if shared_ray else nullcontext() as address:
             if address:
                 console.print(f"cells join one Ray head at {address} (started once for the suite)", highlight=False)
-            summary = run_suite(loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started)
+            with resume_command(continue_suite):
+                summary = run_suite(loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started)
+    except RunInterrupted as stopped:
+        _interrupted(stopped.message(continue_suite))
+    except KeyboardInterrupt:
+        _interrupted(f"interrupted between cells; continue with: {continue_suite}")
     except (SuiteError, *USER_ERRORS) as error:
         _fail(str(error))
     failed = [c["name"] for c in summary["cells"] if c["state"] == "failed"]

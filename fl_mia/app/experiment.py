@@ -23,7 +23,9 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.run_outputs import read_metrics
 from fl_mia.round_log import RoundProgress
 from fl_mia.run_folder import create_run_folder, set_status, write_toml
+from fl_mia.app.interrupt import mark_interrupted, stop_on_first_signal
 from fl_mia.app.simulation_resources import backend_config, check_resources
+from fl_mia.stop_request import STOP
 
 logger = logging.getLogger("fl_mia")
 
@@ -131,7 +133,7 @@ def _run_in_folder(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume
     set_status(run_dir, "running", **running)
     started = time.perf_counter()
     try:
-        with run_logging(run_dir):
+        with run_logging(run_dir), stop_on_first_signal(run_dir):
             _simulate(cfg, run_dir, on_round_end, resume=resume)
             if not (run_dir / "metrics.json").is_file():
                 # Flower's run_simulation returns normally when its runtime stops before the
@@ -142,6 +144,8 @@ def _run_in_folder(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume
                 )
     except BaseException as error:
         _log_traceback(run_dir, error)
+        if STOP.is_set():  # whatever Flower raised on the way out, the user stopped the run
+            raise mark_interrupted(run_dir) from None
         set_status(run_dir, "failed", error=f"{type(error).__name__}: {error}")
         error.fl_mia_run_dir = run_dir  # for the CLI's short report (failed_run_folder)
         raise

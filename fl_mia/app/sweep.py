@@ -89,8 +89,16 @@ def sweep_configs(config: Path, *, param: str, values: list[str], overrides: lis
     return configs
 
 
+def plain_value(value: str) -> str:
+    """The value as a person reads it: TOML's quotes around a string dropped (``"argmax"`` → ``argmax``)."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value
+
+
 def setting_folder(out: Path, config_name: str, param: str, value: str) -> Path:
-    return Path(out) / f"{config_name}__{param.rsplit('.', 1)[-1]}={value}"
+    return Path(out) / f"{config_name}__{param.rsplit('.', 1)[-1]}={plain_value(value)}"
 
 
 def sweep_row(metrics: dict[str, Any] | None, *, series: str, config: str, param: str, value: str, run_dir: Path, state: str) -> dict[str, Any]:
@@ -168,9 +176,8 @@ def plot_privacy_utility(path: Path, rows: list[dict[str, Any]]) -> None:
                 xs = [_number(r["dice"]) for r in points]
                 ys = [_number(r.get(f"{attack}.{key}")) for r in points]
                 ax.plot(xs, ys, marker=marker, color=colours[attack], linestyle="-" if s_index == 0 else "--", alpha=0.85)
-                for x, y, r in zip(xs, ys, points):
-                    if math.isfinite(x) and math.isfinite(y):
-                        ax.annotate(str(r["value"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for ax, key in zip(axes, ATTACK_METRICS):
+        _label_each_run_once(ax, rows, attacks, key)
     for ax, key, chance in zip(axes, ATTACK_METRICS, (0.5, 0.01)):
         ax.axhline(chance, color="k", linestyle=":", linewidth=0.8)
         ax.set_xlabel("Dice of the global model")
@@ -198,6 +205,17 @@ def _completed(folder: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
     return read_metrics(folder) if saved == cfg.to_toml_dict() else None
 
 
+def _label_each_run_once(ax, rows: list[dict[str, Any]], attacks: list[str], key: str) -> None:
+    """One label per run, above its highest point: every attack of a run shares its Dice, so
+    labelling each point stacks the same value on itself."""
+    for row in rows:
+        x = _number(row["dice"])
+        ys = [y for y in (_number(row.get(f"{attack}.{key}")) for attack in attacks) if math.isfinite(y)]
+        if math.isfinite(x) and ys:
+            ax.annotate(plain_value(str(row["value"])), (x, max(ys)), fontsize=7, xytext=(0, 6),
+                        textcoords="offset points", ha="center")
+
+
 def run_sweep(
     config: Path,
     *,
@@ -207,6 +225,7 @@ def run_sweep(
     overrides: list[str] | None = None,
     run: Callable[..., Any] | None = None,
     on_setting: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[int, int, str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or read back) every setting, rewriting ``sweep.csv`` and the figure after each one.
 
@@ -230,11 +249,13 @@ def run_sweep(
     rows = read_sweep(out)
     mine = []
     series = f"{configs[0].name}: {param}"
-    for value, cfg in zip(values, configs):
+    for index, (value, cfg) in enumerate(zip(values, configs), start=1):
         folder = setting_folder(out, cfg.name, param, value)
         metrics = _completed(folder, cfg) if folder.exists() else None
         state = "complete"
         if metrics is None:
+            if on_start is not None:
+                on_start(index, len(values), value)
             try:
                 metrics = run(cfg, out=folder).metrics
             except Exception as error:  # one failed setting must not lose the others

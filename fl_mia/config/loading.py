@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fl_mia.config import ConfigError, ExperimentConfig
 from fl_mia.config.base import MOVED_KEY_ERROR
@@ -57,12 +60,81 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a raw dict; raise :class:`ConfigError` with one line naming the field."""
+def build_config(raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a raw dict; raise :class:`ConfigError` with one line naming the field.
+
+    A field set by an override is blamed on that ``--set``, not on the file.
+    """
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, source)) from None
+        raise ConfigError(_format_validation_error(error, _blamed_source(error, source, overrides or []))) from None
+
+
+def _blamed_source(error: ValidationError, source: str, overrides: list[str]) -> str:
+    field = ".".join(str(part) for part in error.errors()[0]["loc"])
+    for override in reversed(overrides):  # the last --set of a key is the one in force
+        key = override.partition("=")[0].strip()
+        if field and (field == key or field.startswith(key + ".") or key.startswith(field + ".")):
+            return f"--set {override}"
+    return source
+
+
+def _moved_keys() -> dict[str, str]:
+    moved = dict(ExperimentConfig.moved_keys)
+    for field in ExperimentConfig.model_fields.values():
+        moved.update(getattr(field.annotation, "moved_keys", {}))
+    return moved
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _accepts_text(annotation: Any) -> bool:
+    """Whether a field of this type takes a string (text, a path, a name from a list)."""
+    if annotation in (str, Path, Any):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return any(isinstance(choice, str) for choice in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_text(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def check_override(override: str) -> None:
+    """One ``--set`` against the schema: the key exists (else the nearest one is suggested) and a
+    quoted number is not given to a numeric field (TOML's ``"3"`` is text, not 3)."""
+    key, _, text = override.partition("=")
+    key, text = key.strip(), text.strip()
+    moved = _moved_keys()
+    if key in moved:
+        raise ConfigError(f"--set {override}: {key} has moved: use {moved[key]} (docs/config-reference.md)")
+    model: type[BaseModel] | None = ExperimentConfig
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if model is None:
+            return  # inside a free-form table (e.g. data.labels): its keys are the user's
+        if part not in model.model_fields:
+            nearest = difflib.get_close_matches(part, list(model.model_fields), n=1, cutoff=0.6)
+            hint = f"did you mean {'.'.join([*parts[:depth], nearest[0]])}?" if nearest else "see docs/config-reference.md"
+            raise ConfigError(f"--set {override}: unknown key {'.'.join(parts[: depth + 1])}; {hint}")
+        annotation = model.model_fields[part].annotation
+        model = _section_model(annotation)
+        if model is None and depth == len(parts) - 1 and not _accepts_text(annotation):
+            quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"
+            if quoted and not isinstance(_parse_override_value(text[1:-1]), str):
+                raise ConfigError(
+                    f"--set {override}: {key} takes {_type_name(annotation)}, and {text} is quoted text; "
+                    f"write {key}={text[1:-1]}"
+                )
+
+
+def _type_name(annotation: Any) -> str:
+    words = {int: "an integer", float: "a number", bool: "true or false"}
+    names = [words[arg] for arg in (typing.get_args(annotation) or (annotation,)) if arg in words]
+    return " or ".join(names) or "value"
 
 
 def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -109,5 +181,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     path = Path(path)
     raw = _read_raw(path)
     raw.setdefault("name", path.stem)
+    for override in overrides or []:
+        check_override(override)
     raw = apply_overrides(raw, overrides or [])
-    return build_config(raw, source=str(path))
+    return build_config(raw, source=str(path), overrides=overrides)

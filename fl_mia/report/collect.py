@@ -82,8 +82,18 @@ def load_sources(paths: list[Path]) -> tuple[list[RunRecord], list[dict[str, Any
                 runs.append(_run_record(run_dir, name=cell["name"], axes=cell["axes"], seed=cell["seed"], baseline=cell.get("baseline")))
         elif (path / "metrics.json").is_file():
             runs.append(_run_record(path, name=path.name, axes={}, seed=None, baseline=None))
+        elif not path.exists():
+            raise ReportError(f"{path}: does not exist; give a suite folder (fl-mia suite --out DIR) or a run folder")
+        elif (path / "status.json").is_file():
+            raise ReportError(
+                f"{path}: a run folder without metrics.json (the run has not finished); "
+                f"continue it with: fl-mia run --resume {path}"
+            )
         else:
-            raise ReportError(f"{path}: neither a suite folder (suite.json) nor a finished run folder (metrics.json)")
+            raise ReportError(
+                f"{path}: neither a suite folder (suite.json) nor a finished run folder (metrics.json); "
+                "a suite writes suite.json into its --out folder"
+            )
     if not runs:
         raise ReportError("no finished run among " + ", ".join(map(str, paths)))
     return runs, suites, failed
