@@ -24,8 +24,12 @@ from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.attacker.poisoning import make_poisoner
 from fl_mia.attacker.poisoning.threat_summary import threat_report
-from fl_mia.attacker.server_attacker import ServerAttacker, server_attacker
-from fl_mia.referee.candidates import build_candidates
+from fl_mia.attacker.knowledge import CandidateSet
+from fl_mia.attacker.predictions.shadows import ShadowStore, TargetRecipe
+from fl_mia.attacker.server_attacker import ServerAttacker
+from fl_mia.data import build_attacker_population, build_hospital, num_classes
+from fl_mia.devices import process_device
+from fl_mia.referee.candidates import MembershipLedger, build_candidates
 from fl_mia.referee.evaluation import Referee
 from fl_mia.run_outputs import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
@@ -93,6 +97,60 @@ def build_strategy(
     )
 
 
+def draw_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedger]:
+    """The referee's candidates and their ledger, drawn from every hospital's data."""
+    return build_candidates(
+        cfg.referee,
+        hospital=lambda k: build_hospital(cfg, k),
+        num_hospitals=cfg.federation.num_hospitals,
+        seed=cfg.seed,
+        task=cfg.data.task,
+    )
+
+
+def make_referee(cfg: ExperimentConfig, candidates: CandidateSet, ledger: MembershipLedger, run_dir: Path | None) -> Referee:
+    return Referee(cfg.referee, candidates, ledger, run_dir, seed=cfg.seed, task=cfg.data.task, run_name=cfg.name)
+
+
+def _dp_shadow_trainer(cfg: ExperimentConfig):
+    """One round of the target's DP-SGD for the attacker's ``as_target`` shadows (None: no DP-SGD)."""
+    if not cfg.defences.dp_sgd.enabled:
+        return None
+    from fl_mia.defences.dp_sgd import train_local_dp  # Opacus only when the target uses it
+
+    def train_dp(model, shard, *, secret: int, tags: tuple) -> None:
+        train_local_dp(model, shard, cfg, history=[], secret=secret, tags=tags)
+
+    return train_dp
+
+
+def make_server_attacker(cfg: ExperimentConfig, candidates: CandidateSet, run_dir: Path | None) -> ServerAttacker | None:
+    """The run's attacker, or None when the privacy step is off, lists no attack, or has no data."""
+    if not cfg.referee.enabled or not cfg.attacker.prediction_attacks:
+        return None
+    if cfg.federation.attacker_patients < 2:
+        logger.warning("privacy step skipped: federation.attacker_patients < 2 leaves the attacker no shadow data")
+        return None
+    device = process_device(cfg.simulation, role="server")
+
+    def make_model():
+        return build_experiment_model(cfg, device=device)
+
+    recipe = TargetRecipe(
+        model=cfg.model, training=cfg.training, federation=cfg.federation, sampled_per_round=cfg.sampled_per_round(),
+        dp_sgd=cfg.defences.dp_sgd, output=cfg.defences.output, threads_per_client=cfg.simulation.threads_per_client,
+    )
+    shadows = ShadowStore(
+        cfg.attacker.shadows, recipe, seed=cfg.seed, folder=Path(run_dir) / "shadows" if run_dir is not None else None,
+        make_model=make_model, train_dp=_dp_shadow_trainer(cfg),
+    )
+    return ServerAttacker(
+        cfg.attacker, candidates, population=build_attacker_population(cfg), shadows=shadows, training=cfg.training,
+        output=cfg.defences.output, make_model=make_model, num_hospitals=cfg.federation.num_hospitals,
+        total_rounds=cfg.federation.rounds, seed=cfg.seed, classes=num_classes(cfg.data.task),
+    )
+
+
 def make_server_poisoner(cfg: ExperimentConfig, attacker: ServerAttacker | None):
     """The dishonest server's poisoner, armed with what the attacker knows (never the ledger)."""
     if cfg.threat.poisoning == "none":
@@ -138,8 +196,8 @@ def run_federation(
     evaluator = GlobalModelEvaluator(cfg)
     # The referee draws the candidates and keeps their ledger; the attacker (the server itself,
     # in this process) gets the candidates alone.
-    candidates, ledger = build_candidates(cfg) if cfg.privacy.enabled else (None, None)
-    attacker = server_attacker(cfg, candidates, run_dir) if candidates is not None else None
+    candidates, ledger = draw_candidates(cfg) if cfg.referee.enabled else (None, None)
+    attacker = make_server_attacker(cfg, candidates, run_dir) if candidates is not None else None
     forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
     checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
@@ -194,7 +252,7 @@ def run_federation(
     if attacker is not None:
         finishing = time.perf_counter()
         scores = attacker.finish(final)
-        referee = Referee(cfg, candidates, ledger, run_dir)
+        referee = make_referee(cfg, candidates, ledger, run_dir)
         # The accountant's sample-level ε (δ = 1e-5) of the most exposed hospital, for the ROC's DP bound.
         dp_epsilons = round_log.latest_fit_metric("dp_epsilon_at_reference_delta")
         privacy_section = referee.judge(

@@ -9,11 +9,6 @@ from pydantic import Field, field_validator
 from fl_mia.config.base import Section
 
 
-# Above this many hospitals source inference is off unless asked for: scoring every candidate
-# on every update costs candidates × hospitals per round, and candidates grow with hospitals.
-SOURCE_INFERENCE_MAX_HOSPITALS = 8
-
-
 class ThreatConfig(Section):
     """What the server does: honest-but-curious FedAvg, or a poisoning strategy."""
 
@@ -57,26 +52,6 @@ class ThreatConfig(Section):
     trap_fit_steps: int = Field(
         60, ge=0, le=10_000, description="trap_weights, trap_inconsistency: optimisation steps that separate a detector's target from the server's other scans."
     )
-    update_attacks: bool = Field(
-        True, description="Score candidates on each hospital's update (loss reduction, gradient alignment, ...)."
-    )
-    gradient_alignment: bool = Field(
-        True, description="Include the gradient-alignment signal (one per-sample gradient pass per round)."
-    )
-    source_inference: bool | None = Field(
-        None,
-        description="Score every candidate on every hospital's update, so the server also guesses which hospital "
-        "each scan came from (metrics.json privacy.source_inference). Off: each update is scored only on the "
-        "candidates asked about its hospital (the membership scores are the same; the cost stays proportional to "
-        f"the hospitals trained per round). Unset: on up to {SOURCE_INFERENCE_MAX_HOSPITALS} hospitals, off above.",
-    )
-
-    def scores_every_candidate(self, num_hospitals: int) -> bool:
-        """Whether update attacks score every candidate on every update (source inference)."""
-        if self.source_inference is not None:
-            return self.source_inference
-        return num_hospitals <= SOURCE_INFERENCE_MAX_HOSPITALS
-
     @field_validator("poison_rounds")
     @classmethod
     def _positive_rounds(cls, value: list[int] | None) -> list[int] | None:
