@@ -4,7 +4,7 @@
 
 Everything is measured in one process, side by side, so the ratios hold on a loaded
 machine even when the absolute numbers do not. Scoring throughput does not depend on how
-well the models are trained, so shadows train for ``privacy.shadow_epochs`` epochs (2
+well the models are trained, so shadows train for ``attacker.shadows.epochs`` epochs (2
 unless overridden); the shadow lines give seconds per image-epoch as a multiple of one
 image's forward pass.
 """
@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     every_attack = "[" + ", ".join(f'"{name}"' for name in attack_names()) + "]"
-    overrides = [f"privacy.attacks={every_attack}", "privacy.per_round_attacks=[]", "privacy.shadow_epochs=2"]
+    overrides = [f"attacker.prediction_attacks={every_attack}", "attacker.per_round_attacks=[]", "attacker.shadows.epochs=2"]
     cfg = load_config(args.config, overrides + args.overrides)
     step = ServerAttacker(cfg, build_candidates(cfg)[0], run_dir=None)
     images = step.candidates.images

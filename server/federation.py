@@ -124,6 +124,27 @@ def _dp_shadow_trainer(cfg: ExperimentConfig):
     return train_dp
 
 
+def _server_model_maker(cfg: ExperimentConfig):
+    device = process_device(cfg.simulation, role="server")
+
+    def make_model():
+        return build_experiment_model(cfg, device=device)
+
+    return make_model
+
+
+def make_shadow_store(cfg: ExperimentConfig, folder: Path | None, make_model=None) -> ShadowStore:
+    """The attacker's shadow models, trained with the target's recipe and cached in ``folder``."""
+    recipe = TargetRecipe(
+        model=cfg.model, training=cfg.training, federation=cfg.federation, sampled_per_round=cfg.sampled_per_round(),
+        dp_sgd=cfg.defences.dp_sgd, output=cfg.defences.output, threads_per_client=cfg.simulation.threads_per_client,
+    )
+    return ShadowStore(
+        cfg.attacker.shadows, recipe, seed=cfg.seed, folder=folder,
+        make_model=make_model or _server_model_maker(cfg), train_dp=_dp_shadow_trainer(cfg),
+    )
+
+
 def make_server_attacker(cfg: ExperimentConfig, candidates: CandidateSet, run_dir: Path | None) -> ServerAttacker | None:
     """The run's attacker, or None when the privacy step is off, lists no attack, or has no data."""
     if not cfg.referee.enabled or not cfg.attacker.prediction_attacks:
@@ -131,19 +152,8 @@ def make_server_attacker(cfg: ExperimentConfig, candidates: CandidateSet, run_di
     if cfg.federation.attacker_patients < 2:
         logger.warning("privacy step skipped: federation.attacker_patients < 2 leaves the attacker no shadow data")
         return None
-    device = process_device(cfg.simulation, role="server")
-
-    def make_model():
-        return build_experiment_model(cfg, device=device)
-
-    recipe = TargetRecipe(
-        model=cfg.model, training=cfg.training, federation=cfg.federation, sampled_per_round=cfg.sampled_per_round(),
-        dp_sgd=cfg.defences.dp_sgd, output=cfg.defences.output, threads_per_client=cfg.simulation.threads_per_client,
-    )
-    shadows = ShadowStore(
-        cfg.attacker.shadows, recipe, seed=cfg.seed, folder=Path(run_dir) / "shadows" if run_dir is not None else None,
-        make_model=make_model, train_dp=_dp_shadow_trainer(cfg),
-    )
+    make_model = _server_model_maker(cfg)
+    shadows = make_shadow_store(cfg, Path(run_dir) / "shadows" if run_dir is not None else None, make_model)
     return ServerAttacker(
         cfg.attacker, candidates, population=build_attacker_population(cfg), shadows=shadows, training=cfg.training,
         output=cfg.defences.output, make_model=make_model, num_hospitals=cfg.federation.num_hospitals,

@@ -58,7 +58,7 @@ def test_adaptive_config_changes_only_the_shadow_mode_and_runs_lira_and_rmia():
     dp, adaptive = load_config(DP), load_config(ADAPTIVE)
     assert adaptive.privacy.shadow_mode == "as_target" and dp.privacy.shadow_mode == "central"
     assert {"lira_offline", "rmia"} <= set(adaptive.privacy.attacks)
-    assert differences(dp.model_dump(mode="json"), adaptive.model_dump(mode="json")) - {"name"} == {"privacy.shadow_mode"}
+    assert differences(dp.model_dump(mode="json"), adaptive.model_dump(mode="json")) - {"name"} == {"attacker.shadows.mode"}
 
 
 def test_frontier_suite_grids_epsilon_and_no_dp_changing_only_dp_sgd():

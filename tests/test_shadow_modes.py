@@ -1,4 +1,4 @@
-"""privacy.shadow_mode: central (unchanged), federated (FedAvg of shadow hospitals), as_target."""
+"""attacker.shadows.mode: central (unchanged), federated (FedAvg of shadow hospitals), as_target."""
 
 import numpy as np
 import pytest

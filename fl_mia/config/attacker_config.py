@@ -22,6 +22,18 @@ def _listing(registry) -> str:
     return "; ".join(f"{plugin.name}: {plugin.summary}" for plugin in registry)
 
 
+def _registered(registry, names: list[str], what: str) -> list[str]:
+    """``names`` if each is registered once; pydantic already names the field, so the registry's prefix goes."""
+    if len(set(names)) != len(names):
+        raise ValueError(f"lists {what} twice")
+    for name in names:
+        try:
+            registry.check(name)
+        except ValueError as error:
+            raise ValueError(str(error).removeprefix(f"{registry.key}: ")) from None
+    return names
+
+
 class ShadowSettings(Section):
     """How the attacker trains its shadow (and reference) models."""
 
@@ -90,16 +102,12 @@ class _AttackerSection(Section):
     @field_validator("prediction_attacks", "per_round_attacks")
     @classmethod
     def _registered_attacks(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("lists an attack twice")
-        return [PREDICTION_ATTACKS.check(name) for name in value]
+        return _registered(PREDICTION_ATTACKS, value, "an attack")
 
     @field_validator("update_attacks")
     @classmethod
     def _registered_signals(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("lists an update signal twice")
-        return [UPDATE_SIGNALS.check(name) for name in value]
+        return _registered(UPDATE_SIGNALS, value, "an update signal")
 
     @model_validator(mode="after")
     def _per_round_subset(self) -> "_AttackerSection":

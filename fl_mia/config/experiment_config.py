@@ -132,10 +132,6 @@ class ExperimentConfig(Section):
         """Hospitals sampled each round (what the server's strategy asks for)."""
         return max(1, int(round(self.federation.fraction_fit * self.federation.num_hospitals)))
 
-    def shadow_epochs(self) -> int:
-        """Epochs of a shadow model: as many passes over its data as a hospital makes over its shard."""
-        return self.attacker.shadows.epochs or self.federation.rounds * self.training.local_epochs
-
     def to_toml_dict(self) -> dict[str, Any]:
         """Plain dict with only TOML-representable values (None dropped, paths as text)."""
         return _drop_none(json.loads(self.model_dump_json()))

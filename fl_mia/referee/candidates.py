@@ -7,7 +7,7 @@ says nothing about membership.
 
 Pools drawn at random can differ in what their masks show (one hospital's held-out patients
 may have more lesions than its training patients), and a mask-only "attack" would then beat
-chance without any model. With ``privacy.match_lesion_area`` both sides get the same number
+chance without any model. With ``referee.match_lesion_area`` both sides get the same number
 of scans from each lesion-area stratum (none, then quantiles of the lesion area).
 
 The referee's side: the attacker receives the :class:`~fl_mia.attacker.knowledge.CandidateSet`

@@ -107,12 +107,3 @@ class LiRAAttack(MembershipAttack):
         if self.online:
             return norm.logpdf(signal, self.mean_in_, self.std_in_) - log_out
         return norm.logcdf(signal, self.mean_out_, self.std_out_)
-
-
-def _lira(online: bool):
-    return lambda cfg: LiRAAttack(
-        online=online,
-        num_shadows=cfg.privacy.shadow_models,
-        global_variance=cfg.privacy.lira_global_variance,
-        seed=cfg.seed,
-    )
