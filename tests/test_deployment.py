@@ -224,7 +224,7 @@ def test_free_ports_are_bindable():
 
 def _tiny_deploy_raw(**sections) -> dict:
     # Privacy off: these tests are about the wiring; the privacy step runs in the ServerApp either way.
-    return tiny_raw(privacy={"enabled": False}, **sections)
+    return tiny_raw(referee={"enabled": False}, **sections)
 
 
 def _read_rows(path: Path) -> list[dict]:
