@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from fl_mia.attacker.predictions import TargetView, attack_names
+from fl_mia.attacker.predictions.base import TargetView
+from fl_mia.attacker.predictions.settings import PREDICTION_ATTACKS
 from fl_mia.config.loading import load_config
 from fl_mia.models import build_experiment_model
-from fl_mia.attacker.server_attacker import ServerAttacker
-from fl_mia.referee.candidates import build_candidates
+from server.federation import draw_candidates, make_server_attacker
 from fl_mia.training import predict_logits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +35,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    every_attack = "[" + ", ".join(f'"{name}"' for name in attack_names()) + "]"
+    every_attack = "[" + ", ".join(f'"{name}"' for name in PREDICTION_ATTACKS.names()) + "]"
     overrides = [f"attacker.prediction_attacks={every_attack}", "attacker.per_round_attacks=[]", "attacker.shadows.epochs=2"]
     cfg = load_config(args.config, overrides + args.overrides)
-    step = ServerAttacker(cfg, build_candidates(cfg)[0], run_dir=None)
+    step = make_server_attacker(cfg, draw_candidates(cfg)[0], run_dir=None)
     images = step.candidates.images
     torch.manual_seed(0)
     model = build_experiment_model(cfg).eval()
