@@ -98,7 +98,10 @@ def build_strategy(
 
 
 def draw_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedger]:
-    """The referee's candidates and their ledger, drawn from every hospital's data."""
+    """The referee's candidates and their ledger, drawn from every hospital's data.
+
+    The referee keeps the ledger; the attacker (the server itself, in this process) gets the
+    candidates alone."""
     return build_candidates(
         cfg.referee,
         hospital=lambda k: build_hospital(cfg, k),
@@ -161,6 +164,29 @@ def make_server_attacker(cfg: ExperimentConfig, candidates: CandidateSet, run_di
     )
 
 
+def judge_the_attacker(
+    cfg: ExperimentConfig,
+    attacker: ServerAttacker,
+    candidates: CandidateSet,
+    ledger: MembershipLedger,
+    run_dir: Path,
+    round_log: RoundLog,
+    final: list[np.ndarray],
+) -> dict:
+    """The attacker scores the final model; the referee joins the scores with the ledger."""
+    finishing = time.perf_counter()
+    scores = attacker.finish(final)
+    referee = make_referee(cfg, candidates, ledger, run_dir)
+    # The accountant's sample-level ε (δ = 1e-5) of the most exposed hospital, for the ROC's DP bound.
+    dp_epsilons = round_log.latest_fit_metric("dp_epsilon_at_reference_delta")
+    section = referee.judge(
+        scores, population_images=len(attacker.knowledge.population), shadows=attacker.shadows,
+        dp_epsilon=max(dp_epsilons.values()) if dp_epsilons else None,
+    )
+    section["candidate_set"]["finish_seconds"] = time.perf_counter() - finishing
+    return section
+
+
 def make_server_poisoner(cfg: ExperimentConfig, attacker: ServerAttacker | None):
     """The dishonest server's poisoner, armed with what the attacker knows (never the ledger)."""
     if cfg.threat.poisoning == "none":
@@ -204,8 +230,6 @@ def run_federation(
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
     evaluator = GlobalModelEvaluator(cfg)
-    # The referee draws the candidates and keeps their ledger; the attacker (the server itself,
-    # in this process) gets the candidates alone.
     candidates, ledger = draw_candidates(cfg) if cfg.referee.enabled else (None, None)
     attacker = make_server_attacker(cfg, candidates, run_dir) if candidates is not None else None
     forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
@@ -258,18 +282,7 @@ def run_federation(
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
-    privacy_section = None
-    if attacker is not None:
-        finishing = time.perf_counter()
-        scores = attacker.finish(final)
-        referee = make_referee(cfg, candidates, ledger, run_dir)
-        # The accountant's sample-level ε (δ = 1e-5) of the most exposed hospital, for the ROC's DP bound.
-        dp_epsilons = round_log.latest_fit_metric("dp_epsilon_at_reference_delta")
-        privacy_section = referee.judge(
-            scores, population_images=len(attacker.knowledge.population), shadows=attacker.shadows,
-            dp_epsilon=max(dp_epsilons.values()) if dp_epsilons else None,
-        )
-        privacy_section["candidate_set"]["finish_seconds"] = time.perf_counter() - finishing
+    privacy_section = None if attacker is None else judge_the_attacker(cfg, attacker, candidates, ledger, run_dir, round_log, final)
     write_federation_outputs(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
