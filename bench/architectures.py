@@ -50,9 +50,8 @@ TINY = [
     "federation.attacker_patients=8",
     "federation.rounds=2",
     "training.local_epochs=1",
-    "privacy.shadow_epochs=1",
-    "threat.update_attacks=true",
-    "threat.gradient_alignment=true",
+    "attacker.shadows.epochs=1",
+    'attacker.update_attacks=["returned_loss", "loss_reduction", "loss_log_ratio", "gradient_alignment"]',
 ]
 
 

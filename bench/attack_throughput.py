@@ -4,7 +4,7 @@
 
 Everything is measured in one process, side by side, so the ratios hold on a loaded
 machine even when the absolute numbers do not. Scoring throughput does not depend on how
-well the models are trained, so shadows train for ``privacy.shadow_epochs`` epochs (2
+well the models are trained, so shadows train for ``attacker.shadows.epochs`` epochs (2
 unless overridden); the shadow lines give seconds per image-epoch as a multiple of one
 image's forward pass.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from fl_mia.attacker.predictions import TargetView, attack_names
+from fl_mia.attacker.predictions.base import TargetView
+from fl_mia.attacker.predictions.settings import PREDICTION_ATTACKS
 from fl_mia.config.loading import load_config
 from fl_mia.models import build_experiment_model
-from fl_mia.attacker.server_attacker import ServerAttacker
-from fl_mia.referee.candidates import build_candidates
+from server.federation import draw_candidates, make_server_attacker
 from fl_mia.training import predict_logits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +35,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    every_attack = "[" + ", ".join(f'"{name}"' for name in attack_names()) + "]"
-    overrides = [f"privacy.attacks={every_attack}", "privacy.per_round_attacks=[]", "privacy.shadow_epochs=2"]
+    every_attack = "[" + ", ".join(f'"{name}"' for name in PREDICTION_ATTACKS.names()) + "]"
+    overrides = [f"attacker.prediction_attacks={every_attack}", "attacker.per_round_attacks=[]", "attacker.shadows.epochs=2"]
     cfg = load_config(args.config, overrides + args.overrides)
-    step = ServerAttacker(cfg, build_candidates(cfg)[0], run_dir=None)
+    step = make_server_attacker(cfg, draw_candidates(cfg)[0], run_dir=None)
     images = step.candidates.images
     torch.manual_seed(0)
     model = build_experiment_model(cfg).eval()

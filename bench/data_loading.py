@@ -93,7 +93,7 @@ def main() -> None:
         record.add(f"| the same from the cache (memory map, every slice read) | {slices / cached_s:.1f} slices/s ({cached_s:.3f} s) |")
         record.add(f"| cached / cold | {cold_s / cached_s:.0f}× (goal ≥ 20×) |")
 
-        base = [f"federation.rounds={args.rounds}", "privacy.enabled=false", "threat.update_attacks=false", *args.overrides]
+        base = [f"federation.rounds={args.rounds}", "referee.enabled=false", "attacker.update_attacks=[]", *args.overrides]
         phantom = load_config("configs/quickstart.toml", base)
         settings = export_phantom(phantom, "msd", root / "phantom_msd")
         loaded = load_config("configs/data/msd.toml", [

@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     # Only the transport is compared: the server's attacks would add work the plain loop does not do.
-    cfg = load_config(args.config, ["privacy.enabled=false", "threat.update_attacks=false", *args.overrides])
+    cfg = load_config(args.config, ["referee.enabled=false", "attacker.update_attacks=[]", *args.overrides])
     flower_total, flower_rounds, flower_dice = flower_run(cfg)
     plain_total, plain_rounds, plain_dice = plain_federated_loop(cfg)
     steady_flower = float(np.mean(flower_rounds[1:])) if len(flower_rounds) > 1 else float("nan")

@@ -19,7 +19,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from fl_mia.config.loading import load_config
-from fl_mia.referee.candidates import build_candidates, lesion_area
+from fl_mia.referee.candidates import lesion_area
+from server.federation import draw_candidates
 
 
 def _auc(is_member: np.ndarray, scores: np.ndarray) -> float:
@@ -28,7 +29,7 @@ def _auc(is_member: np.ndarray, scores: np.ndarray) -> float:
 
 def stratified(run_dir: Path) -> None:
     cfg = load_config(run_dir / "config.toml")
-    candidates, _ = build_candidates(cfg)
+    candidates, _ = draw_candidates(cfg)
     keep = np.load(run_dir / "keep.npy").astype(bool)  # [candidates, hospitals]
     is_member = keep[np.arange(len(keep)), candidates.hospital]  # in the hospital it was drawn for
     area = lesion_area(candidates.masks, cfg.data.task)

@@ -30,7 +30,7 @@ def suite_file(folder: Path, *, seeds: int, rounds: int) -> Path:
     settings = [
         "data.image_size=32", "data.num_patients=120", "federation.patients_per_hospital=12",
         "federation.attacker_patients=12", f"federation.rounds={rounds}", "training.local_epochs=1",
-        "privacy.shadow_epochs=1",
+        "attacker.shadows.epochs=1",
     ]
     path.write_text(
         f'name = "bench"\nconfig = "{ROOT / "configs" / "quickstart.toml"}"\nseeds = {list(range(seeds))}\n'

@@ -1,9 +1,8 @@
-"""Checks that need more than the schema: a model, a registry, a poisoner's preconditions.
+"""Checks that need more than the schema: a model, a dataset, a poisoner's preconditions.
 
-:mod:`fl_mia.config` is a leaf (pydantic types and cross-field rules only). What can only
-be known by building something — does smp build this model, are the attacks registered,
-does the trap fit into the encoder, does the threat make sense under the defences — is
-checked here, once per experiment, by whoever starts it: the CLI (``fl-mia run``, sweeps,
+:mod:`fl_mia.config` is a leaf (pydantic types, registered names and cross-field rules only).
+What can only be known by building something — does smp build this model, does the trap fit
+into the encoder, does the threat make sense under the defences — is checked here, once per experiment, by whoever starts it: the CLI (``fl-mia run``, sweeps,
 suites), the ServerApp under ``flwr run``. Hospitals never run it: they receive a config
 the server has already checked.
 """
@@ -20,15 +19,6 @@ def _model_builds(cfg: ExperimentConfig) -> None:
     from fl_mia.models import check_model_runs
 
     check_model_runs(cfg)  # builds it and checks a forward pass at the configured image size
-
-
-def _attacks_registered(cfg: ExperimentConfig) -> None:
-    from fl_mia.attacker.predictions.registry import attack_names
-
-    for field in ("attacks", "per_round_attacks"):
-        unknown = [name for name in getattr(cfg.privacy, field) if name not in attack_names()]
-        if unknown:
-            raise ValueError(f"privacy.{field}: unknown attack {unknown[0]!r}; choose from {', '.join(attack_names())}")
 
 
 def _threat_fits_the_defences(cfg: ExperimentConfig) -> None:
@@ -93,7 +83,7 @@ def _dataset_loads(cfg: ExperimentConfig) -> None:
     build_attacker_population(cfg)
 
 
-CHECKS = (_device_exists, _dataset_loads, _model_builds, _attacks_registered, _threat_fits_the_defences, _trap_fits_the_model)
+CHECKS = (_device_exists, _dataset_loads, _model_builds, _threat_fits_the_defences, _trap_fits_the_model)
 
 
 def preflight(cfg: ExperimentConfig, *, source: str = "config") -> ExperimentConfig:

@@ -24,8 +24,12 @@ from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.attacker.poisoning.registry import make_poisoner
 from fl_mia.attacker.poisoning.threat_summary import threat_report
-from fl_mia.attacker.server_attacker import ServerAttacker, server_attacker
-from fl_mia.referee.candidates import build_candidates
+from fl_mia.attacker.knowledge import CandidateSet
+from fl_mia.attacker.predictions.shadows import ShadowStore, TargetRecipe
+from fl_mia.attacker.server_attacker import ServerAttacker
+from fl_mia.data import build_attacker_population, build_hospital, num_classes
+from fl_mia.devices import process_device
+from fl_mia.referee.candidates import MembershipLedger, build_candidates
 from fl_mia.referee.evaluation import Referee
 from fl_mia.run_outputs import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
@@ -112,6 +116,98 @@ def run_shape(cfg: ExperimentConfig) -> RunShape:
     )
 
 
+def draw_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedger]:
+    """The referee's candidates and their ledger, drawn from every hospital's data.
+
+    The referee keeps the ledger; the attacker (the server itself, in this process) gets the
+    candidates alone."""
+    return build_candidates(
+        cfg.referee,
+        hospital=lambda k: build_hospital(cfg, k),
+        num_hospitals=cfg.federation.num_hospitals,
+        seed=cfg.seed,
+        task=cfg.data.task,
+    )
+
+
+def make_referee(cfg: ExperimentConfig, candidates: CandidateSet, ledger: MembershipLedger, run_dir: Path | None) -> Referee:
+    return Referee(cfg.referee, candidates, ledger, run_dir, seed=cfg.seed, task=cfg.data.task, run_name=cfg.name)
+
+
+def _dp_shadow_trainer(cfg: ExperimentConfig):
+    """One round of the target's DP-SGD for the attacker's ``as_target`` shadows (None: no DP-SGD)."""
+    if not cfg.defences.dp_sgd.enabled:
+        return None
+    from fl_mia.defences.dp_sgd import train_local_dp  # Opacus only when the target uses it
+
+    def train_dp(model, shard, *, secret: int, tags: tuple) -> None:
+        train_local_dp(
+            model, shard, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[], secret=secret, tags=tags,
+        )
+
+    return train_dp
+
+
+def _server_model_maker(cfg: ExperimentConfig):
+    device = process_device(cfg.simulation, role="server")
+
+    def make_model():
+        return build_experiment_model(cfg, device=device)
+
+    return make_model
+
+
+def make_shadow_store(cfg: ExperimentConfig, folder: Path | None, make_model=None) -> ShadowStore:
+    """The attacker's shadow models, trained with the target's recipe and cached in ``folder``."""
+    recipe = TargetRecipe(
+        model=cfg.model, training=cfg.training, federation=cfg.federation, sampled_per_round=cfg.sampled_per_round(),
+        dp_sgd=cfg.defences.dp_sgd, output=cfg.defences.output, threads_per_client=cfg.simulation.threads_per_client,
+    )
+    return ShadowStore(
+        cfg.attacker.shadows, recipe, seed=cfg.seed, folder=folder,
+        make_model=make_model or _server_model_maker(cfg), train_dp=_dp_shadow_trainer(cfg),
+    )
+
+
+def make_server_attacker(cfg: ExperimentConfig, candidates: CandidateSet, run_dir: Path | None) -> ServerAttacker | None:
+    """The run's attacker, or None when the privacy step is off, lists no attack, or has no data."""
+    if not cfg.referee.enabled or not cfg.attacker.prediction_attacks:
+        return None
+    if cfg.federation.attacker_patients < 2:
+        logger.warning("privacy step skipped: federation.attacker_patients < 2 leaves the attacker no shadow data")
+        return None
+    make_model = _server_model_maker(cfg)
+    shadows = make_shadow_store(cfg, Path(run_dir) / "shadows" if run_dir is not None else None, make_model)
+    return ServerAttacker(
+        cfg.attacker, candidates, population=build_attacker_population(cfg), shadows=shadows, training=cfg.training,
+        output=cfg.defences.output, make_model=make_model, num_hospitals=cfg.federation.num_hospitals,
+        total_rounds=cfg.federation.rounds, seed=cfg.seed, classes=num_classes(cfg.data.task),
+    )
+
+
+def judge_the_attacker(
+    cfg: ExperimentConfig,
+    attacker: ServerAttacker,
+    candidates: CandidateSet,
+    ledger: MembershipLedger,
+    run_dir: Path,
+    round_log: RoundLog,
+    final: list[np.ndarray],
+) -> dict:
+    """The attacker scores the final model; the referee joins the scores with the ledger."""
+    finishing = time.perf_counter()
+    scores = attacker.finish(final)
+    referee = make_referee(cfg, candidates, ledger, run_dir)
+    # The accountant's sample-level ε (δ = 1e-5) of the most exposed hospital, for the ROC's DP bound.
+    dp_epsilons = round_log.latest_fit_metric("dp_epsilon_at_reference_delta")
+    section = referee.judge(
+        scores, population_images=len(attacker.knowledge.population), shadows=attacker.shadows,
+        dp_epsilon=max(dp_epsilons.values()) if dp_epsilons else None,
+    )
+    section["candidate_set"]["finish_seconds"] = time.perf_counter() - finishing
+    return section
+
+
 def make_server_poisoner(cfg: ExperimentConfig, attacker: ServerAttacker | None):
     """The dishonest server's poisoner, armed with what the attacker knows (never the ledger)."""
     if cfg.threat.poisoning == "none":
@@ -155,10 +251,8 @@ def run_federation(
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
     evaluator = GlobalModelEvaluator(cfg)
-    # The referee draws the candidates and keeps their ledger; the attacker (the server itself,
-    # in this process) gets the candidates alone.
-    candidates, ledger = build_candidates(cfg) if cfg.privacy.enabled else (None, None)
-    attacker = server_attacker(cfg, candidates, run_dir) if candidates is not None else None
+    candidates, ledger = draw_candidates(cfg) if cfg.referee.enabled else (None, None)
+    attacker = make_server_attacker(cfg, candidates, run_dir) if candidates is not None else None
     forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
     checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
@@ -211,18 +305,7 @@ def run_federation(
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
     )
-    privacy_section = None
-    if attacker is not None:
-        finishing = time.perf_counter()
-        scores = attacker.finish(final)
-        referee = Referee(cfg, candidates, ledger, run_dir)
-        # The accountant's sample-level ε (δ = 1e-5) of the most exposed hospital, for the ROC's DP bound.
-        dp_epsilons = round_log.latest_fit_metric("dp_epsilon_at_reference_delta")
-        privacy_section = referee.judge(
-            scores, population_images=len(attacker.knowledge.population), shadows=attacker.shadows,
-            dp_epsilon=max(dp_epsilons.values()) if dp_epsilons else None,
-        )
-        privacy_section["candidate_set"]["finish_seconds"] = time.perf_counter() - finishing
+    privacy_section = None if attacker is None else judge_the_attacker(cfg, attacker, candidates, ledger, run_dir, round_log, final)
     write_federation_outputs(
         run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from fl_mia.attacker.server_attacker import ServerAttacker
-from fl_mia.referee.candidates import build_candidates
-from fl_mia.referee.evaluation import Referee
+from server.federation import draw_candidates, make_referee, make_server_attacker
 
 
 class PrivacyStep:
     def __init__(self, cfg, run_dir) -> None:
-        self.candidates, self.ledger = build_candidates(cfg)
-        self.attacker = ServerAttacker(cfg, self.candidates, run_dir)
-        self.referee = Referee(cfg, self.candidates, self.ledger, run_dir)
+        self.candidates, self.ledger = draw_candidates(cfg)
+        self.attacker = make_server_attacker(cfg, self.candidates, run_dir)
+        self.referee = make_referee(cfg, self.candidates, self.ledger, run_dir)
         self.model = self.attacker.model
         self.knowledge = self.attacker.knowledge
 

@@ -43,8 +43,8 @@ def run_two_rounds(tmp_path, arch: str, *, task: str):
             tiny_raw(
                 data={"task": task, "image_size": 64},
                 model={"arch": arch, "encoder": encoder, "encoder_depth": depth, "norm": "groupnorm"},
-                threat={"update_attacks": True, "gradient_alignment": True},
-                privacy={"shadow_epochs": 1},
+                attacker={"update_attacks": ["returned_loss", "loss_reduction", "loss_log_ratio", "gradient_alignment"],
+                          "shadows": {"epochs": 1}},
             )
         )
     )

@@ -18,7 +18,9 @@ from scipy.ndimage import gaussian_filter
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from fl_mia.attacker.predictions import AttackerKnowledge, TargetView, attack_names, make_attack
+from fl_mia.attacker.knowledge import AttackerKnowledge
+from fl_mia.attacker.predictions.base import TargetView, make_attack
+from fl_mia.attacker.predictions.settings import PREDICTION_ATTACKS
 from fl_mia.config import TrainingConfig
 from fl_mia.config.loading import build_config
 from fl_mia.data import Split
@@ -29,7 +31,13 @@ from tests.conftest import tiny_raw
 
 SIDE = 16
 RECIPE = TrainingConfig(local_epochs=30, batch_size=16, lr=3e-3)
-ATTACK_SETTINGS = {"attack_epochs": 20, "shadow_models": 4, "loss_map_patch": 8, "label_only_queries": 4}
+ATTACK_SETTINGS = {
+    "shadows": {"models": 4},
+    "learned_type1": {"epochs": 20},
+    "learned_type2": {"epochs": 20},
+    "loss_map": {"epochs": 20, "patch": 8},
+    "label_only": {"queries": 4},
+}
 
 
 def synthetic_split(count: int, *, seed: int, first_id: int) -> Split:
@@ -87,7 +95,8 @@ def knowledge(candidates: CandidateSet) -> AttackerKnowledge:
 
 
 def attack_cfg():
-    return build_config(tiny_raw(privacy={"attacks": list(attack_names()), **ATTACK_SETTINGS}))
+    """The ``[attacker]`` section listing every registered attack."""
+    return build_config(tiny_raw(attacker={"prediction_attacks": list(PREDICTION_ATTACKS.names()), **ATTACK_SETTINGS})).attacker
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +122,7 @@ def control():
 
 def auc_of(name: str, setting) -> float:
     attacker, target, candidates, is_member = setting
-    attack = make_attack(name, attack_cfg()).fit(attacker, candidates)
+    attack = make_attack(name, attack_cfg(), seed=0, classes=1).fit(attacker, candidates)
     scores = attack.score(TargetView(target), candidates)
     assert scores.shape == (len(candidates),) and np.all(np.isfinite(scores))
     return roc_auc_score(is_member, scores)
@@ -127,26 +136,26 @@ def test_the_target_memorised_its_members(separable):
     assert loss[is_member].mean() < 0.5 * loss[~is_member].mean()
 
 
-@pytest.mark.parametrize("name", attack_names())
+@pytest.mark.parametrize("name", PREDICTION_ATTACKS.names())
 def test_attack_separates_members_of_an_overfit_model(name, separable):
     assert auc_of(name, separable) > 0.8
 
 
-@pytest.mark.parametrize("name", attack_names())
+@pytest.mark.parametrize("name", PREDICTION_ATTACKS.names())
 def test_attack_is_at_chance_when_members_are_unseen_images(name, control):
     assert abs(auc_of(name, control) - 0.5) <= 0.05
 
 
 def test_loss_attack_threshold_is_minus_the_shadows_training_loss(separable):
     attacker, _, candidates, _ = separable
-    attack = make_attack("loss", attack_cfg()).fit(attacker, candidates)
+    attack = make_attack("loss", attack_cfg(), seed=0, classes=1).fit(attacker, candidates)
     assert attack.decision_threshold_ == pytest.approx(-attack.shadow_train_loss_)
     assert attack.shadow_train_loss_ > 0
 
 
 def test_lira_every_candidate_is_in_half_of_the_shadows(separable):
     attacker, _, candidates, _ = separable
-    attack = make_attack("lira_online", attack_cfg()).fit(attacker, candidates)
+    attack = make_attack("lira_online", attack_cfg(), seed=0, classes=1).fit(attacker, candidates)
     inside = attack.inclusion_[:, : len(candidates)]
     assert (inside.sum(0) == 2).all()
     assert attack.shadow_signals_.shape == (4, len(candidates))

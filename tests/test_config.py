@@ -121,8 +121,9 @@ def test_threat_and_defence_configs_are_overlays_on_a_base(folder):
             assert set(raw["federation"]) == {"rounds"} and appended and min(appended) > base_rounds, (
                 f"{path.name} changes [federation] beyond appending attack rounds after the base's {base_rounds}"
             )
-        assert set(raw) - {"extends", "name", "federation"} <= {"threat", "defences", "privacy"}, (
-            f"{path.name} restates sections of its base: {sorted(set(raw) - {'extends', 'name', 'threat', 'defences', 'privacy'})}"
+        overlays = {"threat", "defences", "attacker", "referee"}
+        assert set(raw) - {"extends", "name", "federation"} <= overlays, (
+            f"{path.name} restates sections of its base: {sorted(set(raw) - {'extends', 'name'} - overlays)}"
         )
 
 
@@ -170,9 +171,9 @@ def test_threat_targets_must_be_hospitals():
 
 
 def test_source_inference_defaults_on_for_small_federations_only_and_the_config_wins():
-    from fl_mia.config import SOURCE_INFERENCE_MAX_HOSPITALS, ThreatConfig
+    from fl_mia.config import SOURCE_INFERENCE_MAX_HOSPITALS, AttackerConfig
 
-    assert ThreatConfig().scores_every_candidate(SOURCE_INFERENCE_MAX_HOSPITALS)
-    assert not ThreatConfig().scores_every_candidate(SOURCE_INFERENCE_MAX_HOSPITALS + 1)
-    assert ThreatConfig(source_inference=True).scores_every_candidate(100)
-    assert not ThreatConfig(source_inference=False).scores_every_candidate(2)
+    assert AttackerConfig().scores_every_candidate(SOURCE_INFERENCE_MAX_HOSPITALS)
+    assert not AttackerConfig().scores_every_candidate(SOURCE_INFERENCE_MAX_HOSPITALS + 1)
+    assert AttackerConfig(source_inference=True).scores_every_candidate(100)
+    assert not AttackerConfig(source_inference=False).scores_every_candidate(2)

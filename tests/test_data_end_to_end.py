@@ -19,7 +19,7 @@ WRITERS = {
 }
 TINY = [
     "data.image_size=32", "federation.num_hospitals=2", "federation.rounds=2", "federation.attacker_patients=4",
-    "training.local_epochs=1", "privacy.shadow_epochs=1",
+    "training.local_epochs=1", "attacker.shadows.epochs=1",
 ]
 
 

@@ -222,7 +222,7 @@ def test_free_ports_are_bindable():
 
 def _tiny_deploy_raw(**sections) -> dict:
     # Privacy off: these tests are about the wiring; the privacy step runs in the ServerApp either way.
-    return tiny_raw(privacy={"enabled": False}, **sections)
+    return tiny_raw(referee={"enabled": False}, **sections)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -344,7 +344,7 @@ def test_documented_flwr_run_commands_complete_on_a_dataset_from_disk(tmp_path):
     cfg = load_config(PROJECT_ROOT / "configs" / "data" / "msd.toml", [
         f'data.path="{dataset}"', f'data.cache_dir="{tmp_path / "cache"}"', "data.image_size=32",
         "federation.num_hospitals=2", "federation.rounds=2", "federation.attacker_patients=4",
-        "training.local_epochs=1", "privacy.shadow_epochs=1",
+        "training.local_epochs=1", "attacker.shadows.epochs=1",
     ])
     write_toml(experiment, cfg.to_toml_dict())
     flwr_home = tmp_path / "flwr-home"

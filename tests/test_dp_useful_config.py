@@ -56,9 +56,9 @@ def test_no_dp_twin_is_the_same_experiment_with_dp_off():
 
 def test_adaptive_config_changes_only_the_shadow_mode_and_runs_lira_and_rmia():
     dp, adaptive = load_config(DP), load_config(ADAPTIVE)
-    assert adaptive.privacy.shadow_mode == "as_target" and dp.privacy.shadow_mode == "central"
-    assert {"lira_offline", "rmia"} <= set(adaptive.privacy.attacks)
-    assert differences(dp.model_dump(mode="json"), adaptive.model_dump(mode="json")) - {"name"} == {"privacy.shadow_mode"}
+    assert adaptive.attacker.shadows.mode == "as_target" and dp.attacker.shadows.mode == "central"
+    assert {"lira_offline", "rmia"} <= set(adaptive.attacker.prediction_attacks)
+    assert differences(dp.model_dump(mode="json"), adaptive.model_dump(mode="json")) - {"name"} == {"attacker.shadows.mode"}
 
 
 def test_frontier_suite_grids_epsilon_and_no_dp_changing_only_dp_sgd():
@@ -81,5 +81,5 @@ def test_adaptive_suite_pairs_central_and_as_target_shadows():
     from fl_mia.app.suite import load_suite
 
     suite = load_suite(ROOT / "configs" / "suites" / "dp_adaptive.toml")
-    modes = {(cell.cfg.privacy.shadow_mode, cell.seed) for cell in suite.cells}
+    modes = {(cell.cfg.attacker.shadows.mode, cell.seed) for cell in suite.cells}
     assert modes == {("central", 0), ("central", 1), ("as_target", 0), ("as_target", 1)}

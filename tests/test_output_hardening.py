@@ -49,7 +49,8 @@ def test_noise_has_the_configured_spread_stays_in_range_and_is_fresh_per_query()
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from fl_mia.attacker.predictions import ATTACKS, MembershipAttack, TargetView  # noqa: E402
+from fl_mia.attacker.predictions.base import MembershipAttack, TargetView  # noqa: E402
+from fl_mia.attacker.predictions.settings import PREDICTION_ATTACKS  # noqa: E402
 from fl_mia.attacker.predictions.label_only import LabelOnlyAttack  # noqa: E402
 from fl_mia.attacker.predictions.output_signals import per_image_loss  # noqa: E402
 from fl_mia.config.loading import build_config  # noqa: E402
@@ -166,11 +167,19 @@ class ViewSpy(MembershipAttack):
         return np.zeros(len(candidates))
 
 
+@pytest.fixture
+def view_spy():
+    # A test double registered like any plug-in, before the config that names it is loaded.
+    PREDICTION_ATTACKS.register("view_spy", summary="records the views it scores", factory=lambda settings, **_: ViewSpy())
+    yield "view_spy"
+    PREDICTION_ATTACKS.unregister("view_spy")
+
+
 @pytest.mark.parametrize("mode", ["probabilities", "argmax", "noisy_probabilities"])
-def test_privacy_step_scores_every_attack_on_the_view_the_defence_allows(mode, monkeypatch):
-    monkeypatch.setitem(ATTACKS, "loss", lambda cfg: ViewSpy())
+def test_privacy_step_scores_every_attack_on_the_view_the_defence_allows(mode, view_spy):
     cfg = build_config(
-        tiny_raw(privacy={"attacks": ["loss"], "per_round_attacks": ["loss"]}, defences={"output": {"mode": mode}})
+        tiny_raw(attacker={"prediction_attacks": [view_spy], "per_round_attacks": [view_spy]},
+                 defences={"output": {"mode": mode}})
     )
     step = PrivacyStep(cfg, None)
     ViewSpy.views = []

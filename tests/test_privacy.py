@@ -13,19 +13,19 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fl_mia.attacker.predictions import ATTACKS, MembershipAttack, attack_names, make_attack
+from fl_mia.attacker.predictions.base import MembershipAttack, make_attack
+from fl_mia.attacker.predictions.settings import PREDICTION_ATTACKS
 from fl_mia.config import ConfigError
 from fl_mia.config.loading import build_config
-from fl_mia.preflight import preflight
 from fl_mia.data import build_hospital
 from fl_mia.models import build_model, get_weights
 from fl_mia.attacker.knowledge import CandidateSet
-from fl_mia.referee.candidates import MembershipLedger, build_candidates
-from fl_mia.attacker.server_attacker import server_attacker
+from fl_mia.referee.candidates import MembershipLedger
 from fl_mia.referee.evaluation import round_score_key
 from tests.privacy_step import PrivacyStep
 from fl_mia.referee.metrics import membership_metrics, tpr_at_fpr
 from fl_mia.run_folder import write_json
+from server.federation import draw_candidates, make_server_attacker
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_metrics_refuse_mismatched_or_non_finite_scores():
 
 
 def test_candidates_are_balanced_by_hospital_and_split_by_patient(tiny_cfg):
-    candidates, ledger = build_candidates(tiny_cfg)
+    candidates, ledger = draw_candidates(tiny_cfg)
     is_member = ledger.is_member()
     for k in range(tiny_cfg.federation.num_hospitals):
         drawn = candidates.hospital == k
@@ -97,22 +97,22 @@ def test_candidates_are_balanced_by_hospital_and_split_by_patient(tiny_cfg):
 
 
 def test_candidate_order_does_not_reveal_membership(tiny_cfg):
-    candidates, ledger = build_candidates(tiny_cfg)
+    candidates, ledger = draw_candidates(tiny_cfg)
     is_member = ledger.is_member()
     assert not (np.all(is_member[: is_member.sum()]) or np.all(~is_member[: (~is_member).sum()]))
 
 
 def test_candidate_count_is_configurable_and_capped(tiny_cfg):
-    few = build_config(tiny_raw(privacy={"candidates_per_hospital": 2}))
-    candidates, ledger = build_candidates(few)
+    few = build_config(tiny_raw(referee={"candidates_per_hospital": 2}))
+    candidates, ledger = draw_candidates(few)
     assert len(candidates) == 2 * 2 * few.federation.num_hospitals
-    many = build_config(tiny_raw(privacy={"candidates_per_hospital": 10_000}))
-    assert len(build_candidates(many)[0]) == len(build_candidates(tiny_cfg)[0])
+    many = build_config(tiny_raw(referee={"candidates_per_hospital": 10_000}))
+    assert len(draw_candidates(many)[0]) == len(draw_candidates(tiny_cfg)[0])
 
 
 def test_candidates_are_reproducible(tiny_cfg):
-    first, ledger_a = build_candidates(tiny_cfg)
-    second, ledger_b = build_candidates(tiny_cfg)
+    first, ledger_a = draw_candidates(tiny_cfg)
+    second, ledger_b = draw_candidates(tiny_cfg)
     assert np.array_equal(first.image_ids, second.image_ids) and np.array_equal(ledger_a.keep, ledger_b.keep)
 
 
@@ -122,10 +122,10 @@ def test_matched_candidates_leave_the_masks_nothing_to_tell():
     from fl_mia.referee.candidates import LESION_AREA_STRATA, lesion_area, lesion_strata
 
     plain_cfg = load_config(ROOT / "configs" / "overfit.toml")
-    matched_cfg = load_config(ROOT / "configs" / "overfit.toml", ["privacy.match_lesion_area=true"])
-    plain, plain_ledger = build_candidates(plain_cfg)
+    matched_cfg = load_config(ROOT / "configs" / "overfit.toml", ["referee.match_lesion_area=true"])
+    plain, plain_ledger = draw_candidates(plain_cfg)
     assert abs(roc_auc_score(plain_ledger.is_member(), lesion_area(plain.masks, "lesion")) - 0.5) > 0.1
-    matched, ledger = build_candidates(matched_cfg)
+    matched, ledger = draw_candidates(matched_cfg)
     is_member, areas = ledger.is_member(), lesion_area(matched.masks, "lesion")
     assert abs(roc_auc_score(is_member, areas) - 0.5) <= 0.05
     edges = np.quantile(areas[areas > 0], np.linspace(0, 1, LESION_AREA_STRATA + 1)[1:-1])
@@ -145,9 +145,9 @@ def test_candidate_set_carries_no_membership_field():
     assert {f.name for f in fields(CandidateSet)} == {"images", "masks", "hospital", "patient_ids", "image_ids"}
 
 
-@pytest.mark.parametrize("name", attack_names())
+@pytest.mark.parametrize("name", PREDICTION_ATTACKS.names())
 def test_attack_signatures_take_no_ledger(name):
-    attack = make_attack(name, build_config(tiny_raw()))
+    attack = make_attack(name, build_config(tiny_raw()).attacker, seed=0, classes=1)
     for method in (attack.fit, attack.score):
         parameters = inspect.signature(method).parameters
         assert list(parameters) in (["knowledge", "candidates"], ["target", "candidates"])
@@ -155,7 +155,7 @@ def test_attack_signatures_take_no_ledger(name):
 
 
 def test_attack_modules_never_mention_the_ledger():
-    for path in (ROOT / "fl_mia" / "attacks").glob("*.py"):
+    for path in (ROOT / "fl_mia" / "attacker" / "predictions").glob("*.py"):
         text = path.read_text()
         assert "MembershipLedger" not in text and "keep.npy" not in text and "is_member" not in text, path.name
 
@@ -190,9 +190,15 @@ class SpyAttack(MembershipAttack):
         return np.zeros(len(candidates))
 
 
-def test_privacy_step_hands_attacks_no_ledger(monkeypatch, tmp_path):
-    monkeypatch.setitem(ATTACKS, "loss", lambda cfg: SpyAttack())
-    cfg = build_config(tiny_raw(privacy={"attacks": ["loss"], "per_round_attacks": ["loss"]}))
+@pytest.fixture
+def spy_attack():
+    PREDICTION_ATTACKS.register("spy", summary="records what it is handed", factory=lambda settings, **_: SpyAttack())
+    yield "spy"
+    PREDICTION_ATTACKS.unregister("spy")
+
+
+def test_privacy_step_hands_attacks_no_ledger(spy_attack, tmp_path):
+    cfg = build_config(tiny_raw(attacker={"prediction_attacks": [spy_attack], "per_round_attacks": [spy_attack]}))
     step = PrivacyStep(cfg, tmp_path)
     SpyAttack.ledger, SpyAttack.calls = step.ledger, []
     assert _contains_ledger({"x": [step.ledger]}, step.ledger, set())  # the guard does see it
@@ -206,33 +212,38 @@ def test_privacy_step_hands_attacks_no_ledger(monkeypatch, tmp_path):
 
 
 def test_unknown_attack_names_the_field():
-    with pytest.raises(ConfigError, match="privacy.attacks.*unknown attack 'lyra'"):
-        preflight(build_config(tiny_raw(privacy={"attacks": ["lyra"], "per_round_attacks": []})))
+    with pytest.raises(ConfigError, match="attacker.prediction_attacks.*unknown prediction attack 'lyra'; choose from loss, "):
+        build_config(tiny_raw(attacker={"prediction_attacks": ["lyra"], "per_round_attacks": []}))
+
+
+def test_unknown_update_signal_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="attacker.update_attacks.*'grad'; choose from returned_loss, .*gradient_alignment"):
+        build_config(tiny_raw(attacker={"update_attacks": ["grad"]}))
 
 
 def test_per_round_attacks_must_be_listed_attacks():
-    with pytest.raises(ConfigError, match="privacy.*per_round_attacks names 'label_only'"):
-        build_config(tiny_raw(privacy={"attacks": ["loss"], "per_round_attacks": ["label_only"]}))
+    with pytest.raises(ConfigError, match="attacker.*per_round_attacks names 'label_only'"):
+        build_config(tiny_raw(attacker={"prediction_attacks": ["loss"], "per_round_attacks": ["label_only"]}))
 
 
 def test_privacy_step_is_skipped_without_attacker_data():
     # Shadow models need the attacker's own scans; a federation without them still runs.
     no_data = build_config(tiny_raw(federation={"attacker_patients": 0}))
-    assert server_attacker(no_data, build_candidates(no_data)[0], None) is None
-    disabled = build_config(tiny_raw(privacy={"enabled": False}))
-    assert server_attacker(disabled, build_candidates(disabled)[0], None) is None
+    assert make_server_attacker(no_data, draw_candidates(no_data)[0], None) is None
+    disabled = build_config(tiny_raw(referee={"enabled": False}))
+    assert make_server_attacker(disabled, draw_candidates(disabled)[0], None) is None
 
 
 # --- outputs -----------------------------------------------------------------------------------
 
-FAST_PRIVACY = {
-    "attacks": ["loss", "label_only", "lira_online"], "per_round_attacks": ["loss", "label_only"],
-    "shadow_epochs": 1, "shadow_models": 2, "label_only_queries": 1,
+FAST_ATTACKER = {
+    "prediction_attacks": ["loss", "label_only", "lira_online"], "per_round_attacks": ["loss", "label_only"],
+    "shadows": {"epochs": 1, "models": 2}, "label_only": {"queries": 1},
 }
 
 
 def run_privacy_step(run_dir: Path) -> dict:
-    cfg = build_config(tiny_raw(privacy=FAST_PRIVACY))
+    cfg = build_config(tiny_raw(attacker=FAST_ATTACKER))
     step = PrivacyStep(cfg, run_dir)
     torch.manual_seed(0)  # the "global model" here is a fixed random initialisation
     weights = get_weights(build_model(cfg.model, in_channels=1, classes=1))
@@ -289,7 +300,7 @@ def test_same_config_same_scores_file(privacy_run, tmp_path):
 
 
 def test_shadows_are_reused_from_the_run_folder(privacy_run):
-    cfg = build_config(tiny_raw(privacy=FAST_PRIVACY))
+    cfg = build_config(tiny_raw(attacker=FAST_ATTACKER))
     step = PrivacyStep(cfg, privacy_run)
     step.attacker._fitted("loss")
     assert step.attacker.shadows.train_seconds == {}  # loaded, not trained again

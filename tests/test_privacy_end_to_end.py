@@ -17,8 +17,8 @@ from tests.conftest import tiny_raw
 @pytest.mark.slow
 def test_run_with_privacy_writes_every_privacy_output(tmp_path):
     cfg = build_config(
-        tiny_raw(privacy={"attacks": ["loss", "label_only", "learned_type2"], "per_round_attacks": ["loss"],
-                          "attack_epochs": 2, "label_only_queries": 1})
+        tiny_raw(attacker={"prediction_attacks": ["loss", "label_only", "learned_type2"], "per_round_attacks": ["loss"],
+                           "learned_type2": {"epochs": 2}, "label_only": {"queries": 1}})
     )
     result = run_experiment(cfg, runs_root=tmp_path)
     run_dir = result.run_dir

@@ -5,14 +5,14 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fl_mia.attacker.predictions import TargetView, make_attack
+from fl_mia.attacker.predictions.base import TargetView, make_attack
 from fl_mia.attacker.predictions.rmia import RMIAAttack, mean_true_class_probability
 from tests.test_attacks import attack_cfg, control, separable  # noqa: F401  (fixtures)
 
 
 def fitted_auc(name, setting):
     attacker, target, candidates, is_member = setting
-    attack = make_attack(name, attack_cfg()).fit(attacker, candidates)
+    attack = make_attack(name, attack_cfg(), seed=0, classes=1).fit(attacker, candidates)
     return roc_auc_score(is_member, attack.score(TargetView(target), candidates)), attack
 
 

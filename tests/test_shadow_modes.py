@@ -1,23 +1,23 @@
-"""privacy.shadow_mode: central (unchanged), federated (FedAvg of shadow hospitals), as_target."""
+"""attacker.shadows.mode: central (unchanged), federated (FedAvg of shadow hospitals), as_target."""
 
 import numpy as np
 import pytest
 import torch
 
 from fl_mia.attacker.predictions.shadow_federation import fedavg, shadow_hospitals
-from fl_mia.attacker.predictions.shadows import HardenedShadow, ShadowStore
+from fl_mia.attacker.predictions.shadows import HardenedShadow
 from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.defences.output import RELEASED_PROBABILITY_FLOOR
 from fl_mia.models import build_experiment_model
 from fl_mia.seeding import int_seed
 from fl_mia.training import predict_logits, train_local
+from server.federation import make_shadow_store
 from tests.conftest import tiny_raw
 
 
-def cfg_with(**privacy_and_defences):
-    defences = privacy_and_defences.pop("defences", {})
-    return build_config(tiny_raw(privacy=privacy_and_defences, defences=defences))
+def cfg_with(defences=None, **shadows):
+    return build_config(tiny_raw(attacker={"shadows": shadows}, defences=defences or {}))
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,10 @@ def weights(model):
 
 def test_central_mode_is_plain_training_of_one_model(data):
     cfg = cfg_with()
-    shadow = ShadowStore(cfg, None).train("reference", data)
+    shadow = make_shadow_store(cfg, None).train("reference", data)
     torch.manual_seed(int_seed(cfg.seed, "shadow-init", "reference"))
     by_hand = build_experiment_model(cfg)
-    train_local(by_hand, data, cfg.training.model_copy(update={"local_epochs": cfg.shadow_epochs()}), seed=cfg.seed, tags=("shadow", "reference"))
+    train_local(by_hand, data, cfg.training.model_copy(update={"local_epochs": cfg.federation.rounds * cfg.training.local_epochs}), seed=cfg.seed, tags=("shadow", "reference"))
     assert torch.equal(weights(shadow), weights(by_hand))
 
 
@@ -54,38 +54,38 @@ def test_fedavg_weights_by_images_and_keeps_integer_buffers():
 
 
 def test_federated_shadow_is_reproducible_and_differs_from_central(data):
-    central = ShadowStore(cfg_with(), None).train("lira-0-of-2", data)
-    federated = ShadowStore(cfg_with(shadow_mode="federated"), None).train("lira-0-of-2", data)
-    again = ShadowStore(cfg_with(shadow_mode="federated"), None).train("lira-0-of-2", data)
+    central = make_shadow_store(cfg_with(), None).train("lira-0-of-2", data)
+    federated = make_shadow_store(cfg_with(mode="federated"), None).train("lira-0-of-2", data)
+    again = make_shadow_store(cfg_with(mode="federated"), None).train("lira-0-of-2", data)
     assert torch.equal(weights(federated), weights(again))
     assert not torch.equal(weights(federated), weights(central))
 
 
 def test_federated_shadows_are_cached_apart_from_central_ones(data, tmp_path):
-    ShadowStore(cfg_with(), tmp_path).train("reference", data)
-    store = ShadowStore(cfg_with(shadow_mode="federated"), tmp_path)
+    make_shadow_store(cfg_with(), tmp_path).train("reference", data)
+    store = make_shadow_store(cfg_with(mode="federated"), tmp_path)
     assert store._saved("reference", store._fingerprint(data)) is None  # a central cache is not reused
 
 
 def test_as_target_trains_with_the_targets_dp_sgd(data):
     dp = {"dp_sgd": {"enabled": True, "noise_multiplier": 5.0}}
-    federated = ShadowStore(cfg_with(shadow_mode="federated", defences=dp), None).train("reference", data)
-    as_target = ShadowStore(cfg_with(shadow_mode="as_target", defences=dp), None).train("reference", data)
+    federated = make_shadow_store(cfg_with(mode="federated", defences=dp), None).train("reference", data)
+    as_target = make_shadow_store(cfg_with(mode="as_target", defences=dp), None).train("reference", data)
     assert not torch.equal(weights(federated), weights(as_target))
 
 
 def test_as_target_serves_argmax_outputs_when_the_target_does(data):
-    cfg = cfg_with(shadow_mode="as_target", defences={"output": {"mode": "argmax"}})
-    shadow = ShadowStore(cfg, None).train("reference", data)
+    cfg = cfg_with(mode="as_target", defences={"output": {"mode": "argmax"}})
+    shadow = make_shadow_store(cfg, None).train("reference", data)
     assert isinstance(shadow, HardenedShadow)
     logits = predict_logits(shadow, data.images[:2])
     edge = float(np.log((1 - RELEASED_PROBABILITY_FLOOR) / RELEASED_PROBABILITY_FLOOR))
     assert torch.allclose(logits.abs(), torch.full_like(logits, edge), rtol=2e-3)  # float32 rounds 1 − 1e-6
-    plain = ShadowStore(cfg_with(shadow_mode="federated", defences={"output": {"mode": "argmax"}}), None).train("reference", data)
+    plain = make_shadow_store(cfg_with(mode="federated", defences={"output": {"mode": "argmax"}}), None).train("reference", data)
     assert not isinstance(plain, HardenedShadow)
 
 
 def test_shadow_epochs_gives_way_to_the_targets_rounds_in_federated_mode(caplog):
-    store = ShadowStore(cfg_with(shadow_mode="federated", shadow_epochs=3), None)
+    store = make_shadow_store(cfg_with(mode="federated", epochs=3), None)
     assert store.epochs == 2 * 1  # tiny: 2 rounds of 1 local epoch
-    assert "shadow_epochs = 3 is not used" in caplog.text
+    assert "attacker.shadows.epochs = 3 is not used" in caplog.text

@@ -71,6 +71,7 @@ def test_every_shipped_suite_loads_with_two_seeds_or_more(path):
 
 @pytest.mark.parametrize("name", ["threats", "defences", "paper"])
 def test_shipped_suites_load_and_pool_enough_non_members_for_1pct_fpr(name):
+    from fl_mia.data import build_hospital
     from fl_mia.referee.candidates import candidates_per_hospital
     from fl_mia.referee.statistics import non_members_needed
 
@@ -78,7 +79,11 @@ def test_shipped_suites_load_and_pool_enough_non_members_for_1pct_fpr(name):
     assert len(suite.seeds) >= 3
     for cell in suite.cells:
         if cell.seed == suite.seeds[0]:
-            pooled = sum(candidates_per_hospital(cell.cfg)) * len(suite.seeds)
+            cfg = cell.cfg
+            per_hospital = candidates_per_hospital(
+                cfg.referee, hospital=lambda k: build_hospital(cfg, k), num_hospitals=cfg.federation.num_hospitals
+            )
+            pooled = sum(per_hospital) * len(suite.seeds)
             assert pooled >= 2 * non_members_needed(0.01), (cell.name, pooled)
 
 
@@ -152,7 +157,7 @@ def test_a_cell_another_process_is_running_is_left_alone(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_suite_killed_midway_finishes_only_the_missing_cells(tmp_path):
-    raw = tiny_raw(privacy={"attacks": ["loss"], "shadow_epochs": 1})
+    raw = tiny_raw(attacker={"prediction_attacks": ["loss"], "shadows": {"epochs": 1}})
     path = _write_suite(tmp_path, 'name = "tiny"\nconfig = "base.toml"\nseeds = [0, 1]\n', raw=raw)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "fl_mia.app.cli", "suite", str(path), "--out", str(out), "--shared-ray"]

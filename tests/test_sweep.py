@@ -144,7 +144,7 @@ def test_cli_rejects_a_pointless_sweep_in_one_line(tmp_path):
 def test_sweep_end_to_end_two_tiny_central_dp_settings(tmp_path):
     config = tiny_file(
         tmp_path,
-        privacy={"attacks": ["loss", "label_only"], "shadow_epochs": 1, "label_only_queries": 1},
+        attacker={"prediction_attacks": ["loss", "label_only"], "shadows": {"epochs": 1}, "label_only": {"queries": 1}},
         defences={"central_dp": {"mode": "client_clipping", "clipping_norm": 5.0}},
     )
     out = tmp_path / "sweep"

@@ -10,11 +10,13 @@ from fl_mia.app.experiment import run_experiment
 from tests.conftest import tiny_raw
 
 ONE_ROUND = {"rounds": 1, "num_hospitals": 2, "patients_per_hospital": 8}
-FAST_PRIVACY = {"attacks": ["loss"], "per_round_attacks": []}
+FAST_ATTACKER = {"prediction_attacks": ["loss"], "per_round_attacks": []}
+# The loss-based update signals only: no per-sample gradient pass.
+WITHOUT_GRADIENT_ALIGNMENT = {**FAST_ATTACKER, "update_attacks": ["returned_loss", "loss_reduction", "loss_log_ratio"]}
 
 
 def run(tmp_path, name, **sections):
-    sections = {"federation": ONE_ROUND, "privacy": FAST_PRIVACY, **sections}
+    sections = {"federation": ONE_ROUND, "attacker": FAST_ATTACKER, **sections}
     raw = tiny_raw(**sections)
     raw["name"] = name
     result = run_experiment(build_config(raw), runs_root=tmp_path)
@@ -25,11 +27,12 @@ def run(tmp_path, name, **sections):
 
 @pytest.mark.slow
 def test_secagg_hides_each_hospital_and_model_inconsistency_recovers_the_target(tmp_path):
-    inconsistency = {"poisoning": "model_inconsistency", "target_hospitals": [0], "gradient_alignment": False}
-    plain, plain_scores = run(tmp_path, "plain-mi", threat=inconsistency)
-    secagg, secagg_scores = run(tmp_path, "secagg", threat={"gradient_alignment": False}, defences={"secagg": {"enabled": True}})
+    inconsistency = {"poisoning": "model_inconsistency", "target_hospitals": [0]}
+    fast = WITHOUT_GRADIENT_ALIGNMENT
+    plain, plain_scores = run(tmp_path, "plain-mi", threat=inconsistency, attacker=fast)
+    secagg, secagg_scores = run(tmp_path, "secagg", attacker=fast, defences={"secagg": {"enabled": True}})
     attacked, attacked_scores = run(
-        tmp_path, "secagg-mi", threat=inconsistency, defences={"secagg": {"enabled": True}}
+        tmp_path, "secagg-mi", threat=inconsistency, attacker=fast, defences={"secagg": {"enabled": True}}
     )
     signal = "update_matrix.returned_loss"
     # SecAgg+: the server can attribute only the aggregate, the same to every hospital.
@@ -60,7 +63,8 @@ def test_consistency_check_refuses_the_inconsistent_round_and_the_run_goes_on(tm
     metrics, matrices = run(
         tmp_path, "secagg-mi-checked",
         federation={**ONE_ROUND, "rounds": 2},
-        threat={"poisoning": "model_inconsistency", "target_hospitals": [0], "poison_rounds": [2], "gradient_alignment": False},
+        threat={"poisoning": "model_inconsistency", "target_hospitals": [0], "poison_rounds": [2]},
+        attacker=WITHOUT_GRADIENT_ALIGNMENT,
         defences={"secagg": {"enabled": True}, "consistency": {"mode": "refuse"}},
     )
     assert metrics["rounds_completed"] == 2
@@ -76,7 +80,8 @@ def test_trap_weights_run_names_the_members_of_the_trapped_hospital(tmp_path):
         tmp_path, "trap",
         federation={"rounds": 2, "num_hospitals": 2, "patients_per_hospital": 16},
         threat={"poisoning": "trap_weights", "target_hospitals": [0], "poison_rounds": [2],
-                "trap_weights": {"detectors_per_round": 32}, "gradient_alignment": False},
+                "trap_weights": {"detectors_per_round": 32}},
+        attacker=WITHOUT_GRADIENT_ALIGNMENT,
     )
     trap = metrics["privacy"]["update.trap_trace"]["per_hospital"]["0"]
     assert trap["auc"] >= 0.95 and trap["tpr_at_1pct_fpr"] >= 0.9

@@ -25,7 +25,7 @@ from server.inprocess_grid import InProcessGrid
 
 TRAP = {
     "poisoning": "trap_inconsistency", "target_hospitals": [0], "poison_rounds": [2],
-    "trap_inconsistency": {"detectors_per_round": 32}, "gradient_alignment": False,
+    "trap_inconsistency": {"detectors_per_round": 32},
 }
 FEDERATION = {"rounds": 2, "num_hospitals": 2, "patients_per_hospital": 16}
 
@@ -38,7 +38,8 @@ def private_channel(tmp_path, monkeypatch):
 def trap_cfg(*, consistency: str = "off", threat: dict | None = None, secagg: dict | None = None):
     raw = tiny_raw(
         federation=FEDERATION,
-        privacy={"attacks": ["loss"], "per_round_attacks": []},
+        # The loss-based update signals only: the trap reads its own trace.
+        attacker={"prediction_attacks": ["loss"], "per_round_attacks": [], "update_attacks": ["returned_loss", "loss_reduction", "loss_log_ratio"]},
         threat={**TRAP, **(threat or {})},
         defences={"secagg": {"enabled": True, **(secagg or {})}, "consistency": {"mode": consistency}},
     )
@@ -120,12 +121,12 @@ def trained_setting():
     from fl_mia.data import build_attacker_population
     from fl_mia.attacker.knowledge import AttackerKnowledge
     from fl_mia.models import build_experiment_model, get_weights
-    from fl_mia.referee.candidates import build_candidates
+    from server.federation import draw_candidates
     from fl_mia.training import train_local
 
     raw = tiny_raw(federation=FEDERATION, threat=TRAP, defences={"secagg": {"enabled": True}})
     cfg = build_config(raw)
-    candidates, ledger = build_candidates(cfg)
+    candidates, ledger = draw_candidates(cfg)
     population = build_attacker_population(cfg)
     torch.manual_seed(0)
     model = build_experiment_model(cfg)

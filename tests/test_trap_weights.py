@@ -16,7 +16,7 @@ from fl_mia.models import build_experiment_model, get_weights, set_weights
 from fl_mia.attacker.knowledge import AttackerKnowledge
 from fl_mia.attacker.poisoning.registry import make_poisoner
 from fl_mia.attacker.poisoning.trap_weights import TrapSite, detector_inputs
-from fl_mia.referee.candidates import build_candidates
+from server.federation import draw_candidates
 from fl_mia.training import train_local
 from strategies.malicious import PoisoningFedAvg
 from tests.conftest import tiny_raw
@@ -40,7 +40,7 @@ def trap_cfg(**sections):
 def setting():
     """A tiny federation, a global model trained a little on the attacker's data, and the trap."""
     cfg = trap_cfg()
-    candidates, ledger = build_candidates(cfg)
+    candidates, ledger = draw_candidates(cfg)
     population = build_attacker_population(cfg)
     torch.manual_seed(0)
     model = build_experiment_model(cfg)

@@ -36,11 +36,11 @@ def setting():
     return model, images, masks, sent, returned
 
 
-def recorder_for(setting, rounds=2):
+def recorder_for(setting, rounds=2, signals=None):
     model, images, masks, _, _ = setting
     candidates = CandidateSet(images, masks, np.zeros(len(images), np.int64), np.arange(len(images)), np.arange(len(images)))
     knowledge = AttackerKnowledge(population=None, candidates=candidates, training=TrainingConfig(), shadows=None, seed=0)
-    return UpdateAttackRecorder(knowledge, model=model, num_hospitals=3, total_rounds=rounds)
+    return UpdateAttackRecorder(knowledge, model=model, num_hospitals=3, total_rounds=rounds, signals=signals)
 
 
 def replies(setting, server_round):
@@ -141,3 +141,15 @@ def test_without_source_inference_each_update_is_scored_on_its_own_candidates_on
     rows_of_other = asked_about != 0
     assert np.isnan(recorder.scores["returned_loss"][0, rows_of_other, 0]).all()
     assert np.isfinite(recorder.scores["gradient_alignment"][0, ~rows_of_other, 0]).all()
+
+
+@pytest.mark.parametrize("listed", [("gradient_alignment",), ("loss_log_ratio", "returned_loss"), ()])
+def test_only_the_listed_signals_are_scored_and_they_equal_the_full_recorders(setting, listed):
+    every = recorder_for(setting, rounds=1)
+    every.on_fit_replies(1, replies(setting, 1), 0)
+    assert list(every.scores) == ["returned_loss", "loss_reduction", "loss_log_ratio", "gradient_alignment"]
+    some = recorder_for(setting, rounds=1, signals=listed)
+    some.on_fit_replies(1, replies(setting, 1), 0)
+    assert list(some.scores) == list(listed)
+    for name in listed:
+        assert np.array_equal(some.scores[name], every.scores[name], equal_nan=True)

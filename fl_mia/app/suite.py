@@ -6,7 +6,7 @@ one seed is a *cell*, an ordinary run folder ``OUT/cells/<cell>/``::
     name = "threats"
     config = "../threats/honest.toml"   # relative to the suite file
     seeds = [0, 1, 2]
-    set = ["privacy.candidates_per_hospital=25"]   # every cell
+    set = ["referee.candidates_per_hospital=25"]   # every cell
 
     [axes.threat]                       # one axis; each value a config file and/or --set keys
     honest = {}

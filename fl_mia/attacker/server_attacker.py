@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
-from fl_mia.devices import process_device
-from fl_mia.attacker.predictions import MembershipAttack, TargetView, make_attack
-from fl_mia.attacker.predictions.shadows import ShadowStore
-from fl_mia.config import ExperimentConfig
-from fl_mia.data import build_attacker_population
-from fl_mia.defences.output import target_view
 from fl_mia.attacker.knowledge import AttackerKnowledge, CandidateSet
-from fl_mia.models import build_experiment_model, set_weights
+from fl_mia.attacker.predictions.base import MembershipAttack, TargetView, make_attack
+from fl_mia.attacker.predictions.shadows import ShadowStore
+from fl_mia.config import AttackerConfig, OutputConfig, TrainingConfig
+from fl_mia.data import Split
+from fl_mia.defences.output import target_view
+from fl_mia.models import set_weights
 from fl_mia.attacker.updates.recorder import UpdateAttackRecorder, candidate_round_scores, candidate_scores, source_guess
 
 logger = logging.getLogger("fl_mia")
@@ -48,33 +48,48 @@ class AttackScores:
 class ServerAttacker:
     """The honest-but-curious (or dishonest) server's membership inference on what it holds."""
 
-    def __init__(self, cfg: ExperimentConfig, candidates: CandidateSet, run_dir: Path | None) -> None:
-        self.cfg = cfg
-        self.shadows = ShadowStore(cfg, Path(run_dir) / "shadows" if run_dir is not None else None)
+    def __init__(
+        self,
+        settings: AttackerConfig,
+        candidates: CandidateSet,
+        *,
+        population: Split,
+        shadows: ShadowStore,
+        training: TrainingConfig,
+        output: OutputConfig,
+        make_model: Callable[[], nn.Module],
+        num_hospitals: int,
+        total_rounds: int,
+        seed: int,
+        classes: int,
+    ) -> None:
+        """``population``: the attacker's own scans; ``training``: the hospitals' recipe; ``output``:
+        how the target serves its predictions; ``make_model()``: an untrained model of the target's
+        architecture on the server's device."""
+        self.seed = seed
+        self.output = output
+        self.shadows = shadows
         self.knowledge = AttackerKnowledge(
-            population=build_attacker_population(cfg),
-            candidates=candidates,
-            training=cfg.training,
-            shadows=self.shadows,
-            seed=cfg.seed,
+            population=population, candidates=candidates, training=training, shadows=shadows, seed=seed
         )
-        self.attacks: dict[str, MembershipAttack] = {name: make_attack(name, cfg) for name in cfg.privacy.attacks}
-        device = process_device(cfg.simulation, role="server")
-        self.model = build_experiment_model(cfg, device=device)
+        self.attacks: dict[str, MembershipAttack] = {
+            name: make_attack(name, settings, seed=seed, classes=classes) for name in settings.prediction_attacks
+        }
+        self.model = make_model()
         self.fit_seconds: dict[str, float] = {}
         self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
-        self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in cfg.privacy.per_round_attacks}
+        self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in settings.per_round_attacks}
         # The server's white-box view of each hospital's update: a round observer the strategy
         # feeds with the model it sent and the one it got back, hospital by hospital.
         self.updates: UpdateAttackRecorder | None = None
-        if cfg.threat.update_attacks:
+        if settings.update_attacks:
             self.updates = UpdateAttackRecorder(
                 self.knowledge,
-                model=build_experiment_model(cfg, device=device),
-                num_hospitals=cfg.federation.num_hospitals,
-                total_rounds=cfg.federation.rounds,
-                with_gradient_alignment=cfg.threat.gradient_alignment,
-                every_candidate=cfg.threat.scores_every_candidate(cfg.federation.num_hospitals),
+                model=make_model(),
+                num_hospitals=num_hospitals,
+                total_rounds=total_rounds,
+                signals=tuple(settings.update_attacks),
+                every_candidate=settings.scores_every_candidate(num_hospitals),
             )
 
     @property
@@ -103,7 +118,7 @@ class ServerAttacker:
         started = time.perf_counter()
         if self.round_scores:
             set_weights(self.model, weights)
-            view = target_view(self.model, server_round, self.cfg.defences.output, seed=self.cfg.seed)
+            view = target_view(self.model, server_round, self.output, seed=self.seed)
             for name in self.round_scores:
                 self.round_scores[name][server_round] = self._score(name, view)
         per_round = time.perf_counter() - started
@@ -137,7 +152,7 @@ class ServerAttacker:
     def finish(self, final_weights: list[np.ndarray]) -> AttackScores:
         """Score every attack on the final model and collect the update attacks' scores."""
         set_weights(self.model, final_weights)
-        view = target_view(self.model, None, self.cfg.defences.output, seed=self.cfg.seed)
+        view = target_view(self.model, None, self.output, seed=self.seed)
         final = {name: self._score(name, view) for name in self.attacks}
         outcome = AttackScores(
             final=final,
@@ -156,13 +171,3 @@ class ServerAttacker:
             if self.updates.every_candidate:
                 outcome.source_guess = source_guess(self.updates)
         return outcome
-
-
-def server_attacker(cfg: ExperimentConfig, candidates: CandidateSet, run_dir: Path | None) -> ServerAttacker | None:
-    """The run's attacker, or None when the privacy step is off, lists no attack, or has no data."""
-    if not cfg.privacy.enabled or not cfg.privacy.attacks:
-        return None
-    if cfg.federation.attacker_patients < 2:
-        logger.warning("privacy step skipped: federation.attacker_patients < 2 leaves the attacker no shadow data")
-        return None
-    return ServerAttacker(cfg, candidates, run_dir)

@@ -7,6 +7,7 @@ a registry or a poisoner run once in :mod:`fl_mia.preflight`.
 """
 
 
+from fl_mia.config.attacker_config import SOURCE_INFERENCE_MAX_HOSPITALS, AttackerConfig, ShadowSettings
 from fl_mia.config.base import ConfigError, Section
 from fl_mia.config.data_config import DataConfig
 from fl_mia.config.defences_config import (
@@ -20,13 +21,14 @@ from fl_mia.config.defences_config import (
 )
 from fl_mia.config.experiment_config import ExperimentConfig
 from fl_mia.config.federation_config import FederationConfig
-from fl_mia.config.privacy_config import PrivacyConfig
+from fl_mia.config.referee_config import RefereeConfig
 from fl_mia.config.runtime_config import FailuresConfig, ScheduledFailure, SimulationConfig
-from fl_mia.config.threat_config import SOURCE_INFERENCE_MAX_HOSPITALS, ThreatConfig
+from fl_mia.config.threat_config import ThreatConfig
 from fl_mia.config.training_config import ModelConfig, TrainingConfig
 
 __all__ = [
     "SOURCE_INFERENCE_MAX_HOSPITALS",
+    "AttackerConfig",
     "CentralDpConfig",
     "ConfigError",
     "ConsistencyConfig",
@@ -38,9 +40,10 @@ __all__ = [
     "FederationConfig",
     "ModelConfig",
     "OutputConfig",
-    "PrivacyConfig",
+    "RefereeConfig",
     "ScheduledFailure",
     "SecAggConfig",
+    "ShadowSettings",
     "Section",
     "SimulationConfig",
     "ThreatConfig",

@@ -7,11 +7,12 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from fl_mia.config.attacker_config import AttackerConfig
 from fl_mia.config.base import Section, raise_on_moved_keys
 from fl_mia.config.data_config import DataConfig
 from fl_mia.config.defences_config import DefencesConfig, check_defences
 from fl_mia.config.federation_config import FederationConfig
-from fl_mia.config.privacy_config import PrivacyConfig
+from fl_mia.config.referee_config import RefereeConfig
 from fl_mia.config.runtime_config import FailuresConfig, SimulationConfig
 from fl_mia.config.threat_config import ThreatConfig
 from fl_mia.config.training_config import ModelConfig, TrainingConfig
@@ -30,7 +31,8 @@ class ExperimentConfig(Section):
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
     failures: FailuresConfig = Field(default_factory=FailuresConfig)
     defences: DefencesConfig = Field(default_factory=DefencesConfig)
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    attacker: AttackerConfig = Field(default_factory=AttackerConfig)
+    referee: RefereeConfig = Field(default_factory=RefereeConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -67,10 +69,10 @@ class ExperimentConfig(Section):
         bad = [t for t in self.threat.target_hospitals if not 0 <= t < k]
         if bad:
             raise ValueError(f"threat.target_hospitals: {bad} outside 0..{k - 1} (federation.num_hospitals = {k})")
-        if self.threat.poisoning != "none" and not (self.privacy.enabled and self.privacy.attacks):
+        if self.threat.poisoning != "none" and not (self.referee.enabled and self.attacker.prediction_attacks):
             raise ValueError(
                 f"threat.poisoning={self.threat.poisoning} needs the attacker's candidate set: "
-                "set privacy.enabled = true with at least one privacy.attacks entry"
+                "set referee.enabled = true with at least one attacker.prediction_attacks entry"
             )
         if self.threat.poisoning != "none" and self.federation.attacker_patients < 2:
             raise ValueError("threat.poisoning needs attacker data: set federation.attacker_patients >= 2")
@@ -90,8 +92,8 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"threat.poisoning={poisoning}: training.weight_decay must be 0 (decay moves every weight and hides the trap)"
             )
-        if not self.threat.update_attacks:
-            raise ValueError(f"threat.poisoning={poisoning} reads the hospitals' updates: set threat.update_attacks = true")
+        if not self.attacker.update_attacks:
+            raise ValueError(f"threat.poisoning={poisoning} reads the hospitals' updates: list signals in attacker.update_attacks")
         # Whether the model has the trap's site and room for its detectors: fl_mia.preflight.
 
     def _trap_inconsistency_leaves_training_rounds(self) -> None:
@@ -125,10 +127,6 @@ class ExperimentConfig(Section):
     def sampled_per_round(self) -> int:
         """Hospitals sampled each round (what the server's strategy asks for)."""
         return max(1, int(round(self.federation.fraction_fit * self.federation.num_hospitals)))
-
-    def shadow_epochs(self) -> int:
-        """Epochs of a shadow model: as many passes over its data as a hospital makes over its shard."""
-        return self.privacy.shadow_epochs or self.federation.rounds * self.training.local_epochs
 
     def to_toml_dict(self) -> dict[str, Any]:
         """Plain dict with only TOML-representable values (None dropped, paths as text)."""

@@ -10,11 +10,6 @@ from fl_mia.attacker.poisoning.settings import NO_POISONING, POISONERS
 from fl_mia.config.base import Section, plugin_table_fields
 
 
-# Above this many hospitals source inference is off unless asked for: scoring every candidate
-# on every update costs candidates × hospitals per round, and candidates grow with hospitals.
-SOURCE_INFERENCE_MAX_HOSPITALS = 8
-
-
 # Each poisoner's knobs live in its own table, [threat.<poisoner>]; the flat keys they replace are errors.
 _MOVED_POISONER_KEYS = {
     **{f"threat.ascent_{key}": f"threat.gradient_ascent.{key}" for key in ("loss_ratio", "max_steps", "lr", "layers")},
@@ -45,25 +40,6 @@ class ThreatSettings(Section):
         True,
         description="Aggregate a poisoned hospital as global + its own update, so the poison does not reach the global model.",
     )
-    update_attacks: bool = Field(
-        True, description="Score candidates on each hospital's update (loss reduction, gradient alignment, ...)."
-    )
-    gradient_alignment: bool = Field(
-        True, description="Include the gradient-alignment signal (one per-sample gradient pass per round)."
-    )
-    source_inference: bool | None = Field(
-        None,
-        description="Score every candidate on every hospital's update, so the server also guesses which hospital "
-        "each scan came from (metrics.json privacy.source_inference). Off: each update is scored only on the "
-        "candidates asked about its hospital (the membership scores are the same; the cost stays proportional to "
-        f"the hospitals trained per round). Unset: on up to {SOURCE_INFERENCE_MAX_HOSPITALS} hospitals, off above.",
-    )
-
-    def scores_every_candidate(self, num_hospitals: int) -> bool:
-        """Whether update attacks score every candidate on every update (source inference)."""
-        if self.source_inference is not None:
-            return self.source_inference
-        return num_hospitals <= SOURCE_INFERENCE_MAX_HOSPITALS
 
     @field_validator("poisoning")
     @classmethod

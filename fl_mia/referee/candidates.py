@@ -7,7 +7,7 @@ says nothing about membership.
 
 Pools drawn at random can differ in what their masks show (one hospital's held-out patients
 may have more lesions than its training patients), and a mask-only "attack" would then beat
-chance without any model. With ``privacy.match_lesion_area`` both sides get the same number
+chance without any model. With ``referee.match_lesion_area`` both sides get the same number
 of scans from each lesion-area stratum (none, then quantiles of the lesion area).
 
 The referee's side: the attacker receives the :class:`~fl_mia.attacker.knowledge.CandidateSet`
@@ -17,12 +17,13 @@ the truth, and only the judging step (:mod:`fl_mia.referee.evaluation`) reads it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from fl_mia.config import ExperimentConfig
-from fl_mia.data import Split, build_hospital
+from fl_mia.config import RefereeConfig
+from fl_mia.data import HospitalData, Split
 from fl_mia.data.phantom import LESION
 from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.seeding import rng_for
@@ -180,36 +181,42 @@ def _draw_members_and_non_members(
     return _draw_matched(train, train_strata, quotas, rng), _draw_matched(heldout, heldout_strata, quotas, rng)
 
 
-def _candidate_count(cfg: ExperimentConfig, hospital) -> int:
+# Hospital k's data (its training and held-out splits), rendered or read on demand.
+HospitalSource = Callable[[int], HospitalData]
+
+
+def _candidate_count(settings: RefereeConfig, hospital: HospitalData) -> int:
     available = min(len(hospital.train), len(hospital.heldout))
-    return min(cfg.privacy.candidates_per_hospital or available, available)
+    return min(settings.candidates_per_hospital or available, available)
 
 
-def candidates_per_hospital(cfg: ExperimentConfig) -> list[int]:
+def candidates_per_hospital(settings: RefereeConfig, *, hospital: HospitalSource, num_hospitals: int) -> list[int]:
     """Members drawn per hospital (equal to its non-members): the config's size, capped by both pools."""
-    return [_candidate_count(cfg, build_hospital(cfg, k)) for k in range(cfg.federation.num_hospitals)]
+    return [_candidate_count(settings, hospital(k)) for k in range(num_hospitals)]
 
 
-def build_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedger]:
-    """The candidate set and its ledger, a pure function of the config and seed."""
-    k_hospitals = cfg.federation.num_hospitals
+def build_candidates(
+    settings: RefereeConfig, *, hospital: HospitalSource, num_hospitals: int, seed: int, task: str
+) -> tuple[CandidateSet, MembershipLedger]:
+    """The candidate set and its ledger, a pure function of the hospitals' data, the settings and the seed."""
+    k_hospitals = num_hospitals
     parts: list[tuple[Split, int, bool]] = []
     for k in range(k_hospitals):
         # One rendering per hospital: with many hospitals, a second pass would miss the cache.
-        hospital = build_hospital(cfg, k)
-        count = _candidate_count(cfg, hospital)
-        rng = rng_for(cfg.seed, "candidates", k)
+        data = hospital(k)
+        count = _candidate_count(settings, data)
+        rng = rng_for(seed, "candidates", k)
         member_index, non_member_index = _draw_members_and_non_members(
-            hospital.train, hospital.heldout, count, rng, match_lesion_area=cfg.privacy.match_lesion_area, task=cfg.data.task
+            data.train, data.heldout, count, rng, match_lesion_area=settings.match_lesion_area, task=task
         )
-        members, non_members = hospital.train.subset(member_index), hospital.heldout.subset(non_member_index)
+        members, non_members = data.train.subset(member_index), data.heldout.subset(non_member_index)
         parts += [(members, k, True), (non_members, k, False)]
     pooled = Split.concatenate([split for split, _, _ in parts])
     drawn_for = np.concatenate([np.full(len(split), k, np.int64) for split, k, _ in parts])
     keep = np.zeros((len(pooled), k_hospitals), dtype=bool)
     keep[np.arange(len(pooled)), drawn_for] = np.concatenate([np.full(len(split), member) for split, _, member in parts])
     # One seeded shuffle: an attack must not read membership off a candidate's position.
-    order = rng_for(cfg.seed, "candidate-order").permutation(len(pooled))
+    order = rng_for(seed, "candidate-order").permutation(len(pooled))
     candidates = CandidateSet(
         images=pooled.images[order],
         masks=pooled.masks[order],

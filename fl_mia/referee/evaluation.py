@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from fl_mia.attacker.server_attacker import AttackScores
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import RefereeConfig
 from fl_mia.defences.accounting import REFERENCE_DELTA
 from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.referee.candidates import CANDIDATE_COLUMNS, PATIENT_COLUMNS, MembershipLedger, lesion_area
@@ -59,15 +59,27 @@ def attack_metrics(
 class Referee:
     """Holds the ground truth of one run's candidates and judges the attacker's scores."""
 
-    def __init__(self, cfg: ExperimentConfig, candidates: CandidateSet, ledger: MembershipLedger, run_dir: Path | None) -> None:
-        self.cfg = cfg
+    def __init__(
+        self,
+        settings: RefereeConfig,
+        candidates: CandidateSet,
+        ledger: MembershipLedger,
+        run_dir: Path | None,
+        *,
+        seed: int,
+        task: str,
+        run_name: str,
+    ) -> None:
+        self.settings = settings
+        self.task = task
+        self.run_name = run_name
         self.candidates = candidates
         self._ledger = ledger
         self._patients = ledger.patient_level(candidates)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         # One resampling stream for every attack of the run: their intervals come from the same
         # resamples of the same patients, as a paired comparison between them needs.
-        self._bootstrap_seed = seed_sequence(cfg.seed, "bootstrap")
+        self._bootstrap_seed = seed_sequence(seed, "bootstrap")
 
     def _result(
         self, scores: np.ndarray, *, threshold: float | None, per_round: dict[int, np.ndarray] | None
@@ -141,7 +153,7 @@ class Referee:
                 name, overall["auc"], overall["tpr_at_1pct_fpr"], overall["tpr_at_0.1pct_fpr"],
             )
         is_member = self._ledger.is_member()
-        areas = lesion_area(self.candidates.masks, self.cfg.data.task)
+        areas = lesion_area(self.candidates.masks, self.task)
         section["candidate_set"] = {
             "members": int(is_member.sum()),
             "non_members": int((~is_member).sum()),
@@ -159,7 +171,7 @@ class Referee:
                 "members": float((areas[is_member] == 0).mean()),
                 "non_members": float((areas[~is_member] == 0).mean()),
             },
-            "matched_lesion_area": self.cfg.privacy.match_lesion_area,
+            "matched_lesion_area": self.settings.match_lesion_area,
             "shadow_epochs": shadows.epochs,
             "shadow_train_seconds": dict(shadows.train_seconds),
         }
@@ -183,7 +195,7 @@ class Referee:
         arrays.update({f"update_matrix.{name}": values for name, values in scores.update_matrices.items()})
         write_npz(run_dir / "scores.npz", arrays)
         is_member = self._ledger.is_member()
-        title = f"{self.cfg.name} · {int(is_member.sum())} members / {int((~is_member).sum())} non-members"
+        title = f"{self.run_name} · {int(is_member.sum())} members / {int((~is_member).sum())} non-members"
         # Prediction attacks and the accumulated update attacks: the last-round variants would crowd the plot.
         plotted = {n: (s, is_member) for n, s in scores.final.items() if not n.startswith("update.") or n.endswith(".accumulated")}
         dp_bound = (dp_epsilon, REFERENCE_DELTA) if dp_epsilon is not None else None
@@ -191,4 +203,4 @@ class Referee:
         by_round = [name for name in scores.final if "per_round" in section[name]]
         if by_round:
             per_round = {name: {int(r): m for r, m in section[name]["per_round"].items()} for name in by_round}
-            plot_privacy_by_round(run_dir / "privacy_by_round.png", per_round, title=self.cfg.name)
+            plot_privacy_by_round(run_dir / "privacy_by_round.png", per_round, title=self.run_name)

@@ -1,20 +1,7 @@
-"""Membership inference attacks, registered by name (see :mod:`fl_mia.attacker.predictions.registry`).
+"""Membership inference attacks on the model's predictions, registered by name.
 
-The registry holds the attacks on predictions: ``loss``, ``learned_type1``,
-``learned_type2``, ``loss_map``, ``lira_offline``, ``lira_online``, ``label_only``, ``rmia``.
+``fl_mia.attacker.predictions.settings`` holds the registry (``PREDICTION_ATTACKS``) and each
+attack's settings; the attacks live in one module each (``loss_threshold``, ``learned``,
+``lira``, ``rmia``, ``label_only``). This package imports nothing, so the config can read the
+registry without torch.
 """
-
-from fl_mia.attacker.predictions.base import MembershipAttack, TargetView
-from fl_mia.attacker.predictions.registry import ATTACKS, attack_names, make_attack, register_attack
-from fl_mia.attacker.knowledge import AttackerKnowledge, ShadowTrainer
-
-__all__ = [
-    "ATTACKS",
-    "AttackerKnowledge",
-    "MembershipAttack",
-    "ShadowTrainer",
-    "TargetView",
-    "attack_names",
-    "make_attack",
-    "register_attack",
-]

@@ -16,16 +16,16 @@ higher means more likely a member.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from fl_mia.attacker.knowledge import AttackerKnowledge, CandidateSet
+from fl_mia.attacker.predictions.settings import PREDICTION_ATTACKS
 from fl_mia.target_view import TargetView
 
 if TYPE_CHECKING:
-    from fl_mia.config import ExperimentConfig
+    from fl_mia.config import AttackerConfig
 
 
 class MembershipAttack(ABC):
@@ -47,5 +47,12 @@ class MembershipAttack(ABC):
         return f"{type(self).__name__}({self.name})"
 
 
-# Builds an unfitted attack from the validated experiment (its [privacy] settings, seed, task).
-AttackFactory = Callable[["ExperimentConfig"], MembershipAttack]
+def make_attack(name: str, attacker: "AttackerConfig", *, seed: int, classes: int) -> MembershipAttack:
+    """An unfitted attack from its registered factory and its table in ``[attacker]``.
+
+    ``classes``: the segmentation's foreground classes; ``attacker.shadows.models`` is the
+    number of shadow (or reference) models of the attacks that train several.
+    """
+    return PREDICTION_ATTACKS.create(
+        name, attacker.attack_settings(name), seed=seed, classes=classes, shadow_models=attacker.shadows.models
+    )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from fl_mia.attacker.predictions.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
-from fl_mia.data import num_classes
+from fl_mia.attacker.predictions.base import AttackerKnowledge, MembershipAttack, TargetView
 from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.segmentation_metrics import confusion_counts, dice_iou_per_image
 from fl_mia.seeding import torch_generator
+
+if TYPE_CHECKING:
+    from fl_mia.attacker.predictions.settings import LabelOnlySettings
 
 
 def mask_agreement(predicted: torch.Tensor, masks: np.ndarray, *, classes: int) -> np.ndarray:
@@ -35,6 +39,10 @@ class LabelOnlyAttack(MembershipAttack):
 
     name = "label_only"
 
+    @classmethod
+    def from_settings(cls, settings: "LabelOnlySettings", *, seed: int, classes: int, **_unused: object) -> "LabelOnlyAttack":
+        return cls(queries=settings.queries, noise=settings.noise, classes=classes, seed=seed)
+
     def __init__(self, *, queries: int = 8, noise: float = 0.1, classes: int = 1, seed: int = 0) -> None:
         self.queries = queries
         self.noise = noise
@@ -52,14 +60,3 @@ class LabelOnlyAttack(MembershipAttack):
             noisy = images + self.noise * torch.randn(images.shape, generator=generator)
             total = total + mask_agreement(target.hard_labels(noisy.numpy()), candidates.masks, classes=self.classes)
         return total / (1 + self.queries)
-
-
-# Read by fl_mia.attacker.predictions.registry (which imports this module; this module never imports it).
-FACTORIES: dict[str, AttackFactory] = {
-    "label_only": lambda cfg: LabelOnlyAttack(
-        queries=cfg.privacy.label_only_queries,
-        noise=cfg.privacy.label_only_noise,
-        classes=num_classes(cfg.data.task),
-        seed=cfg.seed,
-    ),
-}

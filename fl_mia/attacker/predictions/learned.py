@@ -8,10 +8,12 @@ for the target, so the classifier learns what "trained on" looks like).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from fl_mia.attacker.predictions.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
+from fl_mia.attacker.predictions.base import AttackerKnowledge, MembershipAttack, TargetView
 from fl_mia.attacker.predictions.classifier import classifier_logits, train_membership_cnn
 from fl_mia.attacker.predictions.shadow_data import reference_shadow
 from fl_mia.attacker.predictions.output_signals import log_true_class_probability, mask_channels, probability_maps
@@ -19,6 +21,9 @@ from fl_mia.data import Split
 from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.seeding import rng_for
 from fl_mia.training import predict_logits
+
+if TYPE_CHECKING:
+    from fl_mia.attacker.predictions.settings import LearnedSettings, LossMapSettings
 
 # A confident pixel's loss can be ~1e-9; the log keeps those differences visible, the
 # clamp keeps one wrong pixel (loss ~20) from dominating the input's scale.
@@ -33,6 +38,14 @@ class OutputMapAttack(MembershipAttack):
     """
 
     uses_shadows = True
+
+    @classmethod
+    def without_mask(cls, settings: "LearnedSettings", *, seed: int, **_unused: object) -> "OutputMapAttack":
+        return cls(include_mask=False, epochs=settings.epochs, lr=settings.lr, seed=seed)
+
+    @classmethod
+    def with_mask(cls, settings: "LearnedSettings", *, seed: int, **_unused: object) -> "OutputMapAttack":
+        return cls(include_mask=True, epochs=settings.epochs, lr=settings.lr, seed=seed)
 
     def __init__(self, *, include_mask: bool, epochs: int = 30, lr: float = 1e-3, batch_size: int = 16, seed: int = 0):
         self.include_mask = include_mask
@@ -90,6 +103,10 @@ class LossMapAttack(MembershipAttack):
     name = "loss_map"
     uses_shadows = True
 
+    @classmethod
+    def from_settings(cls, settings: "LossMapSettings", *, seed: int, **_unused: object) -> "LossMapAttack":
+        return cls(patch=settings.patch, epochs=settings.epochs, lr=settings.lr, seed=seed)
+
     def __init__(
         self, *, patch: int = 16, patches_per_image: int = 8, epochs: int = 30, lr: float = 1e-3,
         batch_size: int = 32, seed: int = 0,
@@ -131,13 +148,3 @@ class LossMapAttack(MembershipAttack):
             [classifier_logits(self.classifier_, maps[:, :, r : r + side, c : c + side]) for r, c in corners], axis=1
         )
         return patch_scores.mean(axis=1)
-
-
-# Read by fl_mia.attacker.predictions.registry (which imports this module; this module never imports it).
-FACTORIES: dict[str, AttackFactory] = {
-    "learned_type1": lambda cfg: OutputMapAttack(include_mask=False, epochs=cfg.privacy.attack_epochs, lr=cfg.privacy.attack_lr, seed=cfg.seed),
-    "learned_type2": lambda cfg: OutputMapAttack(include_mask=True, epochs=cfg.privacy.attack_epochs, lr=cfg.privacy.attack_lr, seed=cfg.seed),
-    "loss_map": lambda cfg: LossMapAttack(
-        patch=cfg.privacy.loss_map_patch, epochs=cfg.privacy.attack_epochs, lr=cfg.privacy.attack_lr, seed=cfg.seed
-    ),
-}

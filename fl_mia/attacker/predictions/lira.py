@@ -11,17 +11,22 @@ per-candidate ones, as Carlini et al. do for small K.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from typing import Literal
 
 import numpy as np
 from scipy.stats import norm
 
-from fl_mia.attacker.predictions.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
+from fl_mia.attacker.predictions.base import AttackerKnowledge, MembershipAttack, TargetView
 from fl_mia.attacker.predictions.shadow_data import balanced_inclusion
 from fl_mia.attacker.predictions.output_signals import logit_mean_confidence
 from fl_mia.data import Split
 from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.training import predict_logits
+
+if TYPE_CHECKING:
+    from fl_mia.attacker.predictions.settings import LiraSettings
 
 GLOBAL_VARIANCE_BELOW = 64  # Carlini et al.: per-example variances need many shadows
 _MIN_STD = 1e-6
@@ -56,6 +61,14 @@ class LiRAAttack(MembershipAttack):
     """
 
     uses_shadows = True
+
+    @classmethod
+    def offline_from_settings(cls, settings: "LiraSettings", *, seed: int, shadow_models: int, **_unused: object) -> "LiRAAttack":
+        return cls(online=False, num_shadows=shadow_models, global_variance=settings.global_variance, seed=seed)
+
+    @classmethod
+    def online_from_settings(cls, settings: "LiraSettings", *, seed: int, shadow_models: int, **_unused: object) -> "LiRAAttack":
+        return cls(online=True, num_shadows=shadow_models, global_variance=settings.global_variance, seed=seed)
 
     def __init__(
         self, *, online: bool, num_shadows: int = 4, global_variance: Literal["auto", "always", "never"] = "auto",
@@ -94,19 +107,3 @@ class LiRAAttack(MembershipAttack):
         if self.online:
             return norm.logpdf(signal, self.mean_in_, self.std_in_) - log_out
         return norm.logcdf(signal, self.mean_out_, self.std_out_)
-
-
-def _lira(online: bool):
-    return lambda cfg: LiRAAttack(
-        online=online,
-        num_shadows=cfg.privacy.shadow_models,
-        global_variance=cfg.privacy.lira_global_variance,
-        seed=cfg.seed,
-    )
-
-
-# Read by fl_mia.attacker.predictions.registry (which imports this module; this module never imports it).
-FACTORIES: dict[str, AttackFactory] = {
-    "lira_offline": _lira(False),
-    "lira_online": _lira(True),
-}

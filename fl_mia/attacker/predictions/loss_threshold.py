@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fl_mia.attacker.predictions.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
+from fl_mia.attacker.predictions.base import AttackerKnowledge, MembershipAttack, TargetView
 from fl_mia.attacker.predictions.shadow_data import reference_shadow
 from fl_mia.attacker.predictions.output_signals import per_image_loss
 from fl_mia.attacker.knowledge import CandidateSet
@@ -22,6 +22,10 @@ class LossThresholdAttack(MembershipAttack):
     name = "loss"
     uses_shadows = True
 
+    @classmethod
+    def from_settings(cls, settings: None = None, **_unused: object) -> "LossThresholdAttack":
+        return cls()
+
     def __init__(self) -> None:
         pass  # nothing to choose: the loss is the hospitals' own, which the server configured
 
@@ -35,9 +39,3 @@ class LossThresholdAttack(MembershipAttack):
 
     def score(self, target: TargetView, candidates: CandidateSet) -> np.ndarray:
         return -per_image_loss(target.logits(candidates.images), candidates.masks, **self.loss_weights_)
-
-
-# Read by fl_mia.attacker.predictions.registry (which imports this module; this module never imports it).
-FACTORIES: dict[str, AttackFactory] = {
-    "loss": lambda cfg: LossThresholdAttack(),
-}

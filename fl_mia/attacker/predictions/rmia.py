@@ -22,15 +22,20 @@ reference models z was OUT of, so x and z are judged alike.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from scipy.special import expit
 
-from fl_mia.attacker.predictions.base import AttackerKnowledge, AttackFactory, MembershipAttack, TargetView
+from fl_mia.attacker.predictions.base import AttackerKnowledge, MembershipAttack, TargetView
 from fl_mia.attacker.predictions.shadow_data import balanced_inclusion
 from fl_mia.attacker.predictions.output_signals import log_true_class_probability
 from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.training import predict_logits
+
+if TYPE_CHECKING:
+    from fl_mia.attacker.predictions.settings import RmiaSettings
 
 
 def mean_true_class_probability(logits: torch.Tensor, masks: np.ndarray) -> np.ndarray:
@@ -50,6 +55,10 @@ class RMIAAttack(MembershipAttack):
 
     name = "rmia"
     uses_shadows = True
+
+    @classmethod
+    def from_settings(cls, settings: "RmiaSettings", *, seed: int, shadow_models: int, **_unused: object) -> "RMIAAttack":
+        return cls(num_references=shadow_models, offline_a=settings.offline_a, gamma=settings.gamma, seed=seed)
 
     def __init__(self, *, num_references: int = 4, offline_a: float = 0.3, gamma: float = 1.0, seed: int = 0) -> None:
         if num_references < 2:
@@ -101,14 +110,3 @@ class RMIAAttack(MembershipAttack):
         # LR(x) / LR(z) > γ  ⇔  log LR(z) < log LR(x) − log γ
         share = np.searchsorted(dominated, log_ratio_x - np.log(self.gamma), side="left") / len(dominated)
         return share + 0.5 / len(dominated) * expit(log_ratio_x)
-
-
-# Read by fl_mia.attacker.predictions.registry (which imports this module; this module never imports it).
-FACTORIES: dict[str, AttackFactory] = {
-    "rmia": lambda cfg: RMIAAttack(
-        num_references=cfg.privacy.shadow_models,
-        offline_a=cfg.privacy.rmia_offline_a,
-        gamma=cfg.privacy.rmia_gamma,
-        seed=cfg.seed,
-    ),
-}

@@ -1,6 +1,6 @@
 """Shadow models trained the way the target was: a FedAvg federation of shadow hospitals.
 
-An adaptive attacker (``privacy.shadow_mode = "federated"`` or ``"as_target"``) does not
+An adaptive attacker (``attacker.shadows.mode = "federated"`` or ``"as_target"``) does not
 train its shadows centrally: it splits each shadow's data by patient over as many shadow
 hospitals as the target federation has, and runs the target's rounds — the same number of
 hospitals sampled per round, the same local epochs, FedAvg weighted by images — in a plain
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_mia.config import ExperimentConfig
 from fl_mia.data import Split
 from fl_mia.seeding import rng_for
 
@@ -44,12 +43,23 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[st
     return averaged
 
 
-def train_federated_shadow(model: nn.Module, split: Split, cfg: ExperimentConfig, *, name: str, local_train: LocalTrainer) -> None:
-    """Train ``model`` in place as the global model of a shadow federation over ``split``."""
-    hospitals = shadow_hospitals(split, count=cfg.federation.num_hospitals, seed=cfg.seed, name=name)
-    per_round = min(cfg.sampled_per_round(), len(hospitals))
-    sampler = rng_for(cfg.seed, "shadow-federation-sampling", name)
-    for server_round in range(1, cfg.federation.rounds + 1):
+def train_federated_shadow(
+    model: nn.Module,
+    split: Split,
+    *,
+    num_hospitals: int,
+    sampled_per_round: int,
+    rounds: int,
+    seed: int,
+    name: str,
+    local_train: LocalTrainer,
+) -> None:
+    """Train ``model`` in place as the global model of a shadow federation over ``split``,
+    with the target's hospitals, hospitals sampled per round and rounds."""
+    hospitals = shadow_hospitals(split, count=num_hospitals, seed=seed, name=name)
+    per_round = min(sampled_per_round, len(hospitals))
+    sampler = rng_for(seed, "shadow-federation-sampling", name)
+    for server_round in range(1, rounds + 1):
         chosen = np.sort(sampler.choice(len(hospitals), size=per_round, replace=False))
         states, weights = [], []
         for hospital in chosen:

@@ -4,9 +4,9 @@ A shadow is named by the attack that asks for it (``reference``, ``lira-0-of-4``
 saved with a fingerprint of its training data and recipe; a request with the same name and
 fingerprint loads the saved weights, so attacks in one run share shadows.
 
-How a shadow trains is ``privacy.shadow_mode`` (one trainer per mode in ``SHADOW_TRAINERS``):
+How a shadow trains is ``attacker.shadows.mode`` (one trainer per mode in ``SHADOW_TRAINERS``):
 
-* ``central`` (default): one model, ``privacy.shadow_epochs`` epochs over the shadow's data;
+* ``central`` (default): one model, ``attacker.shadows.epochs`` epochs over the shadow's data;
 * ``federated``: a FedAvg federation of shadow hospitals over the shadow's data, with the
   target's rounds, sampling and local epochs (:mod:`fl_mia.attacker.predictions.shadow_federation`);
 * ``as_target``: ``federated``, plus the target's DP-SGD on every shadow hospital when the
@@ -21,7 +21,9 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +31,8 @@ import torch
 from torch import nn
 
 from fl_mia.attacker.predictions.shadow_federation import train_federated_shadow
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DpSgdConfig, FederationConfig, ModelConfig, OutputConfig, ShadowSettings, TrainingConfig
 from fl_mia.data import Split
-from fl_mia.devices import process_device
-from fl_mia.models import build_experiment_model
 from fl_mia.run_folder import atomic_write_bytes, write_json
 from fl_mia.seeding import int_seed, torch_generator
 from fl_mia.training import train_local
@@ -53,34 +53,56 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
+# One round of the target's DP-SGD in place on a model: (model, shard, secret=, tags=).
+DpLocalTrainer = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class TargetRecipe:
+    """How the target federation trains, as the server (which configured it) knows it: what
+    shadows copy, and what their cache fingerprint covers."""
+
+    model: ModelConfig
+    training: TrainingConfig
+    federation: FederationConfig
+    sampled_per_round: int
+    dp_sgd: DpSgdConfig
+    output: OutputConfig
+    threads_per_client: int
+
+
 def _train_central(store: "ShadowStore", model: nn.Module, split: Split, name: str) -> None:
-    train_local(model, split, store.training, seed=store.cfg.seed, tags=("shadow", name))
+    train_local(model, split, store.training, seed=store.seed, tags=("shadow", name))
+
+
+def _federate(store: "ShadowStore", model: nn.Module, split: Split, name: str, local) -> None:
+    recipe = store.recipe
+    train_federated_shadow(
+        model, split, num_hospitals=recipe.federation.num_hospitals, sampled_per_round=recipe.sampled_per_round,
+        rounds=recipe.federation.rounds, seed=store.seed, name=name, local_train=local,
+    )
 
 
 def _train_federated(store: "ShadowStore", model: nn.Module, split: Split, name: str) -> None:
-    cfg = store.cfg
-
     def local(hospital_model: nn.Module, shard: Split, tags: tuple) -> None:
-        train_local(hospital_model, shard, cfg.training, seed=cfg.seed, tags=("shadow", name, *tags))
+        train_local(hospital_model, shard, store.recipe.training, seed=store.seed, tags=("shadow", name, *tags))
 
-    train_federated_shadow(model, split, cfg, name=name, local_train=local)
+    _federate(store, model, split, name, local)
 
 
 def _train_as_target(store: "ShadowStore", model: nn.Module, split: Split, name: str) -> None:
-    cfg = store.cfg
-    if not cfg.defences.dp_sgd.enabled:
+    if not store.recipe.dp_sgd.enabled:
         _train_federated(store, model, split, name)
         return
-    from fl_mia.defences.dp_sgd import train_local_dp  # Opacus only when the target uses it
+    if store.train_dp is None:
+        raise ValueError("attacker.shadows.mode = 'as_target' under DP-SGD needs the target's DP-SGD trainer")
 
     def local(hospital_model: nn.Module, shard: Split, tags: tuple) -> None:
         # The attacker's own noise: seeded from its own stream, never the hospitals'.
-        train_local_dp(
-            hospital_model, shard, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[],
-            secret=int_seed(cfg.seed, "attacker-shadow-dp"), tags=("shadow", name, *tags),
-        )
+        secret = int_seed(store.seed, "attacker-shadow-dp")
+        store.train_dp(hospital_model, shard, secret=secret, tags=("shadow", name, *tags))
 
-    train_federated_shadow(model, split, cfg, name=name, local_train=local)
+    _federate(store, model, split, name, local)
 
 
 SHADOW_TRAINERS = {"central": _train_central, "federated": _train_federated, "as_target": _train_as_target}
@@ -90,11 +112,11 @@ class HardenedShadow(nn.Module):
     """A shadow whose outputs are hardened as the target's are (``as_target``): logits of the
     released probabilities, so every attack reads its shadows and its target alike."""
 
-    def __init__(self, model: nn.Module, cfg: ExperimentConfig, name: str) -> None:
+    def __init__(self, model: nn.Module, output: OutputConfig, *, seed: int, name: str) -> None:
         super().__init__()
         self.model = model
-        self.output = cfg.defences.output
-        self._generator = torch_generator(cfg.seed, "shadow-output-hardening", name)
+        self.output = output
+        self._generator = torch_generator(seed, "shadow-output-hardening", name)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         from fl_mia.defences.output import harden_probabilities, released_logits
@@ -108,37 +130,52 @@ logger = logging.getLogger("fl_mia")
 class ShadowStore:
     """Implements :class:`fl_mia.attacker.knowledge.ShadowTrainer` for a run: train once, then load."""
 
-    def __init__(self, cfg: ExperimentConfig, folder: Path | None) -> None:
-        self.cfg = cfg
+    def __init__(
+        self,
+        settings: ShadowSettings,
+        recipe: TargetRecipe,
+        *,
+        seed: int,
+        folder: Path | None,
+        make_model: Callable[[], nn.Module],
+        train_dp: DpLocalTrainer | None = None,
+    ) -> None:
+        """``make_model()`` builds an untrained model of the target's architecture on the server's
+        device; ``train_dp`` runs one round of the target's DP-SGD (``as_target`` under DP-SGD)."""
+        self.seed = seed
+        self.recipe = recipe
+        self.make_model = make_model
+        self.train_dp = train_dp
         self.folder = Path(folder) if folder is not None else None
-        self.mode = cfg.privacy.shadow_mode
+        self.mode = settings.mode
         # Federated shadows train exactly as the target: its rounds × local epochs.
-        self.epochs = cfg.shadow_epochs() if self.mode == "central" else cfg.federation.rounds * cfg.training.local_epochs
-        if self.mode != "central" and cfg.privacy.shadow_epochs is not None:
+        target_epochs = recipe.federation.rounds * recipe.training.local_epochs
+        self.epochs = (settings.epochs or target_epochs) if self.mode == "central" else target_epochs
+        if self.mode != "central" and settings.epochs is not None:
             logger.warning(
-                "privacy.shadow_epochs = %d is not used with shadow_mode = %r: shadows run the target's %d rounds of %d local epochs",
-                cfg.privacy.shadow_epochs, self.mode, cfg.federation.rounds, cfg.training.local_epochs,
+                "attacker.shadows.epochs = %d is not used with mode = %r: shadows run the target's %d rounds of %d local epochs",
+                settings.epochs, self.mode, recipe.federation.rounds, recipe.training.local_epochs,
             )
-        self.training = cfg.training.model_copy(update={"local_epochs": self.epochs})
+        self.training = recipe.training.model_copy(update={"local_epochs": self.epochs})
         self.train_seconds: dict[str, float] = {}
         self.train_images: dict[str, int] = {}
         self._loaded: dict[str, tuple[str, nn.Module]] = {}
 
     def _fingerprint(self, split: Split) -> str:
-        recipe = {"seed": self.cfg.seed, "model": self.cfg.model.model_dump(mode="json"), "training": self.training.model_dump()}
+        recipe = {"seed": self.seed, "model": self.recipe.model.model_dump(mode="json"), "training": self.training.model_dump()}
         if self.mode != "central":  # central keeps its historical fingerprint: earlier caches stay valid
             recipe["shadow_mode"] = self.mode
-            recipe["federation"] = self.cfg.federation.model_dump(mode="json")
+            recipe["federation"] = self.recipe.federation.model_dump(mode="json")
             if self.mode == "as_target":
-                recipe["dp_sgd"] = self.cfg.defences.dp_sgd.model_dump(mode="json")
+                recipe["dp_sgd"] = self.recipe.dp_sgd.model_dump(mode="json")
         recipe = json.dumps(recipe)
         digest = hashlib.sha256(recipe.encode())
         digest.update(np.ascontiguousarray(split.image_ids, dtype=np.int64).tobytes())
         return digest.hexdigest()[:16]
 
     def _new_model(self, name: str) -> nn.Module:
-        torch.manual_seed(int_seed(self.cfg.seed, "shadow-init", name))
-        return build_experiment_model(self.cfg, device=process_device(self.cfg.simulation, role="server"))
+        torch.manual_seed(int_seed(self.seed, "shadow-init", name))
+        return self.make_model()
 
     def train(self, name: str, split: Split) -> nn.Module:
         fingerprint = self._fingerprint(split)
@@ -150,13 +187,13 @@ class ShadowStore:
             model.load_state_dict(saved)
         else:
             started = time.perf_counter()
-            with torch_threads(self.cfg.simulation.threads_per_client):
+            with torch_threads(self.recipe.threads_per_client):
                 SHADOW_TRAINERS[self.mode](self, model, split, name)
             self.train_seconds[name] = time.perf_counter() - started
             self.train_images[name] = len(split)
             self._save(name, fingerprint, model, len(split))
-        if self.mode == "as_target" and self.cfg.defences.output.mode != "probabilities":
-            model = HardenedShadow(model, self.cfg, name)
+        if self.mode == "as_target" and self.recipe.output.mode != "probabilities":
+            model = HardenedShadow(model, self.recipe.output, seed=self.seed, name=name)
         model.eval()
         self._loaded[name] = (fingerprint, model)
         return model

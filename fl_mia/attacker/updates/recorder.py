@@ -21,7 +21,8 @@ from torch import nn
 
 from fl_mia.attacker.knowledge import AttackerKnowledge
 from fl_mia.models import set_weights
-from fl_mia.attacker.updates.signals import ALL_SIGNALS, LOSS_SIGNALS, candidate_losses, gradient_alignment, loss_signals, update_vector
+from fl_mia.attacker.updates.settings import LOSS_SIGNALS, UPDATE_SIGNALS
+from fl_mia.attacker.updates.signals import candidate_losses, gradient_alignment, loss_signals, update_vector
 
 
 def _fingerprint(weights: list[np.ndarray]) -> str:
@@ -45,20 +46,23 @@ class UpdateAttackRecorder:
         model: nn.Module,
         num_hospitals: int,
         total_rounds: int,
-        with_gradient_alignment: bool = True,
+        signals: tuple[str, ...] | None = None,
         every_candidate: bool = True,
     ) -> None:
+        """``signals``: the registered update signals to score (default: all of them)."""
         self.model = model  # scratch: its weights are overwritten
         self.training = knowledge.training
         self.images = knowledge.candidates.images
         self.masks = knowledge.candidates.masks
         self.asked_about = knowledge.candidates.hospital
-        self.with_gradient_alignment = with_gradient_alignment
+        signals = UPDATE_SIGNALS.names() if signals is None else tuple(UPDATE_SIGNALS.check(name) for name in signals)
+        self.with_loss_signals = any(name in LOSS_SIGNALS for name in signals)
+        self.with_gradient_alignment = "gradient_alignment" in signals
         self.every_candidate = every_candidate
         self.seconds_by_round: dict[int, float] = {}
-        signals = ALL_SIGNALS if with_gradient_alignment else LOSS_SIGNALS
         self._shape = (total_rounds, len(self.images), num_hospitals)
         self.scores: dict[str, np.ndarray] = {name: np.full(self._shape, np.nan) for name in signals}
+        self._listed = frozenset(signals)
         self.signal_sources: list = []
 
     def add_signal_source(self, source) -> None:
@@ -93,6 +97,19 @@ class UpdateAttackRecorder:
             self.model, images, masks, dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight
         )
 
+    def _record_loss_signals(self, index: int, members: list, sent, union, own: dict, rows: dict, at: dict) -> None:
+        sent_losses = self._losses(sent, union)
+        # Under SecAgg+ every hospital's visible model is the same aggregate: score it once.
+        returned_losses: dict[str, np.ndarray] = {}
+        for reply in members:
+            h = reply.hospital
+            key = _fingerprint(reply.weights) if self.every_candidate else str(h)
+            if key not in returned_losses:
+                returned_losses[key] = self._losses(reply.weights, own[h])
+            for name, values in loss_signals(sent_losses[at[h]], returned_losses[key]).items():
+                if name in self._listed:
+                    self.scores[name][index, rows[h], h] = values
+
     def on_fit_replies(self, server_round: int, replies: list, failures: int) -> None:
         started = time.perf_counter()
         observed = [r for r in replies if r.weights is not None and r.sent_weights is not None]
@@ -110,16 +127,8 @@ class UpdateAttackRecorder:
             own = {reply.hospital: self._rows([reply.hospital]) for reply in members}
             rows = {h: slice(None) if r is None else r for h, r in own.items()}
             at = {h: slice(None) if r is None else np.searchsorted(union, r) for h, r in own.items()}
-            sent_losses = self._losses(sent, union)
-            # Under SecAgg+ every hospital's visible model is the same aggregate: score it once.
-            returned_losses: dict[str, np.ndarray] = {}
-            for reply in members:
-                h = reply.hospital
-                key = _fingerprint(reply.weights) if self.every_candidate else str(h)
-                if key not in returned_losses:
-                    returned_losses[key] = self._losses(reply.weights, own[h])
-                for name, values in loss_signals(sent_losses[at[h]], returned_losses[key]).items():
-                    self.scores[name][index, rows[h], h] = values
+            if self.with_loss_signals:
+                self._record_loss_signals(index, members, sent, union, own, rows, at)
             if self.with_gradient_alignment:
                 set_weights(self.model, sent)
                 updates = [update_vector(self.model, sent, reply.weights) for reply in members]

@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fl_mia.attacker.predictions.output_signals import per_image_loss
+from fl_mia.attacker.updates.settings import LOSS_SIGNALS
 from fl_mia.devices import model_device
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import set_weights
@@ -33,7 +34,6 @@ from fl_mia.training import predict_logits
 _log = logging.getLogger(__name__)
 _fallback_reasons_logged: set[str] = set()
 
-LOSS_SIGNALS = ("returned_loss", "loss_reduction", "loss_log_ratio")
 ALL_SIGNALS = (*LOSS_SIGNALS, "gradient_alignment")
 
 
