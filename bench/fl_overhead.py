@@ -33,9 +33,11 @@ def plain_federated_loop(cfg) -> tuple[float, list[float], float]:
     started = time.perf_counter()
     # No parallel actors here: give the loop every core Flower's hospitals share.
     torch.set_num_threads(available_cpus())
-    hospitals = [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
-    model = build_experiment_model(cfg)
-    evaluator = GlobalModelEvaluator(cfg)
+    hospitals = [build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed) for k in range(cfg.federation.num_hospitals)]
+    model = build_experiment_model(cfg.model, cfg.data)
+    evaluator = GlobalModelEvaluator(
+        data=cfg.data, federation=cfg.federation, model=cfg.model, training=cfg.training, device="cpu", seed=cfg.seed
+    )
     weights = initial_weights(cfg)
     evaluator.evaluate(weights)
     round_times = []

@@ -28,11 +28,11 @@ class HospitalClient(NumPyClient):
         self.node_config = node_config or {}  # the hospital's own settings (its DP secret), never the server's
         self.partition_id = partition_id
         torch.set_num_threads(cfg.simulation.threads_per_client)
-        self.hospital = build_hospital(cfg, partition_id)
+        self.hospital = build_hospital(cfg.data, cfg.federation, partition_id, seed=cfg.seed)
         self.classes = num_classes(cfg.data.task)
         self.device = process_device(cfg.simulation, role="hospital")  # the GPU Ray gave this actor, if any
         self.model = build_model(
-            cfg.model, in_channels=input_channels(cfg), classes=self.classes, image_size=cfg.data.image_size
+            cfg.model, in_channels=input_channels(cfg.data), classes=self.classes, image_size=cfg.data.image_size
         )
         self.model.to(self.device)
 

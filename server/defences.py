@@ -104,8 +104,8 @@ def secagg_max_weight(cfg: ExperimentConfig) -> float:
     if cfg.data.source != "phantom":
         from fl_mia.data import build_hospital
 
-        return float(max(len(build_hospital(cfg, k).train) for k in range(cfg.federation.num_hospitals)))
-    return float(max(cfg.federation.hospital_sizes()) * cfg.data.slices_per_patient)
+        return float(max(len(build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed).train) for k in range(cfg.federation.num_hospitals)))
+    return float(max(cfg.federation.hospital_sizes()) * cfg.data.phantom.slices_per_patient)
 
 
 def fit_workflow(cfg: ExperimentConfig):

@@ -17,9 +17,10 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp.grid import Grid
 
-from fl_mia.checkpoint import Checkpoint, Checkpointer
+from fl_mia.checkpoint import Checkpoint, Checkpointer, config_fingerprint
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import forget_rendered_hospitals
+from fl_mia.devices import process_device
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.attacker.poisoning import make_poisoner
@@ -44,7 +45,7 @@ logger = logging.getLogger("fl_mia")
 def initial_weights(cfg: ExperimentConfig) -> list[np.ndarray]:
     """The untrained global model, a function of the seed alone."""
     torch.manual_seed(int_seed(cfg.seed, "initial-model"))
-    return get_weights(build_experiment_model(cfg))
+    return get_weights(build_experiment_model(cfg.model, cfg.data))
 
 
 def build_strategy(
@@ -97,7 +98,7 @@ def make_server_poisoner(cfg: ExperimentConfig, attacker: ServerAttacker | None)
     """The dishonest server's poisoner, armed with what the attacker knows (never the ledger)."""
     if cfg.threat.poisoning == "none":
         return None
-    return make_poisoner(cfg.threat, attacker.knowledge, build_experiment_model(cfg))
+    return make_poisoner(cfg.threat, attacker.knowledge, build_experiment_model(cfg.model, cfg.data))
 
 
 def weighted_train_loss(fit_metrics: list[tuple[int, dict]]) -> dict:
@@ -135,14 +136,19 @@ def run_federation(
     k = cfg.federation.num_hospitals
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
-    evaluator = GlobalModelEvaluator(cfg)
+    evaluator = GlobalModelEvaluator(
+        data=cfg.data, federation=cfg.federation, model=cfg.model, training=cfg.training,
+        device=process_device(cfg.simulation, role="server"), seed=cfg.seed,
+    )
     # The referee draws the candidates and keeps their ledger; the attacker (the server itself,
     # in this process) gets the candidates alone.
     candidates, ledger = build_candidates(cfg) if cfg.privacy.enabled else (None, None)
     attacker = server_attacker(cfg, candidates, run_dir) if candidates is not None else None
     forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
-    checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
+    checkpointer = Checkpointer(
+        run_dir, config_fingerprint(cfg.to_toml_dict()), wall_time_before_s=resume.wall_time_s if resume else 0.0
+    )
     checkpointer.register("round_log", round_log)
     checkpointer.register("client_manager", client_manager)
     poisoner = make_server_poisoner(cfg, attacker)
@@ -203,7 +209,8 @@ def run_federation(
         )
         privacy_section["candidate_set"]["finish_seconds"] = time.perf_counter() - finishing
     write_federation_outputs(
-        run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
+        run_dir, round_log, final_weights=final, model=evaluator.model,
+        experiment=cfg.name, seed=cfg.seed, threat_model=cfg.threat.threat_model, num_hospitals=k,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
         privacy=privacy_section,
         threat=threat_report(cfg, round_log, poisoner, final_weights=final, evaluator=evaluator),

@@ -52,7 +52,7 @@ class ServerAttacker:
         self.cfg = cfg
         self.shadows = ShadowStore(cfg, Path(run_dir) / "shadows" if run_dir is not None else None)
         self.knowledge = AttackerKnowledge(
-            population=build_attacker_population(cfg),
+            population=build_attacker_population(cfg.data, cfg.federation, seed=cfg.seed),
             candidates=candidates,
             training=cfg.training,
             shadows=self.shadows,
@@ -60,7 +60,7 @@ class ServerAttacker:
         )
         self.attacks: dict[str, MembershipAttack] = {name: make_attack(name, cfg) for name in cfg.privacy.attacks}
         device = process_device(cfg.simulation, role="server")
-        self.model = build_experiment_model(cfg, device=device)
+        self.model = build_experiment_model(cfg.model, cfg.data, device=device)
         self.fit_seconds: dict[str, float] = {}
         self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
         self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in cfg.privacy.per_round_attacks}
@@ -70,7 +70,7 @@ class ServerAttacker:
         if cfg.threat.update_attacks:
             self.updates = UpdateAttackRecorder(
                 self.knowledge,
-                model=build_experiment_model(cfg, device=device),
+                model=build_experiment_model(cfg.model, cfg.data, device=device),
                 num_hospitals=cfg.federation.num_hospitals,
                 total_rounds=cfg.federation.rounds,
                 with_gradient_alignment=cfg.threat.gradient_alignment,

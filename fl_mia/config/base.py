@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 MOVED_KEY_ERROR = "moved_key"
@@ -41,3 +41,9 @@ def raise_on_moved_keys(raw: Any, moved: dict[str, str]) -> None:
             node = node[part]
         else:
             raise PydanticCustomError(MOVED_KEY_ERROR, "{old} has moved: use {new}", {"old": old, "new": new})
+
+
+def plugin_table_fields(registry) -> dict[str, tuple[type, Any]]:
+    """One optional sub-table per registered plug-in with settings, defaulting to the plug-in's defaults."""
+    return {p.name: (p.settings, Field(default_factory=p.settings, description=f"{registry.family} {p.name!r}: {p.summary}"))
+            for p in registry if p.settings is not None}

@@ -187,7 +187,7 @@ def _candidate_count(cfg: ExperimentConfig, hospital) -> int:
 
 def candidates_per_hospital(cfg: ExperimentConfig) -> list[int]:
     """Members drawn per hospital (equal to its non-members): the config's size, capped by both pools."""
-    return [_candidate_count(cfg, build_hospital(cfg, k)) for k in range(cfg.federation.num_hospitals)]
+    return [_candidate_count(cfg, build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed)) for k in range(cfg.federation.num_hospitals)]
 
 
 def build_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedger]:
@@ -196,7 +196,7 @@ def build_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLed
     parts: list[tuple[Split, int, bool]] = []
     for k in range(k_hospitals):
         # One rendering per hospital: with many hospitals, a second pass would miss the cache.
-        hospital = build_hospital(cfg, k)
+        hospital = build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed)
         count = _candidate_count(cfg, hospital)
         rng = rng_for(cfg.seed, "candidates", k)
         member_index, non_member_index = _draw_members_and_non_members(

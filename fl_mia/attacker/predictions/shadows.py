@@ -135,7 +135,7 @@ class ShadowStore:
 
     def _new_model(self, name: str) -> nn.Module:
         torch.manual_seed(int_seed(self.cfg.seed, "shadow-init", name))
-        return build_experiment_model(self.cfg, device=process_device(self.cfg.simulation, role="server"))
+        return build_experiment_model(self.cfg.model, self.cfg.data, device=process_device(self.cfg.simulation, role="server"))
 
     def train(self, name: str, split: Split) -> nn.Module:
         fingerprint = self._fingerprint(split)
