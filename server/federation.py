@@ -42,6 +42,14 @@ from strategies.round_offset import RoundOffsetStrategy
 logger = logging.getLogger("fl_mia")
 
 
+def global_evaluator(cfg: ExperimentConfig) -> GlobalModelEvaluator:
+    """The testbed's utility instrument, on the server's device, over every hospital's test split."""
+    return GlobalModelEvaluator(
+        data=cfg.data, federation=cfg.federation, model=cfg.model, training=cfg.training,
+        device=process_device(cfg.simulation, role="server"), seed=cfg.seed,
+    )
+
+
 def initial_weights(cfg: ExperimentConfig) -> list[np.ndarray]:
     """The untrained global model, a function of the seed alone."""
     torch.manual_seed(int_seed(cfg.seed, "initial-model"))
@@ -136,10 +144,7 @@ def run_federation(
     k = cfg.federation.num_hospitals
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
-    evaluator = GlobalModelEvaluator(
-        data=cfg.data, federation=cfg.federation, model=cfg.model, training=cfg.training,
-        device=process_device(cfg.simulation, role="server"), seed=cfg.seed,
-    )
+    evaluator = global_evaluator(cfg)
     # The referee draws the candidates and keeps their ledger; the attacker (the server itself,
     # in this process) gets the candidates alone.
     candidates, ledger = build_candidates(cfg) if cfg.privacy.enabled else (None, None)

@@ -79,3 +79,14 @@ def test_a_source_registered_at_runtime_is_accepted_and_read_through_its_factory
 def test_importing_the_config_loads_no_torch():
     code = "import fl_mia.config, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_source_has_a_shipped_config():
+    import tomllib
+
+    sources = set()
+    for path in (ROOT / "configs").rglob("*.toml"):
+        data = tomllib.loads(path.read_text()).get("data", {})
+        sources.add(data.get("source", "phantom" if "phantom" in data else None))
+    missing = [name for name in DATA_SOURCES.names() if name not in sources]
+    assert not missing, f"no config under configs/ uses data.source {missing}"

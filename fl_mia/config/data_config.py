@@ -98,8 +98,9 @@ class DataSettings(Section):
         plugin = DATA_SOURCES.get(self.source)
         if plugin.settings is None:
             return None
-        # A source registered after this schema was built has no field: its defaults apply.
-        return getattr(self, self.source, None) or plugin.settings()
+        if self.source not in type(self).model_fields:
+            return plugin.settings()  # registered after this schema was built: no table, its defaults apply
+        return getattr(self, self.source)
 
 
 DataConfig = create_model(
