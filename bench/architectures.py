@@ -44,7 +44,7 @@ ARCHITECTURES = {
 
 TINY = [
     "data.image_size=64",
-    "data.num_patients=60",
+    "data.phantom.num_patients=60",
     "federation.num_hospitals=2",
     "federation.patients_per_hospital=8",
     "federation.attacker_patients=8",

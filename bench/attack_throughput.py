@@ -41,7 +41,7 @@ def main() -> None:
     step = make_server_attacker(cfg, draw_candidates(cfg)[0], run_dir=None)
     images = step.candidates.images
     torch.manual_seed(0)
-    model = build_experiment_model(cfg).eval()
+    model = build_experiment_model(cfg.model, cfg.data).eval()
 
     def forward_pass() -> None:
         predict_logits(model, images)

@@ -95,7 +95,7 @@ def main() -> None:
 
         base = [f"federation.rounds={args.rounds}", "referee.enabled=false", "attacker.update_attacks=[]", *args.overrides]
         phantom = load_config("configs/quickstart.toml", base)
-        settings = export_phantom(phantom, "msd", root / "phantom_msd")
+        settings = export_phantom(phantom.data, phantom.federation, "msd", root / "phantom_msd", seed=phantom.seed)
         loaded = load_config("configs/data/msd.toml", [
             *base, f'data.cache_dir="{root / "cache"}"', f"federation.attacker_patients={phantom.federation.attacker_patients}",
             *(f"{key}={value!r}" if not isinstance(value, str) else f'{key}="{value}"' for key, value in settings.items()),
@@ -111,7 +111,7 @@ def main() -> None:
             rounds[name] += list(times)
         from fl_mia.data import build_hospital
 
-        count = lambda cfg: sum(len(build_hospital(cfg, k).train) for k in range(cfg.federation.num_hospitals))  # noqa: E731
+        count = lambda cfg: sum(len(build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed).train) for k in range(cfg.federation.num_hospitals))  # noqa: E731
         p, q = float(np.median(rounds["phantom"])), float(np.median(rounds["loaded"]))
         hospitals = phantom.federation.num_hospitals
         record.add(f"| federated round, quickstart phantom, {hospitals} hospitals, {count(phantom)} training slices of {size} "

@@ -102,7 +102,7 @@ def secagg_protocol_only(cfg: ExperimentConfig) -> dict[str, float]:
     from clients.mods import defences_mod
     from fl_mia.models import build_experiment_model, get_weights
 
-    sizes = [a.shape for a in get_weights(build_experiment_model(cfg))]
+    sizes = [a.shape for a in get_weights(build_experiment_model(cfg.model, cfg.data))]
 
     class Fixed(NumPyClient):
         def __init__(self, k):
@@ -141,14 +141,14 @@ def dp_sgd_ratio(cfg: ExperimentConfig, repeats: int) -> dict[str, float]:
 
     dp_cfg = cfg.model_copy(deep=True)
     dp_cfg.defences.dp_sgd.enabled = True
-    hospital = build_hospital(cfg, 0)
+    hospital = build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed)
     plain_times, dp_times = [], []
     for r in range(repeats):
-        model = build_experiment_model(cfg)
+        model = build_experiment_model(cfg.model, cfg.data)
         started = time.perf_counter()
         train_local(model, hospital.train, cfg.training, seed=cfg.seed, tags=(r, 0))
         plain_times.append(time.perf_counter() - started)
-        model = build_experiment_model(cfg)
+        model = build_experiment_model(cfg.model, cfg.data)
         started = time.perf_counter()
         train_local_dp(
             model, hospital.train, dp_cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[],

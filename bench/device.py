@@ -44,9 +44,9 @@ def best_seconds(action, repeats: int) -> float:
 
 def measure(cfg, device: str, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
-    model = build_experiment_model(cfg, device=device)
-    split = build_hospital(cfg, 0).train
-    population = build_attacker_population(cfg)
+    model = build_experiment_model(cfg.model, cfg.data, device=device)
+    split = build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed).train
+    population = build_attacker_population(cfg.data, cfg.federation, seed=cfg.seed)
     images, masks = population.images, population.masks
     update = {name: torch.randn_like(p) for name, p in model.named_parameters()}
     aligned = min(len(images), 32)

@@ -21,11 +21,10 @@ import torch
 from fl_mia.config.loading import load_config
 from fl_mia.data import build_hospital
 from fl_mia.app.experiment import run_experiment
-from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights, set_weights
 from fl_mia.app.simulation_resources import available_cpus
 from fl_mia.training import train_local
-from server.federation import initial_weights
+from server.federation import global_evaluator, initial_weights
 
 
 def plain_federated_loop(cfg) -> tuple[float, list[float], float]:
@@ -33,9 +32,9 @@ def plain_federated_loop(cfg) -> tuple[float, list[float], float]:
     started = time.perf_counter()
     # No parallel actors here: give the loop every core Flower's hospitals share.
     torch.set_num_threads(available_cpus())
-    hospitals = [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
-    model = build_experiment_model(cfg)
-    evaluator = GlobalModelEvaluator(cfg)
+    hospitals = [build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed) for k in range(cfg.federation.num_hospitals)]
+    model = build_experiment_model(cfg.model, cfg.data)
+    evaluator = global_evaluator(cfg)
     weights = initial_weights(cfg)
     evaluator.evaluate(weights)
     round_times = []

@@ -57,7 +57,7 @@ def case_overrides(num_hospitals: int, *, patients: int, rounds: int, attacker_p
         f"federation.fraction_fit={fraction!r}",
         f"federation.rounds={rounds}",
         f"federation.attacker_patients={attacker_patients}",
-        f"data.num_patients={num_hospitals * patients + attacker_patients}",
+        f"data.phantom.num_patients={num_hospitals * patients + attacker_patients}",
     ]
 
 

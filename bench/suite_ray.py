@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def suite_file(folder: Path, *, seeds: int, rounds: int) -> Path:
     path = folder / "bench_suite.toml"
     settings = [
-        "data.image_size=32", "data.num_patients=120", "federation.patients_per_hospital=12",
+        "data.image_size=32", "data.phantom.num_patients=120", "federation.patients_per_hospital=12",
         "federation.attacker_patients=12", f"federation.rounds={rounds}", "training.local_epochs=1",
         "attacker.shadows.epochs=1",
     ]

@@ -44,10 +44,10 @@ def hospital_client(
 ) -> HospitalClient:
     """The hospital of ``partition_id``, built from the experiment's sections."""
     torch.set_num_threads(cfg.simulation.threads_per_client)
-    hospital = build_hospital(cfg, partition_id)
+    hospital = build_hospital(cfg.data, cfg.federation, partition_id, seed=cfg.seed)
     classes = num_classes(cfg.data.task)
     device = process_device(cfg.simulation, role="hospital")  # the GPU Ray gave this actor, if any
-    model = build_model(cfg.model, in_channels=input_channels(cfg), classes=classes, image_size=cfg.data.image_size)
+    model = build_model(cfg.model, in_channels=input_channels(cfg.data), classes=classes, image_size=cfg.data.image_size)
     model.to(device)
     return HospitalClient(
         partition_id, hospital, model, classes=classes, training=cfg.training, dp_sgd=cfg.defences.dp_sgd,

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fl_mia.config import ExperimentConfig
 from fl_mia.run_folder import RunFolderError, atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -41,9 +40,9 @@ class CheckpointError(RunFolderError):
     """A checkpoint is missing, unreadable or belongs to another experiment (one line)."""
 
 
-def config_fingerprint(cfg: ExperimentConfig) -> str:
-    """Hash of the resolved config: a checkpoint only resumes the experiment that wrote it."""
-    return hashlib.sha256(json.dumps(cfg.to_toml_dict(), sort_keys=True).encode()).hexdigest()
+def config_fingerprint(resolved: dict[str, Any]) -> str:
+    """Hash of the resolved config (``ExperimentConfig.to_toml_dict()``): a checkpoint only resumes the experiment that wrote it."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -58,9 +57,10 @@ class Checkpoint:
 class Checkpointer:
     """Writes ``checkpoint.npz`` after every round and restores registered components."""
 
-    def __init__(self, run_dir: Path, cfg: ExperimentConfig, *, wall_time_before_s: float = 0.0) -> None:
+    def __init__(self, run_dir: Path, fingerprint: str, *, wall_time_before_s: float = 0.0) -> None:
+        """``fingerprint``: :func:`config_fingerprint` of the experiment's resolved config."""
         self.path = Path(run_dir) / CHECKPOINT_FILE
-        self.fingerprint = config_fingerprint(cfg)
+        self.fingerprint = fingerprint
         self.wall_time_before_s = wall_time_before_s
         self._components: dict[str, Stateful] = {}
 
@@ -103,7 +103,7 @@ class Checkpointer:
         return checkpoint.round
 
 
-def read_checkpoint(run_dir: Path, cfg: ExperimentConfig) -> Checkpoint:
+def read_checkpoint(run_dir: Path, fingerprint: str) -> Checkpoint:
     """Load and check ``checkpoint.npz``; every problem is one line naming the file."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
@@ -121,7 +121,7 @@ def read_checkpoint(run_dir: Path, cfg: ExperimentConfig) -> Checkpoint:
         ) from None
     if meta.get("format") != _FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format')} is not {_FORMAT}; start the experiment again")
-    if meta["config_fingerprint"] != config_fingerprint(cfg):
+    if meta["config_fingerprint"] != fingerprint:
         raise CheckpointError(
             f"{path}: written by a different experiment config than {Path(run_dir) / 'config.toml'}; "
             "resume with the config the run started with"

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DataConfig, FederationConfig, ModelConfig, TrainingConfig
 from fl_mia.data import build_hospital, input_channels, num_classes
 from fl_mia.losses import segmentation_loss
-from fl_mia.devices import process_device
 from fl_mia.models import build_model, set_weights
 from fl_mia.segmentation_metrics import confusion_counts, hard_predictions, summarize
 from fl_mia.training import predict_logits
@@ -21,14 +20,21 @@ from fl_mia.training import predict_logits
 class GlobalModelEvaluator:
     """Scores weights on each hospital's test split; ``overall`` pools all test images."""
 
-    def __init__(self, cfg: ExperimentConfig) -> None:
-        self.cfg = cfg
-        self.classes = num_classes(cfg.data.task)
-        self.model = build_model(
-            cfg.model, in_channels=input_channels(cfg), classes=self.classes, image_size=cfg.data.image_size
-        )
-        self.model.to(process_device(cfg.simulation, role="server"))
-        self.tests = [build_hospital(cfg, k).test for k in range(cfg.federation.num_hospitals)]
+    def __init__(
+        self,
+        *,
+        data: DataConfig,
+        federation: FederationConfig,
+        model: ModelConfig,
+        training: TrainingConfig,
+        device: torch.device | str,
+        seed: int,
+    ) -> None:
+        self.training = training
+        self.classes = num_classes(data.task)
+        self.model = build_model(model, in_channels=input_channels(data), classes=self.classes, image_size=data.image_size)
+        self.model.to(device)
+        self.tests = [build_hospital(data, federation, k, seed=seed).test for k in range(federation.num_hospitals)]
 
     @torch.no_grad()
     def evaluate(self, weights: list[np.ndarray]) -> dict[str, dict[str, float]]:
@@ -41,7 +47,7 @@ class GlobalModelEvaluator:
             tp, fp, fn = confusion_counts(hard_predictions(logits), masks, num_classes=self.classes)
             has_fg = (masks.flatten(1) > 0).any(1).numpy()
             loss = segmentation_loss(
-                logits, masks, dice_weight=self.cfg.training.dice_weight, ce_weight=self.cfg.training.ce_weight,
+                logits, masks, dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight,
                 reduction="none",
             ).numpy()
             per_hospital[str(hospital)] = {**summarize(tp, fp, fn, has_fg), "loss": float(loss.mean())}

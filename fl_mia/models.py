@@ -11,7 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from fl_mia.config import ExperimentConfig, ModelConfig
+from fl_mia.config import DataConfig, ModelConfig
 
 
 @lru_cache(maxsize=1)
@@ -90,18 +90,18 @@ def check_model_config(cfg: ModelConfig) -> None:
         _read_weights_file(cfg)  # fail at load, not inside a Ray actor halfway through the run
 
 
-def build_experiment_model(cfg: ExperimentConfig, *, device: torch.device | str = "cpu") -> nn.Module:
+def build_experiment_model(model: ModelConfig, data: DataConfig, *, device: torch.device | str = "cpu") -> nn.Module:
     """The experiment's model: the data's channels in, one output per class of its task.
 
     Built on the CPU (the same seeded initialisation everywhere), then moved to ``device``.
     """
     from fl_mia.data import input_channels, num_classes
 
-    model = build_model(cfg.model, in_channels=input_channels(cfg), classes=num_classes(cfg.data.task), image_size=cfg.data.image_size)
-    return model.to(device)
+    built = build_model(model, in_channels=input_channels(data), classes=num_classes(data.task), image_size=data.image_size)
+    return built.to(device)
 
 
-def check_model_runs(cfg: ExperimentConfig) -> None:
+def check_model_runs(model_cfg: ModelConfig, data: DataConfig) -> None:
     """Build the experiment's model and pass two blank scans through it; ``ValueError`` in one line.
 
     What only a forward pass reveals (a head whose output is not the input's size, an encoder
@@ -109,10 +109,10 @@ def check_model_runs(cfg: ExperimentConfig) -> None:
     """
     from fl_mia.data import input_channels, num_classes
 
-    size, classes = cfg.data.image_size, num_classes(cfg.data.task)
-    described = f"model: {cfg.model.arch} with encoder {cfg.model.encoder} at depth {cfg.model.encoder_depth}"
+    size, classes = data.image_size, num_classes(data.task)
+    described = f"model: {model_cfg.arch} with encoder {model_cfg.encoder} at depth {model_cfg.encoder_depth}"
     try:
-        model = build_experiment_model(cfg)  # its probe pass runs at the configured image size
+        model = build_experiment_model(model_cfg, data)  # its probe pass runs at the configured image size
     except (RuntimeError, AssertionError) as error:  # build_model's own ValueErrors are one line already
         first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ValueError(
@@ -122,7 +122,7 @@ def check_model_runs(cfg: ExperimentConfig) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            output = model(torch.zeros(2, input_channels(cfg), size, size))
+            output = model(torch.zeros(2, input_channels(data), size, size))
     except (RuntimeError, ValueError, AssertionError) as error:
         first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ValueError(

@@ -18,7 +18,7 @@ from fl_mia.config.loading import load_config
 def _model_builds(cfg: ExperimentConfig) -> None:
     from fl_mia.models import check_model_runs
 
-    check_model_runs(cfg)  # builds it and checks a forward pass at the configured image size
+    check_model_runs(cfg.model, cfg.data)  # builds it and checks a forward pass at the configured image size
 
 
 def _threat_fits_the_defences(cfg: ExperimentConfig) -> None:
@@ -34,7 +34,7 @@ def _threat_fits_the_defences(cfg: ExperimentConfig) -> None:
         from fl_mia.models import build_experiment_model
         from fl_mia.attacker.poisoning.model_inconsistency import silencing_keys
 
-        silencing_keys(build_experiment_model(cfg))  # the decoder must have a norm layer to silence
+        silencing_keys(build_experiment_model(cfg.model, cfg.data))  # the decoder must have a norm layer to silence
     if poisoning == "trap_inconsistency" and secagg:
         from fl_mia.attacker.poisoning.trap_inconsistency import reconstruction_step
 
@@ -79,8 +79,8 @@ def _dataset_loads(cfg: ExperimentConfig) -> None:
     # Reads (or decodes and caches) the dataset and shares it out once, here, so that a
     # broken file or a too-small site fails in one line before any hospital starts.
     for k in range(cfg.federation.num_hospitals):
-        build_hospital(cfg, k)
-    build_attacker_population(cfg)
+        build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed)
+    build_attacker_population(cfg.data, cfg.federation, seed=cfg.seed)
 
 
 CHECKS = (_device_exists, _dataset_loads, _model_builds, _threat_fits_the_defences, _trap_fits_the_model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fl_mia.config import ExperimentConfig
 from fl_mia.config.loading import load_config
@@ -25,12 +26,15 @@ def experiment_from_run_config(run_config: dict) -> ExperimentConfig:
     return load_config(path, overrides)
 
 
-def run_folder_from_run_config(run_config: dict, cfg: ExperimentConfig) -> Path:
-    """Create the run folder for ``flwr run .`` (``runs-root`` key, default ./runs)."""
+def run_folder_from_run_config(run_config: dict, *, name: str, resolved: dict[str, Any]) -> Path:
+    """Create the run folder for ``flwr run .`` (``runs-root`` key, default ./runs).
+
+    ``name``: the experiment's; ``resolved``: its config as written to config.toml (``to_toml_dict()``).
+    """
     from fl_mia.run_folder import create_run_folder, set_status, write_toml
 
     root = str(run_config.get("runs-root", "") or "runs")
-    folder = create_run_folder(cfg.name, runs_root=Path(root))
-    write_toml(folder / "config.toml", cfg.to_toml_dict())
+    folder = create_run_folder(name, runs_root=Path(root))
+    write_toml(folder / "config.toml", resolved)
     set_status(folder, "running")
     return folder

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_mia.config import ExperimentConfig
 from fl_mia.models import count_parameters, set_weights
 from fl_mia.round_log import ROUND_COLUMNS, TIMING_COLUMNS, RoundLog
 from fl_mia.run_folder import atomic_write_bytes, write_csv, write_json
@@ -52,9 +51,12 @@ def split_wall_clock(section: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 def write_federation_outputs(
     run_dir: Path,
-    cfg: ExperimentConfig,
     round_log: RoundLog,
     *,
+    experiment: str,
+    seed: int,
+    threat_model: str,
+    num_hospitals: int,
     final_weights: list[np.ndarray],
     model: torch.nn.Module,
     wall_time_s: float,
@@ -64,6 +66,8 @@ def write_federation_outputs(
 ) -> dict[str, Any]:
     """Write rounds.csv, timings.csv, global_model.pt and metrics.json (its only writer).
 
+    ``experiment``, ``seed``: the run's name and seed; ``threat_model``: the configured one, unless
+    ``threat`` (the attacker's summary) says otherwise.
     ``defences``: ``{"defences": [names], "defence_report": {...}}`` from the server's defences.
     """
     run_dir = Path(run_dir)
@@ -77,12 +81,12 @@ def write_federation_outputs(
     atomic_write_bytes(run_dir / "global_model.pt", buffer.getvalue())
     fit_seconds = sum(float(r.get("fit_seconds") or 0) for r in timings)
     metrics = {
-        "experiment": cfg.name,
-        "seed": cfg.seed,
-        "threat_model": threat["threat_model"] if threat else cfg.threat.threat_model,
+        "experiment": experiment,
+        "seed": seed,
+        "threat_model": threat["threat_model"] if threat else threat_model,
         "defences": [],
         "rounds_completed": round_log.last_round,
-        "utility": utility_section(round_log, cfg.federation.num_hospitals),
+        "utility": utility_section(round_log, num_hospitals),
         "failures": round_log.failure_summary(),
         "wall_time_s": wall_time_s,
         "cost": {

@@ -17,9 +17,10 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp.grid import Grid
 
-from fl_mia.checkpoint import Checkpoint, Checkpointer
+from fl_mia.checkpoint import Checkpoint, Checkpointer, config_fingerprint
 from fl_mia.config import ExperimentConfig
 from fl_mia.data import forget_rendered_hospitals
+from fl_mia.devices import process_device
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.attacker.poisoning.registry import make_poisoner
@@ -45,10 +46,18 @@ from strategies.round_offset import RoundOffsetStrategy
 logger = logging.getLogger("fl_mia")
 
 
+def global_evaluator(cfg: ExperimentConfig) -> GlobalModelEvaluator:
+    """The testbed's utility instrument, on the server's device, over every hospital's test split."""
+    return GlobalModelEvaluator(
+        data=cfg.data, federation=cfg.federation, model=cfg.model, training=cfg.training,
+        device=process_device(cfg.simulation, role="server"), seed=cfg.seed,
+    )
+
+
 def initial_weights(cfg: ExperimentConfig) -> list[np.ndarray]:
     """The untrained global model, a function of the seed alone."""
     torch.manual_seed(int_seed(cfg.seed, "initial-model"))
-    return get_weights(build_experiment_model(cfg))
+    return get_weights(build_experiment_model(cfg.model, cfg.data))
 
 
 def build_strategy(
@@ -104,8 +113,8 @@ def secagg_max_weight(cfg: ExperimentConfig) -> float | None:
     if cfg.data.source != "phantom":
         from fl_mia.data import build_hospital
 
-        return float(max(len(build_hospital(cfg, k).train) for k in range(cfg.federation.num_hospitals)))
-    return float(max(cfg.federation.hospital_sizes()) * cfg.data.slices_per_patient)
+        return float(max(len(build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed).train) for k in range(cfg.federation.num_hospitals)))
+    return float(max(cfg.federation.hospital_sizes()) * cfg.data.phantom.slices_per_patient)
 
 
 def run_shape(cfg: ExperimentConfig) -> RunShape:
@@ -123,7 +132,7 @@ def draw_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedg
     candidates alone."""
     return build_candidates(
         cfg.referee,
-        hospital=lambda k: build_hospital(cfg, k),
+        hospital=lambda k: build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed),
         num_hospitals=cfg.federation.num_hospitals,
         seed=cfg.seed,
         task=cfg.data.task,
@@ -152,7 +161,7 @@ def _server_model_maker(cfg: ExperimentConfig):
     device = process_device(cfg.simulation, role="server")
 
     def make_model():
-        return build_experiment_model(cfg, device=device)
+        return build_experiment_model(cfg.model, cfg.data, device=device)
 
     return make_model
 
@@ -179,7 +188,7 @@ def make_server_attacker(cfg: ExperimentConfig, candidates: CandidateSet, run_di
     make_model = _server_model_maker(cfg)
     shadows = make_shadow_store(cfg, Path(run_dir) / "shadows" if run_dir is not None else None, make_model)
     return ServerAttacker(
-        cfg.attacker, candidates, population=build_attacker_population(cfg), shadows=shadows, training=cfg.training,
+        cfg.attacker, candidates, population=build_attacker_population(cfg.data, cfg.federation, seed=cfg.seed), shadows=shadows, training=cfg.training,
         output=cfg.defences.output, make_model=make_model, num_hospitals=cfg.federation.num_hospitals,
         total_rounds=cfg.federation.rounds, seed=cfg.seed, classes=num_classes(cfg.data.task),
     )
@@ -212,7 +221,7 @@ def make_server_poisoner(cfg: ExperimentConfig, attacker: ServerAttacker | None)
     """The dishonest server's poisoner, armed with what the attacker knows (never the ledger)."""
     if cfg.threat.poisoning == "none":
         return None
-    return make_poisoner(cfg.threat, attacker.knowledge, build_experiment_model(cfg))
+    return make_poisoner(cfg.threat, attacker.knowledge, build_experiment_model(cfg.model, cfg.data))
 
 
 def weighted_train_loss(fit_metrics: list[tuple[int, dict]]) -> dict:
@@ -250,12 +259,14 @@ def run_federation(
     k = cfg.federation.num_hospitals
     directory = discover_hospitals(grid, expected=k)
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
-    evaluator = GlobalModelEvaluator(cfg)
+    evaluator = global_evaluator(cfg)
     candidates, ledger = draw_candidates(cfg) if cfg.referee.enabled else (None, None)
     attacker = make_server_attacker(cfg, candidates, run_dir) if candidates is not None else None
     forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
-    checkpointer = Checkpointer(run_dir, cfg, wall_time_before_s=resume.wall_time_s if resume else 0.0)
+    checkpointer = Checkpointer(
+        run_dir, config_fingerprint(cfg.to_toml_dict()), wall_time_before_s=resume.wall_time_s if resume else 0.0
+    )
     checkpointer.register("round_log", round_log)
     checkpointer.register("client_manager", client_manager)
     poisoner = make_server_poisoner(cfg, attacker)
@@ -307,7 +318,8 @@ def run_federation(
     )
     privacy_section = None if attacker is None else judge_the_attacker(cfg, attacker, candidates, ledger, run_dir, round_log, final)
     write_federation_outputs(
-        run_dir, cfg, round_log, final_weights=final, model=evaluator.model,
+        run_dir, round_log, final_weights=final, model=evaluator.model,
+        experiment=cfg.name, seed=cfg.seed, threat_model=cfg.threat.threat_model, num_hospitals=k,
         wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
         privacy=privacy_section,
         threat=threat_report(cfg.threat, round_log, poisoner, num_hospitals=k, secure_aggregation=shape.secure_aggregation,

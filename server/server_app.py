@@ -35,7 +35,7 @@ def make_server_app(
         # The one place under `flwr run` where the experiment is checked beyond its schema;
         # hospitals read the same file and trust this check.
         experiment = preflight(experiment_from_run_config(context.run_config))
-        folder = run_folder_from_run_config(context.run_config, experiment)
+        folder = run_folder_from_run_config(context.run_config, name=experiment.name, resolved=experiment.to_toml_dict())
         try:
             run_federation(grid, context, experiment, folder, on_round_end)
         except BaseException as error:

@@ -15,17 +15,22 @@ def tiny_raw(**sections) -> dict:
     raw = {
         "name": "tiny",
         "seed": 0,
-        "data": {"image_size": 32, "num_patients": 60, "slices_per_patient": 2},
+        "data": {"image_size": 32, "phantom": {"num_patients": 60, "slices_per_patient": 2}},
         "federation": {"num_hospitals": 2, "patients_per_hospital": 8, "attacker_patients": 8, "rounds": 2},
         "model": {"arch": "Unet", "encoder": "resnet18", "encoder_depth": 3, "norm": "groupnorm"},
         "training": {"local_epochs": 1, "batch_size": 4},
     }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            raw.setdefault(section, {}).update(values)
-        else:
-            raw[section] = values
+    _merge(raw, sections)
     return raw
+
+
+def _merge(base: dict, overlay: dict) -> None:
+    """Tables merge key by key (``data={"phantom": {...}}`` keeps the other data keys); values replace."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 @pytest.fixture

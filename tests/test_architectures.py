@@ -67,7 +67,7 @@ def test_architecture_trains_and_gives_per_sample_gradients(arch, task):
     encoder, depth, size = WORKING[arch]
     cfg = preflight(arch_cfg(arch, encoder, depth, task=task, image_size=size))
     torch.manual_seed(0)
-    model = build_experiment_model(cfg)
+    model = build_experiment_model(cfg.model, cfg.data)
     classes = 1 if task == "lesion" else 3
     images = torch.randn(3, 1, size, size)
     masks = torch.randint(0, 2 if task == "lesion" else classes, (3, size, size))
@@ -99,7 +99,7 @@ def test_unbuildable_combination_is_refused_at_load_in_one_line(arch, encoder, d
 
 def test_pan_keeps_no_norm_that_would_normalise_a_single_value():
     cfg = arch_cfg("PAN", "resnet18", 3, image_size=64)
-    model = build_experiment_model(cfg)
+    model = build_experiment_model(cfg.model, cfg.data)
     seen = []
 
     def record(module, inputs):

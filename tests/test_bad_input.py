@@ -19,7 +19,7 @@ import tomli_w
 import torch
 from typer.testing import CliRunner
 
-from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer
+from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer, config_fingerprint
 from fl_mia.app.cli import app
 from fl_mia.config.loading import build_config
 from fl_mia.round_log import RoundLog
@@ -79,7 +79,7 @@ CASES = [
     Case("unknown task", with_set('data.task="liver"'), ("data.task", "lesion")),
     Case("tiny hospitals", with_set("federation.patients_per_hospital=2"), ("patients_per_hospital", "at least 4")),
     # --- contradictory settings -------------------------------------------------------------
-    Case("more hospitals than patients", with_set("federation.num_hospitals=20"), ("federation.num_hospitals", "data.num_patients")),
+    Case("more hospitals than patients", with_set("federation.num_hospitals=20"), ("federation.num_hospitals", "data.phantom.num_patients")),
     Case("size list vs hospital count", with_set("federation.patients_per_hospital=[8,8,8]"), ("patients_per_hospital", "num_hospitals is 2")),
     Case("no test split left", with_set("federation.train_fraction=0.7", "federation.heldout_fraction=0.3"), ("train_fraction", "test split")),
     Case("constant loss", with_set("training.dice_weight=0", "training.ce_weight=0"), ("dice_weight", "ce_weight")),
@@ -276,7 +276,7 @@ CASES += [
     Case(
         "folder without image/mask pairs",
         on_data("folder", "empty"),
-        ("no image/mask pairs", "images/*", "masks/*", "data.image_glob"),
+        ("no image/mask pairs", "images/*", "masks/*", "data.folder.image_glob"),
         lambda p: (p.root / "empty").mkdir(),
     ),
     Case(
@@ -380,7 +380,7 @@ def interrupted_run(folder: Path, raw: dict) -> None:
     folder.mkdir()
     write_toml(folder / "config.toml", cfg.to_toml_dict())
     set_status(folder, "running", pid=2**22 + 12345, host="elsewhere")
-    checkpointer = Checkpointer(folder, cfg)
+    checkpointer = Checkpointer(folder, config_fingerprint(cfg.to_toml_dict()))
     checkpointer.register("round_log", RoundLog(num_hospitals=2, total_rounds=2))
     checkpointer.register("client_manager", PartitionSeededClientManager(seed=0, directory={}))
     checkpointer.save(server_round=1, weights=[np.zeros(3, np.float32)], wall_time_s=1.0)

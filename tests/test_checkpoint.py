@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fl_mia.checkpoint import CHECKPOINT_FILE, CheckpointError, Checkpointer, read_checkpoint
+from fl_mia.checkpoint import CHECKPOINT_FILE, CheckpointError, Checkpointer, read_checkpoint, config_fingerprint
 from fl_mia.config.loading import build_config
 from fl_mia.round_log import ROUND_COLUMNS, RoundLog
 from fl_mia.run_folder import write_csv
@@ -80,17 +80,17 @@ def test_checkpoint_round_trip_restores_weights_and_components_exactly(tmp_path)
         def load_state_dict(self, state):
             self.scores, self.rounds = state["scores"], state["rounds"]
 
-    writer = Checkpointer(tmp_path, cfg, wall_time_before_s=2.0)
+    writer = Checkpointer(tmp_path, config_fingerprint(cfg.to_toml_dict()), wall_time_before_s=2.0)
     for name, component in (("round_log", log), ("client_manager", manager), ("attack", Accumulator())):
         writer.register(name, component)
     writer.save(server_round=2, weights=weights, wall_time_s=3.0)
 
-    checkpoint = read_checkpoint(tmp_path, cfg)
+    checkpoint = read_checkpoint(tmp_path, config_fingerprint(cfg.to_toml_dict()))
     assert checkpoint.round == 2 and checkpoint.wall_time_s == 5.0
     assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(checkpoint.weights, weights))
     new_log, new_manager, new_acc = RoundLog(num_hospitals=2, total_rounds=3), PartitionSeededClientManager(seed=0, directory={}), Accumulator()
     new_acc.scores = None
-    reader = Checkpointer(tmp_path, cfg)
+    reader = Checkpointer(tmp_path, config_fingerprint(cfg.to_toml_dict()))
     for name, component in (("round_log", new_log), ("client_manager", new_manager), ("attack", new_acc)):
         reader.register(name, component)
     assert reader.restore(checkpoint) == 2
@@ -103,24 +103,24 @@ def test_checkpoint_round_trip_restores_weights_and_components_exactly(tmp_path)
 def test_checkpoint_of_another_config_or_damaged_file_is_refused(tmp_path):
     cfg = build_config(tiny_raw())
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        read_checkpoint(tmp_path, cfg)
-    Checkpointer(tmp_path, cfg).save(server_round=1, weights=[np.zeros(2)], wall_time_s=0.0)
+        read_checkpoint(tmp_path, config_fingerprint(cfg.to_toml_dict()))
+    Checkpointer(tmp_path, config_fingerprint(cfg.to_toml_dict())).save(server_round=1, weights=[np.zeros(2)], wall_time_s=0.0)
     with pytest.raises(CheckpointError, match="different experiment config"):
-        read_checkpoint(tmp_path, build_config(tiny_raw(seed=5)))
+        read_checkpoint(tmp_path, config_fingerprint(build_config(tiny_raw(seed=5)).to_toml_dict()))
     data = (tmp_path / CHECKPOINT_FILE).read_bytes()
     (tmp_path / CHECKPOINT_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="unreadable checkpoint") as info:
-        read_checkpoint(tmp_path, cfg)
+        read_checkpoint(tmp_path, config_fingerprint(cfg.to_toml_dict()))
     assert "\n" not in str(info.value)
 
 
 def test_restore_names_a_component_the_checkpoint_lacks(tmp_path):
     cfg = build_config(tiny_raw())
-    Checkpointer(tmp_path, cfg).save(server_round=1, weights=[np.zeros(2)], wall_time_s=0.0)
-    reader = Checkpointer(tmp_path, cfg)
+    Checkpointer(tmp_path, config_fingerprint(cfg.to_toml_dict())).save(server_round=1, weights=[np.zeros(2)], wall_time_s=0.0)
+    reader = Checkpointer(tmp_path, config_fingerprint(cfg.to_toml_dict()))
     reader.register("dp_accountant", PartitionSeededClientManager(seed=0, directory={}))
     with pytest.raises(CheckpointError, match="dp_accountant"):
-        reader.restore(read_checkpoint(tmp_path, cfg))
+        reader.restore(read_checkpoint(tmp_path, config_fingerprint(cfg.to_toml_dict())))
 
 
 class RecordingStrategy:

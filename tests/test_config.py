@@ -54,7 +54,7 @@ def test_unknown_encoder():
 
 def test_more_hospitals_than_the_data_can_fill():
     message = one_line_error(tiny_raw(federation={"num_hospitals": 20}))
-    assert "federation.num_hospitals" in message and "data.num_patients" in message
+    assert "federation.num_hospitals" in message and "data.phantom.num_patients" in message
 
 
 def test_size_list_must_match_hospital_count():

@@ -17,21 +17,21 @@ from tests.conftest import tiny_raw
 @pytest.fixture(scope="module")
 def phantom_cfg():
     # Organ and lesion classes, so that the labels' order round-trips too.
-    return build_config(tiny_raw(data={"task": "organ_lesion", "image_size": 32, "num_patients": 60, "slices_per_patient": 2}))
+    return build_config(tiny_raw(data={"task": "organ_lesion", "image_size": 32, "phantom": {"num_patients": 60, "slices_per_patient": 2}}))
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_phantom_export_load_gives_the_same_slices(phantom_cfg, layout, tmp_path):
-    settings = export_phantom(phantom_cfg, layout, tmp_path / layout)
+    settings = export_phantom(phantom_cfg.data, phantom_cfg.federation, layout, tmp_path / layout, seed=phantom_cfg.seed)
     loaded_cfg = build_config(tiny_raw(**_sections(settings, phantom_cfg, cache=tmp_path / "cache")))
     pool = load_pool(loaded_cfg.data)
-    cases = phantom_cases(phantom_cfg)
+    cases = phantom_cases(phantom_cfg.data, phantom_cfg.federation, seed=phantom_cfg.seed)
     assert pool.patients == cases.names
     assert np.array_equal(np.asarray(pool.images)[:, 0], np.concatenate(cases.images))
     assert np.array_equal(np.asarray(pool.labels), np.concatenate(cases.masks))
     # The manifest gives each hospital back its own patients.
     for k in range(phantom_cfg.federation.num_hospitals):
-        original, loaded = build_hospital(phantom_cfg, k), build_hospital(loaded_cfg, k)
+        original, loaded = build_hospital(phantom_cfg.data, phantom_cfg.federation, k, seed=phantom_cfg.seed), build_hospital(loaded_cfg.data, loaded_cfg.federation, k, seed=loaded_cfg.seed)
         names = {f"phantom_{int(p):04d}" for s in (original.train, original.heldout, original.test) for p in s.patient_ids}
         assert {pool.patients[int(p)] for s in (loaded.train, loaded.heldout, loaded.test) for p in s.patient_ids} == names
 
@@ -39,8 +39,11 @@ def test_phantom_export_load_gives_the_same_slices(phantom_cfg, layout, tmp_path
 def _sections(settings: dict, phantom_cfg, *, cache) -> dict:
     sections: dict = {"data": {"cache_dir": str(cache)}, "federation": {"attacker_patients": phantom_cfg.federation.attacker_patients}}
     for key, value in settings.items():
-        section, name = key.split(".")
-        sections.setdefault(section, {})[name] = value
+        *tables, name = key.split(".")
+        node = sections
+        for table in tables:
+            node = node.setdefault(table, {})
+        node[name] = value
     return sections
 
 
@@ -58,7 +61,7 @@ def test_export_prints_the_run_command_and_inspect_reads_it(tmp_path):
     inspect = runner.invoke(app, [
         "data", "inspect", "configs/data/nnunet.toml", "--out", str(tmp_path),
         "--set", f'data.path="{tmp_path / "nn"}"', "--set", f'data.cache_dir="{tmp_path / "cache"}"',
-        "--set", "data.image_size=32", "--set", "federation.num_hospitals=2", "--set", "data.empty_slice_fraction=1.0",
+        "--set", "data.image_size=32", "--set", "federation.num_hospitals=2", "--set", "data.nnunet.empty_slice_fraction=1.0",
     ])
     assert inspect.exit_code == 0, inspect.output
     for fragment in ("cases", "slices kept", "hospital 0", "attacker", "foreground share per class", "spacing range"):

@@ -9,7 +9,7 @@ from fl_mia.config.loading import build_config
 from fl_mia.data import build_attacker_population, build_hospital, input_channels
 from fl_mia.data import pool as pool_module
 from fl_mia.data.disk import assignment
-from fl_mia.data.sources import volumes_io
+import fl_mia.data.sources.volumes_io as volumes_io
 from fl_mia.data.sources.base import DataError
 from fl_mia.models import build_experiment_model
 from tests.conftest import tiny_raw
@@ -27,8 +27,8 @@ def disk_cfg(source: str, path, cache, *, data=None, federation=None, seed: int 
 
 
 def all_splits(cfg):
-    hospitals = [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
-    return [s for h in hospitals for s in (h.train, h.heldout, h.test)] + [build_attacker_population(cfg)]
+    hospitals = [build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed) for k in range(cfg.federation.num_hospitals)]
+    return [s for h in hospitals for s in (h.train, h.heldout, h.test)] + [build_attacker_population(cfg.data, cfg.federation, seed=cfg.seed)]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def msd_dir(tmp_path_factory):
 
 
 def test_msd_volumes_become_slices_of_their_patients(msd_dir, tmp_path):
-    cfg = disk_cfg("msd", msd_dir, tmp_path, data={"empty_slice_fraction": 0.0})
+    cfg = disk_cfg("msd", msd_dir, tmp_path, data={"msd": {"empty_slice_fraction": 0.0}})
     pool = pool_module.load_pool(cfg.data)
     assert pool.patients == [f"liver_{i}" for i in range(12)]
     assert pool.label_names == ["background", "liver", "cancer"]
@@ -49,7 +49,7 @@ def test_msd_volumes_become_slices_of_their_patients(msd_dir, tmp_path):
 
 
 def test_empty_slice_share_is_kept(msd_dir, tmp_path):
-    cfg = disk_cfg("msd", msd_dir, tmp_path, data={"empty_slice_fraction": 0.5})
+    cfg = disk_cfg("msd", msd_dir, tmp_path, data={"msd": {"empty_slice_fraction": 0.5}})
     # 4 empty slices per case, half of them kept.
     assert len(pool_module.load_pool(cfg.data)) == 12 * (6 + 2)
 
@@ -76,15 +76,15 @@ def test_task_masks_follow_the_dataset_labels(msd_dir, tmp_path):
 def test_multimodal_msd_sets_the_model_channels(tmp_path):
     root = write_msd(tmp_path / "brats", cases=10, modalities=2)
     cfg = disk_cfg("msd", root, tmp_path / "cache", data={"normalize": "zscore"})
-    assert build_hospital(cfg, 0).train.images.shape[1] == 2
-    assert input_channels(cfg) == 2
-    model = build_experiment_model(cfg)
+    assert build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed).train.images.shape[1] == 2
+    assert input_channels(cfg.data) == 2
+    model = build_experiment_model(cfg.model, cfg.data)
     assert next(model.parameters()).shape[1] == 2
 
 
 def test_nnunet_reads_one_file_per_channel(tmp_path):
     root = write_nnunet(tmp_path / "nn", cases=10, channels=2)
-    cfg = disk_cfg("nnunet", root, tmp_path / "cache", data={"empty_slice_fraction": 0.0})
+    cfg = disk_cfg("nnunet", root, tmp_path / "cache", data={"nnunet": {"empty_slice_fraction": 0.0}})
     pool = pool_module.load_pool(cfg.data)
     assert pool.channels == 2 and pool.patients == [f"case{i:03d}" for i in range(10)]
     assert pool.label_names == ["background", "liver", "tumour"]
@@ -97,7 +97,7 @@ def test_folder_groups_images_by_patient_regex(tmp_path):
     assert len(pool) == 16 and pool.channels == 3
     assert len(pool.patients) == 8  # two images per patient
     assert set(np.unique(pool.labels)) == {0, 1}  # 0/255 masks are binary
-    assert input_channels(cfg) == 3
+    assert input_channels(cfg.data) == 3
 
 
 def test_folder_palette_masks(tmp_path):
@@ -117,7 +117,7 @@ def test_npz_sites_make_hospitals_by_manifest(tmp_path):
     path = write_npz(tmp_path / "d.npz", patients=12, sites=3)
     cfg = disk_cfg("npz", path, tmp_path / "cache", federation={"num_hospitals": 3, "partition": "manifest", "attacker_patients": 0})
     pool = pool_module.load_pool(cfg.data)
-    hospitals, attacker = assignment(cfg)
+    hospitals, attacker = assignment(cfg.data, cfg.federation, seed=cfg.seed)
     for k, members in enumerate(hospitals):
         assert {pool.patient_sites[p] for p in members} == {f"site{k}"}
         assert len(members) == 4
@@ -131,10 +131,10 @@ def test_site_manifest_gives_each_hospital_exactly_its_sites_patients(msd_dir, t
     cfg = disk_cfg("msd", msd_dir, tmp_path / "cache", federation={"partition": "manifest", "manifest": str(manifest)})
     pool = pool_module.load_pool(cfg.data)
     for k, site in enumerate(["hospital_a", "hospital_b"]):
-        hospital = build_hospital(cfg, k)
+        hospital = build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed)
         got = {pool.patients[p] for s in (hospital.train, hospital.heldout, hospital.test) for p in s.patient_ids}
         assert got == {case for case, s in sites.items() if s == site}
-    attacker = build_attacker_population(cfg)
+    attacker = build_attacker_population(cfg.data, cfg.federation, seed=cfg.seed)
     assert {pool.patients[p] for p in attacker.patient_ids} == {"liver_0", "liver_1"}
 
 
@@ -143,7 +143,7 @@ def test_site_manifest_gives_each_hospital_exactly_its_sites_patients(msd_dir, t
 def test_no_split_ever_cuts_a_patient(msd_dir, tmp_path, partition, seed):
     cfg = disk_cfg(
         "msd", msd_dir, tmp_path, seed=seed,
-        data={"empty_slice_fraction": 0.5},
+        data={"msd": {"empty_slice_fraction": 0.5}},
         federation={"partition": partition, "patients_per_hospital": [4, 5], "dirichlet_alpha": 1.0},
     )
     splits = all_splits(cfg)
@@ -160,7 +160,7 @@ def test_no_split_ever_cuts_a_patient(msd_dir, tmp_path, partition, seed):
 
 def test_size_skew_gives_the_listed_sizes(msd_dir, tmp_path):
     cfg = disk_cfg("msd", msd_dir, tmp_path, federation={"partition": "size_skew", "patients_per_hospital": [4, 6]})
-    assert [len(h) for h in assignment(cfg)[0]] == [4, 6]
+    assert [len(h) for h in assignment(cfg.data, cfg.federation, seed=cfg.seed)[0]] == [4, 6]
 
 
 def test_dirichlet_skews_lesion_strata(msd_dir, tmp_path):
@@ -170,7 +170,7 @@ def test_dirichlet_skews_lesion_strata(msd_dir, tmp_path):
     assert strata[:2].tolist() == [0, 0] and strata[2] == 1 and strata[-1] == 3
     cfg = disk_cfg("msd", msd_dir, tmp_path, federation={"partition": "dirichlet", "dirichlet_alpha": 0.3})
     again = disk_cfg("msd", msd_dir, tmp_path, federation={"partition": "dirichlet", "dirichlet_alpha": 0.3})
-    assert [h.tolist() for h in assignment(cfg)[0]] == [h.tolist() for h in assignment(again)[0]]
+    assert [h.tolist() for h in assignment(cfg.data, cfg.federation, seed=cfg.seed)[0]] == [h.tolist() for h in assignment(again.data, again.federation, seed=again.seed)[0]]
 
 
 def test_second_load_reads_the_cache_not_the_volumes(msd_dir, tmp_path, monkeypatch):
@@ -203,4 +203,4 @@ def test_editing_a_file_invalidates_the_cache(tmp_path):
 def test_too_few_patients_is_one_line(msd_dir, tmp_path):
     cfg = disk_cfg("msd", msd_dir, tmp_path, federation={"num_hospitals": 4, "attacker_patients": 2})
     with pytest.raises(DataError, match="leaves 10 patients for 4 hospitals, which need at least 16"):
-        build_hospital(cfg, 0)
+        build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed)

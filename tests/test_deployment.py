@@ -70,7 +70,7 @@ def test_empty_ray_address_is_refused_with_the_field_name():
 def test_up_to_100_hospitals_are_accepted_and_101_refused():
     raw = tiny_raw(federation={"num_hospitals": 100, "patients_per_hospital": 4, "attacker_patients": 4,
                                "fraction_fit": 0.08},
-                   data={"image_size": 32, "num_patients": 420, "slices_per_patient": 2})
+                   data={"image_size": 32, "phantom": {"num_patients": 420, "slices_per_patient": 2}})
     assert build_config(raw).federation.num_hospitals == 100
     raw["federation"]["num_hospitals"] = 101
     with pytest.raises(ConfigError, match="federation.num_hospitals"):

@@ -46,8 +46,8 @@ def test_bf16_autocast_trains_and_differs_from_full_precision():
     for amp in ("off", "bf16"):
         cfg = build_config(tiny_raw(training={"amp": amp}))
         torch.manual_seed(0)
-        model = build_experiment_model(cfg)
-        result = train_local(model, build_hospital(cfg, 0).train, cfg.training, seed=0)
+        model = build_experiment_model(cfg.model, cfg.data)
+        result = train_local(model, build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed).train, cfg.training, seed=0)
         assert np.isfinite(result.train_loss)
         results[amp] = get_weights(model)
     assert any(not np.array_equal(a, b) for a, b in zip(results["off"], results["bf16"]))
@@ -56,8 +56,8 @@ def test_bf16_autocast_trains_and_differs_from_full_precision():
 def train_and_score(device: str):
     cfg = build_config(tiny_raw())
     torch.manual_seed(0)
-    model = build_experiment_model(cfg, device=device)
-    split = build_hospital(cfg, 0).train
+    model = build_experiment_model(cfg.model, cfg.data, device=device)
+    split = build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed).train
     result = train_local(model, split, cfg.training, seed=0)
     logits = predict_logits(model, split.images)
     update = {name: torch.ones_like(p) for name, p in model.named_parameters()}

@@ -24,7 +24,8 @@ def dp_cfg(**dp):
 
 @pytest.fixture(scope="module")
 def hospital():
-    return build_hospital(dp_cfg(), 0)
+    cfg = dp_cfg()
+    return build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed)
 
 
 def fresh_model(cfg):

@@ -40,7 +40,7 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 @pytest.fixture(scope="module")
 def setting():
     cfg = dp_cfg()
-    return cfg, build_hospital(cfg, 0).train
+    return cfg, build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed).train
 
 
 def test_server_knowing_the_seed_cannot_regenerate_the_noise(setting, monkeypatch):

@@ -39,7 +39,7 @@ def test_dp_config_targets_epsilon_8_at_delta_1e5_and_every_hospital_spends_it()
     dp = cfg.defences.dp_sgd
     assert dp.enabled and dp.target_epsilon == 8.0 and dp.delta == REFERENCE_DELTA == 1e-5
     for hospital in range(cfg.federation.num_hospitals):
-        plan = plan_for(cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, num_train=len(build_hospital(cfg, hospital).train))
+        plan = plan_for(cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, num_train=len(build_hospital(cfg.data, cfg.federation, hospital, seed=cfg.seed).train))
         assert plan.delta == 1e-5
         spent = epsilon_of([(plan.noise_multiplier, plan.sample_rate, plan.total_steps)], delta=1e-5, accountant=plan.accountant)
         # Opacus solves the noise to within 0.01 of the target, from below.

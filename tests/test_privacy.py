@@ -87,7 +87,7 @@ def test_candidates_are_balanced_by_hospital_and_split_by_patient(tiny_cfg):
     for k in range(tiny_cfg.federation.num_hospitals):
         drawn = candidates.hospital == k
         assert is_member[drawn].sum() == (~is_member[drawn]).sum() > 0
-        hospital = build_hospital(tiny_cfg, k)
+        hospital = build_hospital(tiny_cfg.data, tiny_cfg.federation, k, seed=tiny_cfg.seed)
         assert set(candidates.image_ids[drawn & is_member]) <= set(hospital.train.image_ids)
         assert set(candidates.image_ids[drawn & ~is_member]) <= set(hospital.heldout.image_ids)
     assert not set(candidates.patient_ids[is_member]) & set(candidates.patient_ids[~is_member])
@@ -133,7 +133,7 @@ def test_matched_candidates_leave_the_masks_nothing_to_tell():
         drawn = matched.hospital == k
         assert is_member[drawn].sum() == (~is_member[drawn]).sum() > 0
         assert (areas[drawn & is_member] == 0).sum() == (areas[drawn & ~is_member] == 0).sum()
-        assert set(matched.image_ids[drawn & is_member]) <= set(build_hospital(matched_cfg, k).train.image_ids)
+        assert set(matched.image_ids[drawn & is_member]) <= set(build_hospital(matched_cfg.data, matched_cfg.federation, k, seed=matched_cfg.seed).train.image_ids)
     assert 0 < (areas == 0).mean() < 0.5  # lesion-free scans exist and are matched, not dropped
     assert lesion_strata(areas, edges).max() <= LESION_AREA_STRATA
 

@@ -16,7 +16,7 @@ import tomli_w
 import torch
 from typer.testing import CliRunner
 
-from fl_mia.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint
+from fl_mia.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint, config_fingerprint
 from fl_mia.app.cli import app
 from fl_mia.config.loading import build_config
 from fl_mia.app.experiment import run_experiment
@@ -97,7 +97,7 @@ def _kill_after_first_checkpoint(config: Path, run_dir: Path, cfg) -> int:
     try:
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if read_checkpoint(run_dir, cfg).round >= 1:
+                if read_checkpoint(run_dir, config_fingerprint(cfg.to_toml_dict())).round >= 1:
                     break
             except CheckpointError:
                 pass
@@ -105,7 +105,7 @@ def _kill_after_first_checkpoint(config: Path, run_dir: Path, cfg) -> int:
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the CLI, Ray and its workers: all of the group
         process.wait()
-    return read_checkpoint(run_dir, cfg).round
+    return read_checkpoint(run_dir, config_fingerprint(cfg.to_toml_dict())).round
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from fl_mia import run_folder
 from fl_mia.app import experiment
-from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer
+from fl_mia.checkpoint import CHECKPOINT_FILE, Checkpointer, config_fingerprint
 from fl_mia.config.loading import build_config
 from fl_mia.app.experiment import resume_experiment, run_experiment
 from fl_mia.app.resume import resumable_run
@@ -71,7 +71,7 @@ def test_a_failed_resume_keeps_the_checkpoint_so_it_can_be_resumed_again(tmp_pat
     run.mkdir()
     write_toml(run / "config.toml", cfg.to_toml_dict())
     run_folder.set_status(run, "running", pid=1, host="another-machine")
-    checkpointer = Checkpointer(run, cfg)
+    checkpointer = Checkpointer(run, config_fingerprint(cfg.to_toml_dict()))
     checkpointer.register("round_log", RoundLog(num_hospitals=2, total_rounds=2))
     checkpointer.register("client_manager", PartitionSeededClientManager(seed=0, directory={}))
     checkpointer.save(server_round=1, weights=[np.ones(4, np.float32)], wall_time_s=2.0)

@@ -22,7 +22,8 @@ def cfg_with(defences=None, **shadows):
 
 @pytest.fixture(scope="module")
 def data():
-    return build_hospital(cfg_with(), 0).train  # 16 images of 8 patients
+    cfg = cfg_with()
+    return build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed).train  # 16 images of 8 patients
 
 
 def weights(model):
@@ -33,7 +34,7 @@ def test_central_mode_is_plain_training_of_one_model(data):
     cfg = cfg_with()
     shadow = make_shadow_store(cfg, None).train("reference", data)
     torch.manual_seed(int_seed(cfg.seed, "shadow-init", "reference"))
-    by_hand = build_experiment_model(cfg)
+    by_hand = build_experiment_model(cfg.model, cfg.data)
     train_local(by_hand, data, cfg.training.model_copy(update={"local_epochs": cfg.federation.rounds * cfg.training.local_epochs}), seed=cfg.seed, tags=("shadow", "reference"))
     assert torch.equal(weights(shadow), weights(by_hand))
 

@@ -81,7 +81,7 @@ def test_shipped_suites_load_and_pool_enough_non_members_for_1pct_fpr(name):
         if cell.seed == suite.seeds[0]:
             cfg = cell.cfg
             per_hospital = candidates_per_hospital(
-                cfg.referee, hospital=lambda k: build_hospital(cfg, k), num_hospitals=cfg.federation.num_hospitals
+                cfg.referee, hospital=lambda k: build_hospital(cfg.data, cfg.federation, k, seed=cfg.seed), num_hospitals=cfg.federation.num_hospitals
             )
             pooled = sum(per_hospital) * len(suite.seeds)
             assert pooled >= 2 * non_members_needed(0.01), (cell.name, pooled)

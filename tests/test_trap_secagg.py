@@ -127,9 +127,9 @@ def trained_setting():
     raw = tiny_raw(federation=FEDERATION, threat=TRAP, defences={"secagg": {"enabled": True}})
     cfg = build_config(raw)
     candidates, ledger = draw_candidates(cfg)
-    population = build_attacker_population(cfg)
+    population = build_attacker_population(cfg.data, cfg.federation, seed=cfg.seed)
     torch.manual_seed(0)
-    model = build_experiment_model(cfg)
+    model = build_experiment_model(cfg.model, cfg.data)
     train_local(model, population, cfg.training, seed=1, tags=("global",))
     knowledge = AttackerKnowledge(population=population, candidates=candidates, training=cfg.training, shadows=None, seed=0)
     return cfg, candidates, ledger.is_member(), get_weights(model), knowledge
@@ -148,7 +148,7 @@ def test_the_secure_sum_of_a_trap_round_names_the_targets_members_and_is_discard
     directory = {1001: 0, 2002: 1}
     recorder = Recorder()
     strategy = PoisoningFedAvg(
-        poisoner=make_poisoner(cfg.threat, knowledge, build_experiment_model(cfg)), threat=cfg.threat,
+        poisoner=make_poisoner(cfg.threat, knowledge, build_experiment_model(cfg.model, cfg.data)), threat=cfg.threat,
         directory=directory, observer=recorder, keep_weights=True, secure_aggregation=True,
         initial_parameters=ndarrays_to_parameters(global_weights),
     )
@@ -158,7 +158,7 @@ def test_the_secure_sum_of_a_trap_round_names_the_targets_members_and_is_discard
     from flwr.common import parameters_to_ndarrays
 
     sent = {directory[p.node_id]: parameters_to_ndarrays(ins.parameters) for p, ins in instructions}
-    keys = list(build_experiment_model(cfg).state_dict())
+    keys = list(build_experiment_model(cfg.model, cfg.data).state_dict())
     # Hospital 0 is trapped, hospital 1 silenced: both differ from the global model, differently.
     assert not np.array_equal(sent[0][keys.index("encoder.layer1.0.conv1.weight")], global_weights[keys.index("encoder.layer1.0.conv1.weight")])
     assert np.array_equal(sent[1][keys.index("encoder.layer1.0.conv1.weight")], global_weights[keys.index("encoder.layer1.0.conv1.weight")])
@@ -167,8 +167,8 @@ def test_the_secure_sum_of_a_trap_round_names_the_targets_members_and_is_discard
     # Each hospital trains what it received; SecAgg+ hands every reply the weighted average delta.
     deltas, sizes = {}, {}
     for h in (0, 1):
-        train = build_hospital(cfg, h).train
-        model = build_experiment_model(cfg)
+        train = build_hospital(cfg.data, cfg.federation, h, seed=cfg.seed).train
+        model = build_experiment_model(cfg.model, cfg.data)
         set_weights(model, sent[h])
         train_local(model, train, cfg.training, seed=0, tags=(2, h))
         deltas[h] = [r - s for r, s in zip(get_weights(model), sent[h])]

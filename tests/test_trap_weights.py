@@ -41,9 +41,9 @@ def setting():
     """A tiny federation, a global model trained a little on the attacker's data, and the trap."""
     cfg = trap_cfg()
     candidates, ledger = draw_candidates(cfg)
-    population = build_attacker_population(cfg)
+    population = build_attacker_population(cfg.data, cfg.federation, seed=cfg.seed)
     torch.manual_seed(0)
-    model = build_experiment_model(cfg)
+    model = build_experiment_model(cfg.model, cfg.data)
     train_local(model, population, cfg.training, seed=1, tags=("global",))
     knowledge = AttackerKnowledge(
         population=population, candidates=candidates, training=cfg.training, shadows=None, seed=0
@@ -54,9 +54,9 @@ def setting():
 def trap_round(setting, train, server_round=1):
     """Arm the trap for hospital 0, let ``train`` run local training, return the armed traces."""
     cfg, candidates, is_member, global_weights, knowledge = setting
-    poisoner = make_poisoner(cfg.threat, knowledge, build_experiment_model(cfg))
+    poisoner = make_poisoner(cfg.threat, knowledge, build_experiment_model(cfg.model, cfg.data))
     sent = poisoner.poison(server_round=server_round, hospital=0, global_weights=global_weights)
-    model = build_experiment_model(cfg)
+    model = build_experiment_model(cfg.model, cfg.data)
     set_weights(model, sent)
     train(model)
     trace = poisoner.update_signals(server_round=server_round, hospital=0, sent=sent, returned=get_weights(model))
@@ -66,7 +66,7 @@ def trap_round(setting, train, server_round=1):
 
 def test_detectors_fire_for_trained_candidates_and_never_for_the_others(setting):
     cfg = setting[0]
-    hospital = build_hospital(cfg, 0)
+    hospital = build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed)
     trace, member, poisoner, _ = trap_round(setting, lambda m: train_local(m, hospital.train, cfg.training, seed=0, tags=(1, 0)))
     assert member.sum() >= 4 and (~member).sum() >= 4
     assert (trace[member] > 0).mean() >= 0.9
@@ -77,14 +77,14 @@ def test_detectors_fire_for_trained_candidates_and_never_for_the_others(setting)
 
 def test_no_detector_fires_when_none_of_the_candidates_is_trained_on(setting):
     cfg = setting[0]
-    unseen = build_hospital(cfg, 0).test  # the hospital's own scanner, no candidate among them
+    unseen = build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed).test  # the hospital's own scanner, no candidate among them
     trace, _, _, _ = trap_round(setting, lambda m: train_local(m, unseen, cfg.training, seed=0, tags=(1, 0)))
     assert (trace == 0).mean() >= 0.9
 
 
 def test_dp_sgd_noise_moves_every_detector_and_the_trap_no_longer_separates(setting):
     cfg = trap_cfg(defences={"dp_sgd": {"enabled": True, "noise_multiplier": 4.0, "max_grad_norm": 0.5}})
-    hospital = build_hospital(cfg, 0)
+    hospital = build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed)
     trace, member, _, _ = trap_round(
         setting, lambda m: train_local_dp(m, hospital.train, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[], secret=0, tags=(1, 0))
     )
@@ -94,7 +94,7 @@ def test_dp_sgd_noise_moves_every_detector_and_the_trap_no_longer_separates(sett
 
 def test_the_trap_changes_only_what_it_says(setting):
     cfg, _, _, global_weights, knowledge = setting
-    scratch = build_experiment_model(cfg)
+    scratch = build_experiment_model(cfg.model, cfg.data)
     poisoner = make_poisoner(cfg.threat, knowledge, scratch)
     sent = poisoner.poison(server_round=1, hospital=0, global_weights=global_weights)
     keys = list(scratch.state_dict())
@@ -108,7 +108,7 @@ def test_the_trap_changes_only_what_it_says(setting):
     bn_weight = sent[keys.index("encoder.layer1.0.bn1.weight")]
     assert np.array_equal(bn_weight[armed * per_group :], global_weights[keys.index("encoder.layer1.0.bn1.weight")][armed * per_group :])
     # The constant feature really is constant, whatever the scan.
-    model = build_experiment_model(cfg)
+    model = build_experiment_model(cfg.model, cfg.data)
     set_weights(model, sent)
     features = detector_inputs(model, TrapSite.of(model), knowledge.candidates.images[:4])
     assert torch.allclose(features[:, 0], torch.ones_like(features[:, 0]))
@@ -119,7 +119,7 @@ def test_trapped_reply_is_left_out_of_the_aggregate(setting):
     cfg, _, _, global_weights, knowledge = setting
     directory = {1001: 0, 2002: 1}
     strategy = PoisoningFedAvg(
-        poisoner=make_poisoner(cfg.threat, knowledge, build_experiment_model(cfg)), threat=cfg.threat, directory=directory, keep_weights=True,
+        poisoner=make_poisoner(cfg.threat, knowledge, build_experiment_model(cfg.model, cfg.data)), threat=cfg.threat, directory=directory, keep_weights=True,
         initial_parameters=ndarrays_to_parameters(global_weights),
     )
     hospitals = manager(directory)
@@ -139,14 +139,14 @@ def test_targets_are_trapped_one_per_round_in_turn(setting):
     cfg, _, _, global_weights, knowledge = setting
     trap = cfg.threat.trap_weights.model_copy(update={"detectors_per_round": 2})
     threat = cfg.threat.model_copy(update={"target_hospitals": [0, 1], "trap_weights": trap})
-    poisoner = make_poisoner(threat, knowledge, build_experiment_model(cfg))
+    poisoner = make_poisoner(threat, knowledge, build_experiment_model(cfg.model, cfg.data))
     sent = {
         (r, h): poisoner.poison(server_round=r, hospital=h, global_weights=global_weights)
         for r in (3, 4, 5) for h in (0, 1)
     }
     trapped = {pair for pair, weights in sent.items() if weights is not None}
     assert trapped == {(3, 0), (4, 1), (5, 0)} == poisoner.poisoned_pairs()
-    restored = make_poisoner(threat, knowledge, build_experiment_model(cfg))
+    restored = make_poisoner(threat, knowledge, build_experiment_model(cfg.model, cfg.data))
     restored.load_state_dict(poisoner.state_dict())  # a resume continues the turns
     assert restored.poison(server_round=6, hospital=1, global_weights=global_weights) is not None
 

@@ -27,11 +27,11 @@ from tests.conftest import tiny_raw
 def hospital_round():
     """A hospital trains 40 images for 20 epochs from a lightly pre-trained model."""
     cfg = build_config(tiny_raw(
-        data={"image_size": 32, "num_patients": 700, "slices_per_patient": 1},
+        data={"image_size": 32, "phantom": {"num_patients": 700, "slices_per_patient": 1}},
         federation={"num_hospitals": 1, "patients_per_hospital": 680, "train_fraction": 0.06,
                     "heldout_fraction": 0.85, "attacker_patients": 0},
     ))
-    hospital = build_hospital(cfg, 0)
+    hospital = build_hospital(cfg.data, cfg.federation, 0, seed=cfg.seed)
     torch.manual_seed(0)
     model = build_model(cfg.model, in_channels=1, classes=1)
     warmup = hospital.test.subset(np.arange(32))

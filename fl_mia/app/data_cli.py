@@ -37,7 +37,7 @@ def inspect(
         cfg = load_experiment(config, set_ or [])  # reads (and caches) the dataset
     except ConfigError as error:
         _fail(str(error))
-    summary = summarize(cfg)
+    summary = summarize(cfg.data, cfg.federation, seed=cfg.seed)
     overview = Table(title="dataset", show_header=False)
     for name, value in summary.overview:
         overview.add_row(name, value)
@@ -48,7 +48,7 @@ def inspect(
     for row in summary.splits:
         splits.add_row(*(row[c] for c in ("who", "train", "heldout", "test", "population")))
     console.print(splits)
-    console.print(f"preview: {write_preview(cfg, out / 'data_preview.png')}")
+    console.print(f"preview: {write_preview(cfg.data, cfg.federation, out / 'data_preview.png', seed=cfg.seed)}")
 
 
 @data_app.command("export-phantom")
@@ -65,7 +65,7 @@ def export_phantom_command(
         cfg = load_experiment(config, set_ or [])
         if cfg.data.source != "phantom":
             raise ConfigError(f"{config}: data.source is {cfg.data.source!r}; export-phantom exports the phantom")
-        settings = export_phantom(cfg, layout, out)
+        settings = export_phantom(cfg.data, cfg.federation, layout, out, seed=cfg.seed)
     except (ConfigError, ValueError) as error:
         _fail(str(error))
     console.print(f"wrote the phantom ({layout}) to {out}; load it with its own hospitals:")

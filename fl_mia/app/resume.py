@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from fl_mia.checkpoint import Checkpoint, read_checkpoint
+from fl_mia.checkpoint import Checkpoint, config_fingerprint, read_checkpoint
 from fl_mia.config import ConfigError, ExperimentConfig
 from fl_mia.config.loading import load_config
 from fl_mia.run_folder import RunFolderError, read_status
@@ -71,4 +71,4 @@ def resumable_run(run_dir: Path, given: ExperimentConfig | None = None) -> tuple
                 f"--resume {run_dir}: the run was started with {key}={was!r}, not {now!r}; "
                 "a run resumes only its own config (leave out CONFIG and --set)"
             )
-    return saved, read_checkpoint(run_dir, saved)
+    return saved, read_checkpoint(run_dir, config_fingerprint(saved.to_toml_dict()))

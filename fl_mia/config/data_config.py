@@ -1,23 +1,38 @@
-"""``[data]``: where images come from and how they look."""
+"""``[data]``: where images come from and how they look; each source's own knobs in ``[data.<source>]``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
-from fl_mia.config.base import Section
+from fl_mia.config.base import Section, plugin_table_fields
+from fl_mia.data.sources.settings import DATA_SOURCES
+
+# (sources whose table holds the keys, keys): flat [data] keys that are one source's knobs.
+_MOVED_TO_SOURCE_TABLES = (
+    (("phantom",), ("num_patients", "slices_per_patient", "shift_strength", "lesion_probability")),
+    (("folder",), ("image_glob", "mask_glob")),
+    (("msd", "nnunet"), ("slice_axis", "empty_slice_fraction", "crop")),
+)
 
 
-class DataConfig(Section):
-    """Where images come from and how they look."""
+class DataSettings(Section):
+    """Where images come from and how they look (the keys every source shares)."""
 
-    source: Literal["phantom", "folder", "msd", "nnunet", "npz"] = Field(
+    moved_keys: ClassVar[dict[str, str]] = {
+        f"data.{key}": " or ".join(f"data.{source}.{key}" for source in sources)
+        for sources, keys in _MOVED_TO_SOURCE_TABLES
+        for key in keys
+    }
+
+    source: str = Field(
         "phantom",
         description=(
             "'phantom': the embedded synthetic hospital generator; from disk (data.path): 'folder' (2-D image/mask "
-            "pairs), 'msd' (Medical Segmentation Decathlon), 'nnunet' (nnU-Net v2 raw), 'npz' (arrays). See docs/data.md."
+            "pairs), 'msd' (Medical Segmentation Decathlon), 'nnunet' (nnU-Net v2 raw), 'npz' (arrays); or a source "
+            "registered in fl_mia.data.sources.settings.DATA_SOURCES. See docs/data.md."
         ),
     )
     path: Path | None = Field(
@@ -26,46 +41,28 @@ class DataConfig(Section):
     cache_dir: Path | None = Field(
         None, description="Where decoded, resized slices are cached (default: ~/.cache/fl-mia/data)."
     )
-    slice_axis: int = Field(2, ge=0, le=2, description="Volumes: axis (after reorienting to RAS) cut into 2-D slices; 2 = axial.")
-    empty_slice_fraction: float = Field(
-        0.1, ge=0.0, le=1.0, description="Volumes: share of slices without foreground that are kept (every foreground slice is)."
-    )
-    crop: Literal["none", "body", "foreground"] = Field(
-        "none",
-        description="Volumes: crop each case in-plane to its body (nonzero image) or foreground (labels) box before resizing.",
-    )
     labels: dict[str, int | list[int]] | None = Field(
         None,
         description=(
-            "folder: mask value of each class, e.g. {background = 0, polyp = 255}, or an [R, G, B] palette colour "
-            "(default: binary, mask > half its maximum)."
+            "folder and npz: mask value of each class, e.g. {background = 0, polyp = 255}, or (folder) an [R, G, B] "
+            "palette colour (default: folder binary, mask > half its maximum; npz the distinct mask values)."
         ),
     )
     lesion_labels: list[str] | None = Field(
         None, description="Label names that count as lesion for data.task (default: the dataset's last label)."
     )
-    image_glob: str | None = Field(
-        None, description="folder: glob of images relative to data.path (default: images/*); masks matched by stem."
-    )
-    mask_glob: str | None = Field(None, description="folder: glob of masks relative to data.path (default: masks/*).")
     patient_regex: str | None = Field(
         None,
-        description="folder: regex on the image file stem whose first group is the patient id (default: every image its own patient).",
+        description=(
+            "folder, msd, nnunet: regex on the case id (image file stem) whose first group is the patient id "
+            "(default: every case its own patient)."
+        ),
     )
     task: Literal["lesion", "organ_lesion"] = Field(
         "lesion",
         description="'lesion': binary lesion masks; 'organ_lesion': background/organ/lesion classes.",
     )
     image_size: int = Field(64, ge=32, le=512, description="Side of the square 2-D slices in pixels.")
-    num_patients: int = Field(
-        400, ge=2, description="Size of the whole data pool (patients) shared out to hospitals and attacker."
-    )
-    slices_per_patient: int = Field(
-        2, ge=1, le=64, description="Neighbouring slices per patient; splits never cut a patient."
-    )
-    shift_strength: float = Field(
-        1.0, ge=0.0, le=3.0, description="Scale of each hospital's acquisition shift (0 = identical scanners)."
-    )
     normalize: Literal["zscore", "ct", "none"] = Field(
         "zscore",
         description=(
@@ -74,9 +71,11 @@ class DataConfig(Section):
             "'none': raw values."
         ),
     )
-    lesion_probability: float = Field(
-        0.8, ge=0.0, le=1.0, description="Probability that a patient has at least one lesion."
-    )
+
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, value: str) -> str:
+        return DATA_SOURCES.check(value)
 
     @field_validator("image_size")
     @classmethod
@@ -87,9 +86,27 @@ class DataConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _disk_sources_need_a_path(self) -> "DataConfig":
+    def _disk_sources_need_a_path(self) -> "DataSettings":
         if self.source != "phantom" and self.path is None:
             raise ValueError(f"data.source={self.source!r} reads from disk: set data.path to the dataset")
         if self.source == "phantom" and self.normalize == "ct":
             raise ValueError("data.normalize='ct' needs a CT dataset from disk; the phantom uses 'zscore' or 'none'")
         return self
+
+    def source_settings(self) -> BaseModel | None:
+        """The selected source's own table (``None`` for a source without knobs)."""
+        plugin = DATA_SOURCES.get(self.source)
+        if plugin.settings is None:
+            return None
+        if self.source not in type(self).model_fields:
+            return plugin.settings()  # registered after this schema was built: no table, its defaults apply
+        return getattr(self, self.source)
+
+
+DataConfig = create_model(
+    "DataConfig",
+    __base__=DataSettings,
+    __doc__="Where images come from and how they look; each source's own knobs in its table.",
+    __module__=__name__,
+    **plugin_table_fields(DATA_SOURCES),
+)

@@ -47,10 +47,10 @@ class ExperimentConfig(Section):
     def _pool_fills_hospitals(self) -> "ExperimentConfig":
         needed = sum(self.federation.hospital_sizes()) + self.federation.attacker_patients
         # A dataset from disk is counted by the preflight, once it has been read.
-        if self.data.source == "phantom" and needed > self.data.num_patients:
+        if self.data.source == "phantom" and needed > self.data.phantom.num_patients:
             raise ValueError(
                 f"federation.num_hospitals={self.federation.num_hospitals} hospitals need {needed} patients "
-                f"(with federation.attacker_patients) but data.num_patients is {self.data.num_patients}: "
+                f"(with federation.attacker_patients) but data.phantom.num_patients is {self.data.phantom.num_patients}: "
                 "use fewer or smaller hospitals, or a larger pool"
             )
         if self.data.source == "phantom" and self.federation.partition not in ("iid", "size_skew"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DataConfig, FederationConfig
 from fl_mia.data.shards import Split
 from fl_mia.data.hospitals import build_attacker_population, build_hospital
 
@@ -27,18 +27,18 @@ class PhantomCases:
     label_names: list[str]
 
 
-def phantom_cases(cfg: ExperimentConfig) -> PhantomCases:
+def phantom_cases(data: DataConfig, federation: FederationConfig, *, seed: int) -> PhantomCases:
     parts: list[tuple[Split, str]] = []
-    for k in range(cfg.federation.num_hospitals):
-        hospital = build_hospital(cfg, k)
+    for k in range(federation.num_hospitals):
+        hospital = build_hospital(data, federation, k, seed=seed)
         parts += [(split, f"hospital_{k:02d}") for split in (hospital.train, hospital.heldout, hospital.test)]
-    parts.append((build_attacker_population(cfg), "attacker"))
+    parts.append((build_attacker_population(data, federation, seed=seed), "attacker"))
     by_patient: dict[int, tuple[list[int], str, Split]] = {}
     for split, site in parts:
         for patient in np.unique(split.patient_ids):
             rows = np.flatnonzero(split.patient_ids == patient)
             by_patient[int(patient)] = (rows, site, split)
-    cases = PhantomCases([], [], [], [], ["background", "lesion"] if cfg.data.task == "lesion" else ["background", "organ", "lesion"])
+    cases = PhantomCases([], [], [], [], ["background", "lesion"] if data.task == "lesion" else ["background", "organ", "lesion"])
     for patient in sorted(by_patient):
         rows, site, split = by_patient[patient]
         cases.names.append(f"phantom_{patient:04d}")
@@ -129,8 +129,8 @@ LAYOUTS: dict[str, Callable[[PhantomCases, Path], dict]] = {
 }
 
 
-def export_phantom(cfg: ExperimentConfig, layout: str, out: Path) -> dict:
-    """Write the phantom of ``cfg`` in ``layout`` under ``out``, with ``manifest.csv`` (case,site).
+def export_phantom(data: DataConfig, federation: FederationConfig, layout: str, out: Path, *, seed: int) -> dict:
+    """Write the phantom of these sections and seed in ``layout`` under ``out``, with ``manifest.csv`` (case,site).
 
     Returns the ``--set`` values that load it back with the phantom's own hospitals.
     """
@@ -138,20 +138,20 @@ def export_phantom(cfg: ExperimentConfig, layout: str, out: Path) -> dict:
         raise ValueError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: folder is not empty; give a new or empty folder")
-    cases = phantom_cases(cfg)
+    cases = phantom_cases(data, federation, seed=seed)
     settings = LAYOUTS[layout](cases, out)
     with (out / "manifest.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "site"])
         writer.writerows(zip(cases.names, cases.sites))
     # Every slice, as the phantom has it: no empty slice dropped, no renormalisation.
+    if layout in ("msd", "nnunet"):
+        settings.update({f"data.{layout}.empty_slice_fraction": 1.0, f"data.{layout}.crop": "none"})
     settings.update({
-        "data.task": cfg.data.task,
-        "data.image_size": cfg.data.image_size,
-        "data.empty_slice_fraction": 1.0,
-        "data.crop": "none",
+        "data.task": data.task,
+        "data.image_size": data.image_size,
         "data.normalize": "none",
-        "federation.num_hospitals": cfg.federation.num_hospitals,
+        "federation.num_hospitals": federation.num_hospitals,
         "federation.partition": "manifest",
         "federation.manifest": str(out / "manifest.csv"),
     })

@@ -7,26 +7,26 @@ the phantom's renderer (:mod:`fl_mia.data.shards`) or the disk pool
 
 from __future__ import annotations
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DataConfig, FederationConfig
 import fl_mia.data.disk as disk
-import fl_mia.data.shards as federation
+import fl_mia.data.shards as phantom
 from fl_mia.data.shards import HospitalData, Split
 
 
-def build_hospital(cfg: ExperimentConfig, hospital: int) -> HospitalData:
+def build_hospital(data: DataConfig, federation: FederationConfig, hospital: int, *, seed: int) -> HospitalData:
     """One hospital's three splits (what a Flower client builds for itself)."""
-    if not 0 <= hospital < cfg.federation.num_hospitals:
-        raise ValueError(f"hospital {hospital} outside 0..{cfg.federation.num_hospitals - 1}")
-    module = federation if cfg.data.source == "phantom" else disk
-    return module.build_hospital(cfg, hospital)
+    if not 0 <= hospital < federation.num_hospitals:
+        raise ValueError(f"hospital {hospital} outside 0..{federation.num_hospitals - 1}")
+    module = phantom if data.source == "phantom" else disk
+    return module.build_hospital(data, federation, hospital, seed=seed)
 
 
-def build_attacker_population(cfg: ExperimentConfig) -> Split:
+def build_attacker_population(data: DataConfig, federation: FederationConfig, *, seed: int) -> Split:
     """The attacker's own scans: patients disjoint from every hospital."""
-    module = federation if cfg.data.source == "phantom" else disk
-    return module.build_attacker_population(cfg)
+    module = phantom if data.source == "phantom" else disk
+    return module.build_attacker_population(data, federation, seed=seed)
 
 
-def input_channels(cfg: ExperimentConfig) -> int:
+def input_channels(data: DataConfig) -> int:
     """Input channels of the model: 1 for the phantom, the dataset's channel count from disk."""
-    return 1 if cfg.data.source == "phantom" else disk.pool_of(cfg).channels
+    return 1 if data.source == "phantom" else disk.pool_of(data).channels

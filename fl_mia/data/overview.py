@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import DataConfig, FederationConfig
 from fl_mia.data.shards import HospitalData, Split
 from fl_mia.data.hospitals import build_attacker_population, build_hospital
 
@@ -24,17 +24,17 @@ def _patients(split: Split) -> int:
     return len(np.unique(split.patient_ids))
 
 
-def summarize(cfg: ExperimentConfig) -> DatasetSummary:
-    hospitals = [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
-    attacker = build_attacker_population(cfg)
+def summarize(data: DataConfig, federation: FederationConfig, *, seed: int) -> DatasetSummary:
+    hospitals = [build_hospital(data, federation, k, seed=seed) for k in range(federation.num_hospitals)]
+    attacker = build_attacker_population(data, federation, seed=seed)
     summary = DatasetSummary()
     row = summary.overview.append
-    row(("source", cfg.data.source if cfg.data.path is None else f"{cfg.data.source} ({cfg.data.path})"))
-    if cfg.data.source != "phantom":
+    row(("source", data.source if data.path is None else f"{data.source} ({data.path})"))
+    if data.source != "phantom":
         from fl_mia.data.disk import task_lookup
         from fl_mia.data.pool import pool_of
 
-        pool = pool_of(cfg)
+        pool = pool_of(data)
         sites = sorted({s for s in pool.patient_sites if s})
         spacings = np.asarray(pool.spacings, dtype=float)
         labels = np.asarray(pool.labels)
@@ -47,12 +47,12 @@ def summarize(cfg: ExperimentConfig) -> DatasetSummary:
         row(("raw intensity range", f"{pool.raw_intensity[0]:.4g} … {pool.raw_intensity[1]:.4g}"))
         shares = np.bincount(labels.reshape(-1), minlength=len(pool.label_names)) / labels.size
         row(("foreground share per class", ", ".join(f"{n} {s:.2%}" for n, s in zip(pool.label_names[1:], shares[1:]))))
-        lookup = task_lookup(cfg, pool.label_names)
-        row((f"task {cfg.data.task!r} classes", ", ".join(f"{n}→{c}" for n, c in zip(pool.label_names, lookup))))
+        lookup = task_lookup(data, pool.label_names)
+        row((f"task {data.task!r} classes", ", ".join(f"{n}→{c}" for n, c in zip(pool.label_names, lookup))))
     images = np.concatenate([h.train.images for h in hospitals])
     row(("image size", f"{images.shape[-2]}×{images.shape[-1]} (data.image_size)"))
-    row(("normalised intensity range", f"{images.min():.3g} … {images.max():.3g} ({cfg.data.normalize})"))
-    row(("partition", cfg.federation.partition if cfg.data.source != "phantom" else "phantom (patients_per_hospital)"))
+    row(("normalised intensity range", f"{images.min():.3g} … {images.max():.3g} ({data.normalize})"))
+    row(("partition", federation.partition if data.source != "phantom" else "phantom (patients_per_hospital)"))
     for hospital in hospitals:
         summary.splits.append(_split_row(f"hospital {hospital.index}", hospital))
     summary.splits.append({"who": "attacker", "train": "", "heldout": "", "test": "", "population": f"{_patients(attacker)} p / {len(attacker)} sl"})
@@ -67,14 +67,14 @@ def _split_row(name: str, hospital: HospitalData) -> dict[str, str]:
     }
 
 
-def write_preview(cfg: ExperimentConfig, path: Path, *, per_hospital: int = 4) -> Path:
+def write_preview(data: DataConfig, federation: FederationConfig, path: Path, *, seed: int, per_hospital: int = 4) -> Path:
     """``data_preview.png``: training slices of every hospital (rows) with their masks outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hospitals = [build_hospital(cfg, k) for k in range(cfg.federation.num_hospitals)]
+    hospitals = [build_hospital(data, federation, k, seed=seed) for k in range(federation.num_hospitals)]
     fig, axes = plt.subplots(len(hospitals), per_hospital, figsize=(2 * per_hospital, 2 * len(hospitals)), squeeze=False)
     for row, hospital in zip(axes, hospitals):
         split = hospital.train

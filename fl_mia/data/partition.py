@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_mia.config import ExperimentConfig
+from fl_mia.config import FederationConfig
 from fl_mia.data.sources.base import DataError, patient_of
 from fl_mia.seeding import rng_for
 
@@ -36,8 +36,8 @@ class PatientTable:
     lesion_pixels: np.ndarray
 
 
-def _too_few(cfg: ExperimentConfig, available: int) -> DataError:
-    k = cfg.federation.num_hospitals
+def _too_few(federation: FederationConfig, available: int) -> DataError:
+    k = federation.num_hospitals
     return DataError(
         f"data.path: the dataset leaves {available} patients for {k} hospitals, which need at least "
         f"{k * MIN_PATIENTS_PER_HOSPITAL} ({MIN_PATIENTS_PER_HOSPITAL} each for their train/held-out/test splits); use fewer federation.num_hospitals "
@@ -45,15 +45,15 @@ def _too_few(cfg: ExperimentConfig, available: int) -> DataError:
     )
 
 
-def _iid(cfg: ExperimentConfig, table: PatientTable, remaining: np.ndarray) -> list[np.ndarray]:
-    return [np.sort(part) for part in np.array_split(remaining, cfg.federation.num_hospitals)]
+def _iid(federation: FederationConfig, table: PatientTable, remaining: np.ndarray, *, seed: int) -> list[np.ndarray]:
+    return [np.sort(part) for part in np.array_split(remaining, federation.num_hospitals)]
 
 
-def _size_skew(cfg: ExperimentConfig, table: PatientTable, remaining: np.ndarray) -> list[np.ndarray]:
-    sizes = cfg.federation.hospital_sizes()
+def _size_skew(federation: FederationConfig, table: PatientTable, remaining: np.ndarray, *, seed: int) -> list[np.ndarray]:
+    sizes = federation.hospital_sizes()
     if sum(sizes) > len(remaining):
         raise DataError(
-            f"federation.patients_per_hospital={cfg.federation.patients_per_hospital} needs {sum(sizes)} patients but the "
+            f"federation.patients_per_hospital={federation.patients_per_hospital} needs {sum(sizes)} patients but the "
             f"dataset leaves {len(remaining)} after the attacker's; lower the sizes or federation.attacker_patients"
         )
     bounds = np.cumsum([0, *sizes])
@@ -70,29 +70,31 @@ def lesion_strata(lesion_pixels: np.ndarray) -> np.ndarray:
     return strata
 
 
-def _dirichlet(cfg: ExperimentConfig, table: PatientTable, remaining: np.ndarray) -> list[np.ndarray]:
-    k = cfg.federation.num_hospitals
-    rng = rng_for(cfg.seed, "dirichlet-partition")
+def _dirichlet(federation: FederationConfig, table: PatientTable, remaining: np.ndarray, *, seed: int) -> list[np.ndarray]:
+    k = federation.num_hospitals
+    rng = rng_for(seed, "dirichlet-partition")
     strata = lesion_strata(table.lesion_pixels[remaining])
     # As DirichletPartitioner does: draw again until every hospital is big enough to split.
     for _ in range(1000):
         parts: list[list[int]] = [[] for _ in range(k)]
         for stratum in np.unique(strata):
             members = remaining[strata == stratum]
-            shares = rng.dirichlet(np.full(k, cfg.federation.dirichlet_alpha))
+            shares = rng.dirichlet(np.full(k, federation.dirichlet_alpha))
             cuts = (np.cumsum(shares)[:-1] * len(members)).round().astype(int)
             for hospital, chunk in enumerate(np.split(members, cuts)):
                 parts[hospital].extend(chunk.tolist())
         if min(len(p) for p in parts) >= MIN_PATIENTS_PER_HOSPITAL:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     raise DataError(
-        f"federation.dirichlet_alpha={cfg.federation.dirichlet_alpha:g}: no draw in 1000 gives every hospital "
+        f"federation.dirichlet_alpha={federation.dirichlet_alpha:g}: no draw in 1000 gives every hospital "
         f"{MIN_PATIENTS_PER_HOSPITAL} patients; raise the alpha or lower federation.num_hospitals"
     )
 
 
-def _read_manifest(cfg: ExperimentConfig, table: PatientTable) -> dict[str, str]:
-    path = cfg.federation.manifest
+def _read_manifest(
+    federation: FederationConfig, table: PatientTable, *, patient_regex: str | None, dataset: Path | None
+) -> dict[str, str]:
+    path = federation.manifest
     if path is None:
         if not any(table.sites):
             raise DataError("federation.partition='manifest' needs federation.manifest (a CSV case,site) or a dataset with sites")
@@ -108,22 +110,24 @@ def _read_manifest(cfg: ExperimentConfig, table: PatientTable) -> dict[str, str]
     sites: dict[str, str] = {}
     for row in rows:
         case = row["case"].strip()
-        patient = case if case in known else patient_of(case, cfg.data.patient_regex)
+        patient = case if case in known else patient_of(case, patient_regex)
         if patient not in known:
-            raise DataError(f"{path}: case {row['case']!r} is not in the dataset at {cfg.data.path}; remove the row or add the case")
+            raise DataError(f"{path}: case {row['case']!r} is not in the dataset at {dataset}; remove the row or add the case")
         sites[patient] = row["site"].strip()
     return sites
 
 
-def _by_manifest(cfg: ExperimentConfig, table: PatientTable) -> tuple[list[np.ndarray], np.ndarray]:
-    site_of = _read_manifest(cfg, table)
-    where = cfg.federation.manifest or cfg.data.path
+def _by_manifest(
+    federation: FederationConfig, table: PatientTable, *, seed: int, patient_regex: str | None, dataset: Path | None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    site_of = _read_manifest(federation, table, patient_regex=patient_regex, dataset=dataset)
+    where = federation.manifest or dataset
     index = {name: i for i, name in enumerate(table.names)}
     hospital_sites = sorted({site for site in site_of.values() if site and site != ATTACKER_SITE})
-    if len(hospital_sites) != cfg.federation.num_hospitals:
+    if len(hospital_sites) != federation.num_hospitals:
         raise DataError(
             f"{where}: {len(hospital_sites)} sites {hospital_sites[:8]} but federation.num_hospitals is "
-            f"{cfg.federation.num_hospitals}; set num_hospitals to the number of sites"
+            f"{federation.num_hospitals}; set num_hospitals to the number of sites"
         )
     hospitals = []
     for site in hospital_sites:
@@ -138,23 +142,27 @@ def _by_manifest(cfg: ExperimentConfig, table: PatientTable) -> tuple[list[np.nd
     return hospitals, attacker
 
 
-def _after_the_attacker(
-    share_out: Callable[[ExperimentConfig, PatientTable, np.ndarray], list[np.ndarray]],
-) -> Callable[[ExperimentConfig, PatientTable], tuple[list[np.ndarray], np.ndarray]]:
+# A partitioner: (federation, table, *, seed, patient_regex, dataset) -> (hospitals' rows, attacker's rows).
+Partitioner = Callable[..., tuple[list[np.ndarray], np.ndarray]]
+
+
+def _after_the_attacker(share_out: Callable[..., list[np.ndarray]]) -> Partitioner:
     """A partitioner of the patients left once the attacker drew its own at random."""
 
-    def partition(cfg: ExperimentConfig, table: PatientTable) -> tuple[list[np.ndarray], np.ndarray]:
-        order = rng_for(cfg.seed, "patient-assignment").permutation(len(table.names))
-        wanted = cfg.federation.attacker_patients
-        if len(order) - wanted < cfg.federation.num_hospitals * MIN_PATIENTS_PER_HOSPITAL:
-            raise _too_few(cfg, max(0, len(order) - wanted))
+    def partition(
+        federation: FederationConfig, table: PatientTable, *, seed: int, patient_regex: str | None, dataset: Path | None
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        order = rng_for(seed, "patient-assignment").permutation(len(table.names))
+        wanted = federation.attacker_patients
+        if len(order) - wanted < federation.num_hospitals * MIN_PATIENTS_PER_HOSPITAL:
+            raise _too_few(federation, max(0, len(order) - wanted))
         attacker, remaining = np.sort(order[:wanted]), order[wanted:]
-        return share_out(cfg, table, remaining), attacker
+        return share_out(federation, table, remaining, seed=seed), attacker
 
     return partition
 
 
-PARTITIONERS: dict[str, Callable[[ExperimentConfig, PatientTable], tuple[list[np.ndarray], np.ndarray]]] = {
+PARTITIONERS: dict[str, Partitioner] = {
     "iid": _after_the_attacker(_iid),
     "size_skew": _after_the_attacker(_size_skew),
     "dirichlet": _after_the_attacker(_dirichlet),
@@ -162,6 +170,13 @@ PARTITIONERS: dict[str, Callable[[ExperimentConfig, PatientTable], tuple[list[np
 }
 
 
-def assign_patients(cfg: ExperimentConfig, table: PatientTable) -> tuple[list[np.ndarray], np.ndarray]:
-    """Row indices (into ``table``) of every hospital's patients and of the attacker's."""
-    return PARTITIONERS[cfg.federation.partition](cfg, table)
+def assign_patients(
+    federation: FederationConfig, table: PatientTable, *, seed: int, patient_regex: str | None, dataset: Path | None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Row indices (into ``table``) of every hospital's patients and of the attacker's.
+
+    ``patient_regex`` maps a manifest's case ids to patients; ``dataset`` (data.path) names the data in errors.
+    """
+    return PARTITIONERS[federation.partition](
+        federation, table, seed=seed, patient_regex=patient_regex, dataset=dataset
+    )

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_mia.config import DataConfig, ExperimentConfig
-from fl_mia.data.sources import DataError, index_dataset
+from fl_mia.config import DataConfig
+from fl_mia.data.sources.base import DataError, DatasetIndex
+from fl_mia.data.sources.settings import DATA_SOURCES, VolumeSettings
 from fl_mia.data.volumes import case_slices, ct_normalizer, foreground_sample
 
 CACHE_VERSION = 1
-PREPROCESSING_FIELDS = (
-    "source", "image_size", "slice_axis", "empty_slice_fraction", "crop", "normalize",
-    "labels", "image_glob", "mask_glob", "patient_regex",
-)
+# The [data] keys that change the decoded slices (the source's own table counts too).
+PREPROCESSING_FIELDS = ("source", "image_size", "normalize", "labels", "patient_regex")
 
 
 @dataclass
@@ -61,8 +60,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FL_MIA_CACHE", Path.home() / ".cache" / "fl-mia")) / "data"
 
 
+def index_dataset(cfg: DataConfig) -> DatasetIndex:
+    """Find the dataset's files and labels (no decoding yet), with the reader registered for ``data.source``."""
+    return DATA_SOURCES.create(
+        cfg.source, cfg.source_settings(), path=cfg.path, labels=cfg.labels, patient_regex=cfg.patient_regex
+    )
+
+
 def cache_key(cfg: DataConfig, files: list[Path]) -> str:
     settings = {name: getattr(cfg, name) for name in PREPROCESSING_FIELDS}
+    source_settings = cfg.source_settings()
+    if source_settings is not None:
+        settings.update(source_settings.model_dump())
     stats = []
     for file in files:
         info = file.stat()
@@ -71,7 +80,10 @@ def cache_key(cfg: DataConfig, files: list[Path]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def _decode(cfg: DataConfig, index) -> dict:
+def _decode(cfg: DataConfig, index: DatasetIndex) -> dict:
+    source_settings = cfg.source_settings()
+    # Pictures are single slices; a source without volume settings cuts volumes as the defaults say.
+    volume = source_settings if isinstance(source_settings, VolumeSettings) else VolumeSettings()
     images, labels, owners, patients, sites, spacings, samples = [], [], [], {}, {}, [], []
     low, high = np.inf, -np.inf
     cases = 0
@@ -80,7 +92,7 @@ def _decode(cfg: DataConfig, index) -> dict:
         low, high = min(low, float(case.image.min())), max(high, float(case.image.max()))
         if cfg.normalize == "ct":
             samples.append(foreground_sample(case))
-        case_images, case_labels = case_slices(case, cfg)
+        case_images, case_labels = case_slices(case, volume, image_size=cfg.image_size, normalize=cfg.normalize)
         if len(case_images) == 0:  # no foreground and no empty slice kept: nothing of this case to learn or attack
             continue
         patient = patients.setdefault(case.patient, len(patients))
@@ -153,6 +165,6 @@ def _pool_from_json(data_json: str) -> SlicePool:
     return load_pool(DataConfig.model_validate_json(data_json))
 
 
-def pool_of(cfg: ExperimentConfig) -> SlicePool:
+def pool_of(data: DataConfig) -> SlicePool:
     """The (process-wide memoised) pool of a disk experiment."""
-    return _pool_from_json(cfg.data.model_dump_json())
+    return _pool_from_json(data.model_dump_json())

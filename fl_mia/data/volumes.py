@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fl_mia.config import DataConfig
 from fl_mia.data.sources.base import DecodedCase
+from fl_mia.data.sources.settings import VolumeSettings
 
 # nnU-Net samples at most this many foreground voxels per case for its CT statistics.
 CT_SAMPLES_PER_CASE = 10_000
@@ -61,29 +61,31 @@ def resize(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarra
     return image_t.numpy(), label_t[:, 0].numpy().astype(np.uint8)
 
 
-def case_slices(case: DecodedCase, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def case_slices(
+    case: DecodedCase, volume: VolumeSettings, *, image_size: int, normalize: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The kept, cropped and resized slices of a case: ``(images [S,C,H,W], labels [S,H,W])``.
 
-    Intensities are z-scored per case here when ``data.normalize = 'zscore'``; 'ct' is applied
+    Intensities are z-scored per case here when ``normalize = 'zscore'``; 'ct' is applied
     to the whole pool afterwards (it needs the dataset's foreground statistics).
     """
-    image = zscore(case.image) if cfg.normalize == "zscore" else case.image
+    image = zscore(case.image) if normalize == "zscore" else case.image
     labels = case.labels
     if labels.ndim == 2:  # a picture is a single slice
         images, masks = image[None], labels[None]
     else:
-        axis = cfg.slice_axis
+        axis = volume.slice_axis
         images = np.moveaxis(image, axis + 1, 0)  # [S, C, h, w]
         masks = np.moveaxis(labels, axis, 0)
         has_foreground = masks.reshape(len(masks), -1).any(axis=1)
         empty = np.flatnonzero(~has_foreground)
         rng = np.random.default_rng(zlib.crc32(case.case.encode()))  # seed-free: the cache serves every seed
-        kept_empty = rng.choice(empty, int(round(cfg.empty_slice_fraction * len(empty))), replace=False)
+        kept_empty = rng.choice(empty, int(round(volume.empty_slice_fraction * len(empty))), replace=False)
         keep = np.sort(np.concatenate([np.flatnonzero(has_foreground), kept_empty]).astype(np.int64))
         images, masks = images[keep], masks[keep]
-        if cfg.crop != "none" and len(keep):
-            region = masks > 0 if cfg.crop == "foreground" else (images != images.min()).any(axis=1)
-            box = _box(region.any(axis=0), margin=0.1 if cfg.crop == "foreground" else 0.0)
+        if volume.crop != "none" and len(keep):
+            region = masks > 0 if volume.crop == "foreground" else (images != images.min()).any(axis=1)
+            box = _box(region.any(axis=0), margin=0.1 if volume.crop == "foreground" else 0.0)
             if box is not None:
                 images, masks = images[:, :, box[0], box[1]], masks[:, box[0], box[1]]
-    return resize(images, masks, cfg.image_size)
+    return resize(images, masks, image_size)

@@ -1,5 +1,5 @@
 """2-D image/mask pairs (PNG, JPEG, TIFF, BMP): Kvasir-SEG style ``images/`` + ``masks/`` matched
-by file stem, or any two glob patterns (``data.image_glob``, ``data.mask_glob``)."""
+by file stem, or any two glob patterns (``data.folder.image_glob``, ``data.folder.mask_glob``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_mia.config import DataConfig
 import fl_mia.data.sources.volumes_io as volumes_io
 from fl_mia.data.sources.base import DataError, DatasetIndex, DecodedCase, check_unique, patient_of, require_dir
+from fl_mia.data.sources.settings import FolderSettings
 
 
 def _pictures(root: Path, pattern: str) -> list[Path]:
@@ -40,14 +40,20 @@ def _mask_classes(mask: np.ndarray, labels: dict[str, int | list[int]] | None, f
     return classes
 
 
-def index(cfg: DataConfig) -> DatasetIndex:
-    root = Path(cfg.path)
+def index(
+    settings: FolderSettings,
+    *,
+    path: Path,
+    labels: dict[str, int | list[int]] | None,
+    patient_regex: str | None,
+) -> DatasetIndex:
+    root = Path(path)
     require_dir(root, "a folder of images and masks")
-    image_glob, mask_glob = cfg.image_glob or "images/*", cfg.mask_glob or "masks/*"
+    image_glob, mask_glob = settings.image_glob or "images/*", settings.mask_glob or "masks/*"
     images, masks = _pictures(root, image_glob), _pictures(root, mask_glob)
     if not images or not masks:
         raise DataError(
-            f"{root}: no image/mask pairs found with data.image_glob={image_glob!r} and data.mask_glob={mask_glob!r} "
+            f"{root}: no image/mask pairs found with data.folder.image_glob={image_glob!r} and data.folder.mask_glob={mask_glob!r} "
             f"({len(images)} images, {len(masks)} masks); set the two globs to your layout"
         )
     image_stems = [p.stem for p in images]
@@ -68,7 +74,7 @@ def index(cfg: DataConfig) -> DatasetIndex:
             channels = 3 if first.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else 1
     except Exception as error:
         raise DataError(f"{images[0]}: cannot read this image ({type(error).__name__}); replace the broken file") from None
-    label_names = list(cfg.labels) if cfg.labels else ["background", "foreground"]
+    label_names = list(labels) if labels else ["background", "foreground"]
 
     def read_cases() -> Iterator[DecodedCase]:
         for image_file in images:
@@ -86,6 +92,6 @@ def index(cfg: DataConfig) -> DatasetIndex:
                     "image and mask must have the same size"
                 )
             case = image_file.stem
-            yield DecodedCase(case, patient_of(case, cfg.patient_regex), None, image, _mask_classes(mask, cfg.labels, mask_file), (1.0, 1.0), image_file)
+            yield DecodedCase(case, patient_of(case, patient_regex), None, image, _mask_classes(mask, labels, mask_file), (1.0, 1.0), image_file)
 
     return DatasetIndex([*images, *masks], label_names, channels, read_cases, image_stems)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_mia.config import DataConfig
 import fl_mia.data.sources.volumes_io as volumes_io
+from fl_mia.data.sources.settings import VolumeSettings
 from fl_mia.data.sources.base import (
     DataError,
     DatasetIndex,
@@ -54,13 +54,20 @@ def _as_channels_first(volume: np.ndarray) -> np.ndarray:
     return volume[None] if volume.ndim == 3 else np.moveaxis(volume, -1, 0)
 
 
-def index(cfg: DataConfig) -> DatasetIndex:
-    root = Path(cfg.path)
+def index(
+    settings: VolumeSettings | None,
+    *,
+    path: Path,
+    labels: dict[str, int | list[int]] | None,
+    patient_regex: str | None,
+) -> DatasetIndex:
+    """The dataset's cases (``settings`` cut the volumes into slices later, in the pool; ``labels`` come from dataset.json)."""
+    root = Path(path)
     meta = read_dataset_json(root)
     where = root / "dataset.json"
     try:
         entries = [(root / e["image"], root / e["label"]) for e in meta["training"]]
-        labels = {int(value): name for value, name in meta["labels"].items()}
+        names = {int(value): name for value, name in meta["labels"].items()}
         channels = len(meta.get("modality", {"0": "image"}))
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"{where}: missing or malformed key {error}; MSD needs 'training' [{{image, label}}], 'labels' and 'modality'") from None
@@ -68,7 +75,7 @@ def index(cfg: DataConfig) -> DatasetIndex:
         raise DataError(f"{where}: 'training' lists no cases; add the image/label pairs")
     case_ids = [image.name.split(".")[0] for image, _ in entries]
     check_unique(case_ids, where)
-    values = sorted(labels)
+    values = sorted(names)
     lookup = {value: class_id for class_id, value in enumerate(values)}
 
     def read_cases() -> Iterator[DecodedCase]:
@@ -83,9 +90,9 @@ def index(cfg: DataConfig) -> DatasetIndex:
             check_channels(image, channels, image_file, f"{where} 'modality'")
             check_shapes(image, raw_labels, image_file, label_file)
             yield DecodedCase(
-                case, patient_of(case, cfg.patient_regex), None, image,
+                case, patient_of(case, patient_regex), None, image,
                 map_label_values(np.rint(raw_labels), lookup, label_file), spacing, image_file,
             )
 
     files = [f for pair in entries for f in pair]
-    return DatasetIndex(files, [labels[v] for v in values], channels, read_cases, case_ids)
+    return DatasetIndex(files, [names[v] for v in values], channels, read_cases, case_ids)

@@ -9,23 +9,30 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_mia.config import DataConfig
 import fl_mia.data.sources.volumes_io as volumes_io
 from fl_mia.data.sources.base import DataError, DatasetIndex, DecodedCase, map_label_values, patient_of
 from fl_mia.data.sources.msd import check_channels, check_shapes, read_dataset_json
+from fl_mia.data.sources.settings import VolumeSettings
 
 
-def index(cfg: DataConfig) -> DatasetIndex:
-    root = Path(cfg.path)
+def index(
+    settings: VolumeSettings | None,
+    *,
+    path: Path,
+    labels: dict[str, int | list[int]] | None,
+    patient_regex: str | None,
+) -> DatasetIndex:
+    """The dataset's cases (``settings`` cut the volumes into slices later, in the pool; ``labels`` come from dataset.json)."""
+    root = Path(path)
     meta = read_dataset_json(root)
     where = root / "dataset.json"
     try:
         channel_names = meta["channel_names"]
-        labels = meta["labels"]
+        declared = meta["labels"]
         ending = meta["file_ending"]
     except KeyError as error:
         raise DataError(f"{where}: missing key {error}; nnU-Net v2 needs channel_names, labels and file_ending") from None
-    if any(not isinstance(v, int) for v in labels.values()):
+    if any(not isinstance(v, int) for v in declared.values()):
         raise DataError(f"{where}: region-based labels (lists) are not supported; give one integer per label")
     channels = len(channel_names)
     label_files = sorted((root / "labelsTr").glob(f"*{ending}"))
@@ -51,8 +58,8 @@ def index(cfg: DataConfig) -> DatasetIndex:
                 f"{root / 'imagesTr'}: case {case!r} has channel files {sorted(files)} but channel_names in {where} "
                 f"declares {channels}; give one {case}_XXXX{ending} per channel"
             )
-    values = sorted(labels.values())
-    names = {value: name for name, value in labels.items()}
+    values = sorted(declared.values())
+    names = {value: name for name, value in declared.items()}
     lookup = {value: class_id for class_id, value in enumerate(values)}
 
     def read_cases() -> Iterator[DecodedCase]:
@@ -69,7 +76,7 @@ def index(cfg: DataConfig) -> DatasetIndex:
             check_channels(image, channels, by_case[case][0], f"{where} channel_names")
             check_shapes(image, raw_labels, by_case[case][0], label_file)
             yield DecodedCase(
-                case, patient_of(case, cfg.patient_regex), None, image,
+                case, patient_of(case, patient_regex), None, image,
                 map_label_values(np.rint(raw_labels), lookup, label_file), decoded[0][1], by_case[case][0],
             )
 

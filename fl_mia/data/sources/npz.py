@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_mia.config import DataConfig
 from fl_mia.data.sources.base import DataError, DatasetIndex, DecodedCase, map_label_values
 
 
@@ -21,8 +20,15 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: cannot read this .npz ({type(error).__name__}); write it with numpy.savez") from None
 
 
-def index(cfg: DataConfig) -> DatasetIndex:
-    path = Path(cfg.path)
+def index(
+    settings: None,
+    *,
+    path: Path,
+    labels: dict[str, int | list[int]] | None,
+    patient_regex: str | None,
+) -> DatasetIndex:
+    """The arrays' slices (npz has no table of its own; patients come from ``patient_ids``, not a regex)."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"data.path: {path} does not exist; point data.path at an .npz file with images, masks, patient_ids")
     arrays = _load(path)
@@ -38,10 +44,10 @@ def index(cfg: DataConfig) -> DatasetIndex:
         if column is not None and len(column) != n:
             raise DataError(f"{path}: {name} has {len(column)} entries for {n} images; give one per image")
     channels = 1 if images.ndim == 3 else images.shape[-1]
-    if cfg.labels:
-        if any(isinstance(v, list) for v in cfg.labels.values()):
+    if labels:
+        if any(isinstance(v, list) for v in labels.values()):
             raise DataError("data.labels: NPZ masks hold label ids; give one integer per label")
-        values, names = list(cfg.labels.values()), list(cfg.labels)
+        values, names = list(labels.values()), list(labels)
     else:
         values = sorted(int(v) for v in np.unique(masks))
         values = values if 0 in values else [0, *values]
