@@ -24,7 +24,7 @@ from fl_mia.app.experiment import run_experiment
 from fl_mia.run_outputs import read_metrics
 from fl_mia.run_folder import create_run_folder
 from fl_mia.config.loading import load_config
-from fl_mia.preflight import preflight
+from fl_mia.app.preflight import preflight
 
 # Encoder and depth each architecture runs with here (docs/architectures.md).
 ARCHITECTURES = {

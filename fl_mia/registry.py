@@ -86,13 +86,20 @@ class Registry:
 
     def get(self, name: str) -> Plugin:
         if name not in self._plugins:
-            raise ValueError(f"{self.key}: unknown {self.family} {name!r}; choose from {', '.join(self._plugins)}")
+            raise ValueError(f"{self.key}: {self._unknown(name)}")
         return self._plugins[name]
 
     def check(self, name: str) -> str:
-        """``name`` if registered, else ``ValueError`` listing the registered names (a pydantic validator)."""
-        self.get(name)
+        """``name`` if registered, else ``ValueError`` listing the registered names.
+
+        Meant as a pydantic validator: pydantic names the field, so the message does not.
+        """
+        if name not in self._plugins:
+            raise ValueError(self._unknown(name))
         return name
+
+    def _unknown(self, name: str) -> str:
+        return f"unknown {self.family} {name!r}; choose from {', '.join(self._plugins)}"
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the plug-in's factory."""

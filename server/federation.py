@@ -241,6 +241,47 @@ def log_progress(progress: RoundProgress) -> None:
     )
 
 
+def _checkpointer(
+    cfg: ExperimentConfig, run_dir: Path, resume: Checkpoint | None, *, round_log: RoundLog, client_manager, attacker, poisoner
+) -> Checkpointer:
+    """The per-round checkpoint of everything a resume must restore, in a fixed order."""
+    checkpointer = Checkpointer(
+        run_dir, config_fingerprint(cfg.to_toml_dict()), wall_time_before_s=resume.wall_time_s if resume else 0.0
+    )
+    checkpointer.register("round_log", round_log)
+    checkpointer.register("client_manager", client_manager)
+    if attacker is not None:
+        checkpointer.register("privacy", attacker)
+    if poisoner is not None:
+        checkpointer.register("poisoner", poisoner)
+        if attacker is not None and attacker.updates is not None:
+            attacker.updates.add_signal_source(poisoner)  # e.g. the trap's trace, before a resume restores it
+    return checkpointer
+
+
+def _train_rounds(
+    grid: Grid, context: Context, cfg: ExperimentConfig, strategy, *, shape: RunShape, directory: dict[int, int],
+    client_manager, round_log: RoundLog, done: int,
+) -> list[np.ndarray]:
+    """Flower's DefaultWorkflow (SecAgg+ when asked) over the rounds left after ``done``; the final global model."""
+    legacy = LegacyContext(
+        context=context,
+        config=ServerConfig(num_rounds=cfg.federation.rounds - done),
+        strategy=RoundOffsetStrategy(strategy, round_offset=done),
+        client_manager=client_manager,
+    )
+    deadlines = RoundDeadlines(
+        round_timeout_s=cfg.failures.round_timeout_s, first_round_allowance_s=cfg.failures.first_round_allowance_s
+    )
+    timed_grid = RoundTimeoutGrid(
+        grid, deadlines=deadlines, directory=directory, round_offset=done, on_outcomes=round_log.on_fit_outcomes
+    )
+    DefaultWorkflow(fit_workflow=fit_workflow(cfg.defences.secagg, max_weight=shape.secagg_max_weight))(timed_grid, legacy)
+    return parameters_to_ndarrays(
+        compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+    )
+
+
 def run_federation(
     grid: Grid,
     context: Context,
@@ -264,18 +305,10 @@ def run_federation(
     attacker = make_server_attacker(cfg, candidates, run_dir) if candidates is not None else None
     forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
-    checkpointer = Checkpointer(
-        run_dir, config_fingerprint(cfg.to_toml_dict()), wall_time_before_s=resume.wall_time_s if resume else 0.0
-    )
-    checkpointer.register("round_log", round_log)
-    checkpointer.register("client_manager", client_manager)
     poisoner = make_server_poisoner(cfg, attacker)
-    if attacker is not None:
-        checkpointer.register("privacy", attacker)
-    if poisoner is not None:
-        checkpointer.register("poisoner", poisoner)
-        if attacker is not None and attacker.updates is not None:
-            attacker.updates.add_signal_source(poisoner)  # e.g. the trap's trace, before a resume restores it
+    checkpointer = _checkpointer(
+        cfg, run_dir, resume, round_log=round_log, client_manager=client_manager, attacker=attacker, poisoner=poisoner
+    )
     done = checkpointer.restore(resume) if resume is not None else 0
 
     def after_round(server_round: int, weights: list[np.ndarray]) -> None:
@@ -299,22 +332,10 @@ def run_federation(
         ),
         sampled_per_round=cfg.sampled_per_round(),
     )
-    legacy = LegacyContext(
-        context=context,
-        config=ServerConfig(num_rounds=cfg.federation.rounds - done),
-        strategy=RoundOffsetStrategy(strategy, round_offset=done),
-        client_manager=client_manager,
-    )
-    deadlines = RoundDeadlines(
-        round_timeout_s=cfg.failures.round_timeout_s, first_round_allowance_s=cfg.failures.first_round_allowance_s
-    )
-    timed_grid = RoundTimeoutGrid(
-        grid, deadlines=deadlines, directory=directory, round_offset=done, on_outcomes=round_log.on_fit_outcomes
-    )
     shape = run_shape(cfg)
-    DefaultWorkflow(fit_workflow=fit_workflow(cfg.defences.secagg, max_weight=shape.secagg_max_weight))(timed_grid, legacy)
-    final = parameters_to_ndarrays(
-        compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+    final = _train_rounds(
+        grid, context, cfg, strategy, shape=shape, directory=directory, client_manager=client_manager,
+        round_log=round_log, done=done,
     )
     privacy_section = None if attacker is None else judge_the_attacker(cfg, attacker, candidates, ledger, run_dir, round_log, final)
     write_federation_outputs(

@@ -15,7 +15,7 @@ from flwr.serverapp.grid import Grid
 
 from fl_mia.run_config import experiment_from_run_config, run_folder_from_run_config
 from fl_mia.config import ExperimentConfig
-from fl_mia.preflight import preflight
+from fl_mia.app.preflight import preflight
 from fl_mia.run_folder import set_status
 from server.federation import run_federation
 

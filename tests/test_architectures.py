@@ -13,7 +13,7 @@ from fl_mia.config import ConfigError
 from fl_mia.config.loading import build_config
 from fl_mia.losses import segmentation_loss
 from fl_mia.models import architecture_names, build_experiment_model
-from fl_mia.preflight import preflight
+from fl_mia.app.preflight import preflight
 from fl_mia.attacker.updates import signals
 from fl_mia.attacker.updates.signals import gradient_alignment, gradient_alignment_loop
 from tests.conftest import tiny_raw

@@ -15,7 +15,7 @@ from flwr.app import Context, RecordDict
 
 from clients.client_app import make_client_app
 from fl_mia.config.loading import build_config
-from fl_mia.preflight import preflight
+from fl_mia.app.preflight import preflight
 from fl_mia.run_folder import create_run_folder
 from server.federation import run_federation
 from tests.conftest import tiny_raw

@@ -25,7 +25,9 @@ PACKAGES = ("fl_mia", "clients", "server", "strategies")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 # The composition root: it builds every component from the whole config and hands each its part.
-COMPOSITION_ROOT = ("fl_mia/app/", "server/federation.py")
+# Where sections are handed out: the app layer (the CLI's runner and preflight, and the Flower
+# apps' entry points that receive the experiment from Flower) and the server's composition root.
+COMPOSITION_ROOT = ("fl_mia/app/", "server/federation.py", "server/server_app.py", "clients/client_app.py")
 WHOLE_CONFIG = "ExperimentConfig"
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from fl_mia.config import ConfigError
 from fl_mia.config.loading import apply_overrides, build_config, load_config
-from fl_mia.preflight import preflight
+from fl_mia.app.preflight import preflight
 from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent

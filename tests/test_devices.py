@@ -11,7 +11,7 @@ from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
 from fl_mia.devices import model_device, process_device
 from fl_mia.models import build_experiment_model, get_weights
-from fl_mia.preflight import preflight
+from fl_mia.app.preflight import preflight
 from fl_mia.training import predict_logits, train_local
 from fl_mia.attacker.updates.signals import gradient_alignment
 from tests.conftest import tiny_raw

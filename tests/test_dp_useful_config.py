@@ -10,7 +10,7 @@ import pytest
 
 from fl_mia.config.loading import load_config
 from fl_mia.defences.accounting import REFERENCE_DELTA, epsilon_of
-from fl_mia.preflight import preflight
+from fl_mia.app.preflight import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 DP = ROOT / "configs" / "defences" / "dp_sgd_useful.toml"

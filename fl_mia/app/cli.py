@@ -14,7 +14,7 @@ from fl_mia.app.deploy import deploy_command
 from fl_mia.app.data_cli import data_app
 from fl_mia.app.interrupt import RunInterrupted, resume_command
 from fl_mia.config import ConfigError
-from fl_mia.preflight import load_experiment
+from fl_mia.app.preflight import load_experiment
 from fl_mia.round_log import RoundProgress
 from fl_mia.run_folder import RunFolderError
 
@@ -106,17 +106,6 @@ def run(
     except USER_ERRORS as error:
         _fail(str(error))
 
-    def show(progress: RoundProgress) -> None:
-        overall = progress.overall
-        if progress.round == 0:
-            console.print(f"round 0/{progress.total_rounds} · untrained model · Dice {overall['dice']:.3f}")
-            return
-        console.print(
-            f"round {progress.round}/{progress.total_rounds} · hospitals {progress.replies} replied"
-            + (f", {progress.failures} failed" if progress.failures else "")
-            + f" · Dice {overall['dice']:.3f} · IoU {overall['iou']:.3f} · test loss {overall['loss']:.3f}"
-        )
-
     console.print(
         f"fl-mia · {cfg.name} · {cfg.federation.num_hospitals} hospitals · {cfg.federation.rounds} rounds · "
         f"{cfg.model.arch}/{cfg.model.encoder} · seed {cfg.seed}"
@@ -124,9 +113,9 @@ def run(
     try:
         if resume is not None:
             console.print(f"resuming {resume} after round {checkpoint.round}")
-            result = resume_experiment(resume, cfg=cfg, on_round_end=show)
+            result = resume_experiment(resume, cfg=cfg, on_round_end=_show_round)
         else:
-            result = run_experiment(cfg, out=out, on_round_end=show)
+            result = run_experiment(cfg, out=out, on_round_end=_show_round)
     except RunInterrupted as stopped:
         _interrupted(stopped.message())
     except KeyboardInterrupt:  # before the federation started: nothing ran yet
@@ -139,6 +128,18 @@ def run(
         _report_crash(error, code=1)
     typer.echo(render_summary(result.metrics), nl=False)
     console.print(f"run folder: {result.run_dir}")
+
+
+def _show_round(progress: RoundProgress) -> None:
+    overall = progress.overall
+    if progress.round == 0:
+        console.print(f"round 0/{progress.total_rounds} · untrained model · Dice {overall['dice']:.3f}")
+        return
+    console.print(
+        f"round {progress.round}/{progress.total_rounds} · hospitals {progress.replies} replied"
+        + (f", {progress.failures} failed" if progress.failures else "")
+        + f" · Dice {overall['dice']:.3f} · IoU {overall['iou']:.3f} · test loss {overall['loss']:.3f}"
+    )
 
 
 def _interrupted(line: str) -> None:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fl_mia.config import ConfigError
-from fl_mia.preflight import load_experiment
+from fl_mia.app.preflight import load_experiment
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect datasets; export the phantom in a dataset layout.")
 console, errors = Console(), Console(stderr=True)

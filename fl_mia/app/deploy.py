@@ -50,7 +50,7 @@ def deploy_command(
 
     from rich.console import Console
 
-    from fl_mia.preflight import load_experiment
+    from fl_mia.app.preflight import load_experiment
     from fl_mia.console_summary import render_summary
     from fl_mia.run_outputs import read_metrics
 

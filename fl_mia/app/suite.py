@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_mia.config import ConfigError, ExperimentConfig
-from fl_mia.preflight import load_experiment
+from fl_mia.app.preflight import load_experiment
 from fl_mia.run_folder import RunFolderError, read_status, write_json
 from fl_mia.app.resume import still_running
 from fl_mia.app.simulation_resources import available_cpus

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_mia.config import ConfigError, ExperimentConfig
-from fl_mia.preflight import load_experiment
+from fl_mia.app.preflight import load_experiment
 from fl_mia.run_outputs import read_metrics
 from fl_mia.run_folder import atomic_write_bytes, read_status, write_csv
 

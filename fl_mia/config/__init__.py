@@ -1,9 +1,11 @@
 """Typed experiment configuration: one TOML file = one experiment (the schema only).
 
-A leaf package: it imports nothing else of fl_mia; one module per section. Values and cross-field rules are checked
-by pydantic at load, so a bad value fails with the name of its field. Reading files,
-``extends`` and ``--set`` live in :mod:`fl_mia.config.loading`; checks that need a model,
-a registry or a poisoner run once in :mod:`fl_mia.preflight`.
+One module per section. It imports nothing else of fl_mia but the plug-in families' settings
+modules (pydantic models and the registry, no torch), from which each family's allowed names and
+its plug-ins' own tables come. Values and cross-field rules are checked by pydantic at load, so
+a bad value fails with the name of its field. Reading files, ``extends`` and ``--set`` live in
+:mod:`fl_mia.config.loading`; checks that need a model or a poisoner's preconditions run once in
+:mod:`fl_mia.app.preflight`.
 """
 
 

@@ -94,7 +94,7 @@ class ExperimentConfig(Section):
             )
         if not self.attacker.update_attacks:
             raise ValueError(f"threat.poisoning={poisoning} reads the hospitals' updates: list signals in attacker.update_attacks")
-        # Whether the model has the trap's site and room for its detectors: fl_mia.preflight.
+        # Whether the model has the trap's site and room for its detectors: fl_mia.app.preflight.
 
     def _trap_inconsistency_leaves_training_rounds(self) -> None:
         # It traps one hospital per round, always in turn: an aggregate isolates one unsilenced update.
