@@ -95,13 +95,13 @@ def error_reply(node_id: int, reason: str = "boom"):
 
 
 class FakeGrid:
-    """Answers with prepared replies and records the timeout of every send."""
+    """Answers every wait with prepared replies and records the timeout the proxy waited with."""
 
     def __init__(self, replies):
         self.replies = replies
         self.timeouts = []
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def wait_for_replies(self, messages, *, timeout=None):
         self.timeouts.append(timeout)
         return list(self.replies)
 
@@ -116,7 +116,59 @@ def proxy(replies, *, round_timeout_s=10.0, allowance=30.0, offset=0):
         round_offset=offset,
         on_outcomes=lambda r, o: reported.append((r, o)),
     )
+    # The deadline and outcome logic, without the pull loop (tested below on a grid that pulls).
+    timed._push_and_pull = grid.wait_for_replies
     return timed, grid, reported
+
+
+class PullingGrid:
+    """Flower's Grid API as the proxy uses it: push returns ids, pull returns the replies ready so far."""
+
+    pull_interval = 0.01
+
+    def __init__(self, answering: set[int]):
+        self.answering = answering
+        self.pushed: dict[str, int] = {}
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        ids = [f"m{len(self.pushed) + i}" for i, _ in enumerate(messages)]
+        self.pushed.update(zip(ids, (m.metadata.dst_node_id for m in messages)))
+        return ids
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        replies = [fit_reply(self.pushed[i]) for i in message_ids if self.pushed[i] in self.answering]
+        for reply, message_id in zip(replies, [i for i in message_ids if self.pushed[i] in self.answering]):
+            reply.metadata.reply_to_message_id = message_id
+        return replies
+
+
+def test_the_pull_loop_returns_once_every_hospital_replied():
+    grid = PullingGrid(answering={111, 222})
+    timed = RoundTimeoutGrid(grid, deadlines=RoundDeadlines(round_timeout_s=None, first_round_allowance_s=0.0),
+                             directory={111: 0, 222: 1})  # fmt: skip
+    replies = timed.send_and_receive([train_message(111), train_message(222)])
+    assert sorted(r.metadata.src_node_id for r in replies) == [111, 222] and grid.pulls == 1
+
+
+def test_a_stop_request_ends_the_wait_for_a_silent_hospital():
+    from fl_mia.stop_request import STOP, FederationStopped
+
+    grid = PullingGrid(answering=set())  # nobody answers, and no timeout: only the stop request ends the wait
+    timed = RoundTimeoutGrid(grid, deadlines=RoundDeadlines(round_timeout_s=None, first_round_allowance_s=0.0),
+                             directory={111: 0})  # fmt: skip
+    import threading
+
+    threading.Timer(0.2, STOP.set, args=("SIGINT",)).start()
+    try:
+        with pytest.raises(FederationStopped, match="SIGINT"):
+            timed.send_and_receive([train_message(111)])
+        with pytest.raises(FederationStopped):  # and no new round starts once it is set
+            timed.send_and_receive([train_message(111, message_type=MessageType.EVALUATE)])
+    finally:
+        STOP.clear()
+    assert grid.pulls >= 2
 
 
 def test_first_training_round_gets_the_allowance_later_rounds_do_not():

@@ -113,7 +113,7 @@ def test_cli_writes_both_files_and_a_bad_path_fails_in_one_line(suite_folder, tm
     assert (tmp_path / "r.html").is_file() and (tmp_path / "r.json").is_file()
     assert render_markdown(json.loads((tmp_path / "r.json").read_text())) == (tmp_path / "r.md").read_text()
     bad = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
-    assert bad.exit_code == 2 and "neither a suite folder" in bad.output
+    assert bad.exit_code == 2 and "does not exist" in bad.output
 
 
 @pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("results*.md")), ids=lambda p: p.name)
