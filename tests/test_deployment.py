@@ -255,14 +255,15 @@ def test_deployment_with_tls_equals_the_simulation(tmp_path):
     from fl_mia.app.experiment import run_experiment
 
     cfg = build_config(_tiny_deploy_raw())
+    printed = []
     deployed = run_deployed(cfg, workdir=tmp_path / "deploy", runs_root=tmp_path / "deployed",
-                            tls=self_signed_tls(tmp_path / "certs"))
+                            tls=self_signed_tls(tmp_path / "certs"), on_round_line=printed.append)
     assert "https://" in (tmp_path / "deploy" / "superlink.out").read_text()
     assert not processes_mentioning(str(tmp_path / "deploy")), "deployment processes left running"
     simulated = run_experiment(cfg, runs_root=tmp_path / "simulated").run_dir
     assert (deployed / "rounds.csv").read_bytes() == (simulated / "rounds.csv").read_bytes()
-    # The same outputs, except run.log: under `flwr run` the ServerApp's log is the workdir's flwr-run.log.
-    assert {p.name for p in deployed.iterdir()} == {p.name for p in simulated.iterdir()} - {"run.log"}
+    assert {p.name for p in deployed.iterdir()} == {p.name for p in simulated.iterdir()}  # run.log included
+    assert [line.split(" · ")[0] for line in printed] == ["round 0/2", "round 1/2", "round 2/2"], printed
 
 
 @pytest.mark.slow
@@ -385,6 +386,11 @@ def test_documented_flwr_run_commands_complete_on_a_dataset_from_disk(tmp_path):
     assert len(folders) == 1, done.stdout[-2000:]
     # `flwr run` returns 0 even when the run fails: the run folder says how it ended.
     assert json.loads((folders[0] / "status.json").read_text())["state"] == "complete"
+    # The stream says where the run folder is, and that folder holds the ServerApp's log.
+    assert f"run folder: {folders[0].resolve()}" in done.stdout, done.stdout[-2000:]
+    assert "round 2/2 · " in (folders[0] / "run.log").read_text()
+    # Each line once: opacus's root handler used to print every Flower line again, timestamped.
+    assert done.stdout.count("[ROUND 1]") == 1 and ":INFO:" not in done.stdout, done.stdout[-3000:]
     assert {r["round"] for r in _read_rows(folders[0] / "rounds.csv")} == {"0", "1", "2"}
     metrics = json.loads((folders[0] / "metrics.json").read_text())
     assert metrics["privacy"], "no attack scored"

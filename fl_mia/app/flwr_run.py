@@ -13,7 +13,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from fl_mia.app.experiment import run_logging
+from fl_mia.app.run_logging import run_logging
 from fl_mia.console_logging import flower_lines_once
 from fl_mia.round_log import RoundProgress, round_line
 
