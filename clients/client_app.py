@@ -25,7 +25,7 @@ from fl_mia.run_config import experiment_from_run_config
 from clients.hospital import HospitalClient
 from clients.mods import defences_mod
 
-# Flower's lines once in the hospitals' processes too (opacus, imported on the way, configures the root logger).
+# Flower's lines once in the hospitals' processes too: opacus, imported on the way, gives the root logger a handler of its own.
 flower_lines_once()
 
 

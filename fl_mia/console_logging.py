@@ -29,8 +29,8 @@ def drop_opacus_root_handler() -> list[logging.Handler]:
 def flower_lines_once() -> None:
     """Flower's records go to Flower's console handler only, never also to a root handler.
 
-    Called where Flower loads fl-mia's apps (ServerApp and ClientApp processes), after
-    their imports have pulled opacus in.
+    Called where Flower loads fl-mia's apps (ServerApp and ClientApp processes). The root
+    handler itself stays: under ``fl-mia run`` it is the driver's, and only the ServerApp
+    of ``flwr run`` drops it (:mod:`fl_mia.app.flwr_run`).
     """
     logging.getLogger("flwr").propagate = False
-    drop_opacus_root_handler()

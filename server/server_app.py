@@ -23,7 +23,7 @@ from fl_mia.run_folder import set_status
 from server.federation import run_federation
 
 logger = logging.getLogger("fl_mia")
-# Flower's lines once (the imports above pulled opacus in, which configures the root logger).
+# Flower's lines once: opacus, imported on the way, gives the root logger a handler of its own.
 flower_lines_once()
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fl_mia.app.run_logging import run_logging
-from fl_mia.console_logging import flower_lines_once
+from fl_mia.console_logging import drop_opacus_root_handler, flower_lines_once
 from fl_mia.round_log import RoundProgress, round_line
 
 logger = logging.getLogger("fl_mia")
@@ -31,6 +31,7 @@ def flwr_run_logging(run_dir: Path):
     from flwr.common.logger import console_handler
 
     flower_lines_once()
+    drop_opacus_root_handler()
     fl_mia_logger = logging.getLogger("fl_mia")
     with run_logging(run_dir, console_level=logging.INFO):
         fl_mia_logger.addHandler(console_handler)
