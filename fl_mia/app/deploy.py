@@ -106,11 +106,11 @@ def deploy_command(
         f"logs in {workdir}"
     )
     if sizes_note is not None:
-        Console().print(sizes_note, highlight=False)
+        Console().print(sizes_note, highlight=False, markup=False)
     try:
         tls = self_signed_tls(workdir / "certificates") if tls_self_signed else None
         run_dir = run_deployed(cfg, workdir=workdir, runs_root=runs_root, tls=tls, supernode_auth=supernode_auth,
-                               on_round_line=lambda line: Console().print(line, highlight=False))
+                               on_round_line=lambda line: Console().print(line, highlight=False, markup=False))
     except RuntimeError as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
