@@ -16,6 +16,7 @@ from flwr.app import Context
 from flwr.client import ClientApp
 
 from fl_mia.config import DefencesConfig, ExperimentConfig
+from fl_mia.console_logging import flower_lines_once
 from fl_mia.contracts import NODE_PARTITION_KEY
 from fl_mia.data import build_hospital, input_channels, num_classes
 from fl_mia.devices import process_device
@@ -23,6 +24,9 @@ from fl_mia.models import build_model
 from fl_mia.run_config import experiment_from_run_config
 from clients.hospital import HospitalClient
 from clients.mods import defences_mod
+
+# Flower's lines once in the hospitals' processes too: opacus, imported on the way, gives the root logger a handler of its own.
+flower_lines_once()
 
 
 def experiment_of_run(run_config: dict) -> ExperimentConfig:

@@ -40,6 +40,18 @@ class RoundProgress:
     overall: dict[str, float]
 
 
+def round_line(progress: RoundProgress) -> str:
+    """The one line a round ends with on the console: ``fl-mia run``, ``flwr run`` and ``fl-mia deploy`` alike."""
+    overall = progress.overall
+    if progress.round == 0:
+        return f"round 0/{progress.total_rounds} · untrained model · Dice {overall['dice']:.3f}"
+    return (
+        f"round {progress.round}/{progress.total_rounds} · hospitals {progress.replies} replied"
+        + (f", {progress.failures} failed" if progress.failures else "")
+        + f" · Dice {overall['dice']:.3f} · IoU {overall['iou']:.3f} · test loss {overall['loss']:.3f}"
+    )
+
+
 @dataclass
 class RoundLog:
     """Collects fit replies and global-model evaluations, keyed by (round, hospital)."""

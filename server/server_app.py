@@ -7,6 +7,7 @@ server an empty run config.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flwr.app import Context
@@ -15,9 +16,15 @@ from flwr.serverapp.grid import Grid
 
 from fl_mia.run_config import experiment_from_run_config, run_folder_from_run_config
 from fl_mia.config import ExperimentConfig
+from fl_mia.app.flwr_run import flwr_run_logging, log_round
 from fl_mia.app.preflight import preflight
+from fl_mia.console_logging import flower_lines_once
 from fl_mia.run_folder import set_status
 from server.federation import run_federation
+
+logger = logging.getLogger("fl_mia")
+# Flower's lines once: opacus, imported on the way, gives the root logger a handler of its own.
+flower_lines_once()
 
 
 def make_server_app(
@@ -36,12 +43,16 @@ def make_server_app(
         # hospitals read the same file and trust this check.
         experiment = preflight(experiment_from_run_config(context.run_config))
         folder = run_folder_from_run_config(context.run_config, name=experiment.name, resolved=experiment.to_toml_dict())
-        try:
-            run_federation(grid, context, experiment, folder, on_round_end)
-        except BaseException as error:
-            set_status(folder, "failed", error=f"{type(error).__name__}: {error}")
-            raise
-        set_status(folder, "complete")
+        with flwr_run_logging(folder):
+            logger.info("run folder: %s", folder.resolve())
+            try:
+                run_federation(grid, context, experiment, folder, log_round)
+            except BaseException as error:
+                set_status(folder, "failed", error=f"{type(error).__name__}: {error}")
+                logger.error("the run failed (%s: %s); details in %s", type(error).__name__, error, folder / "run.log")
+                raise
+            set_status(folder, "complete")
+            logger.info("run complete; run folder: %s", folder.resolve())
 
     return app
 

@@ -366,6 +366,27 @@ CASES += [
 ]
 
 
+
+def deploy(*args: str) -> Callable[[Paths], list[str]]:
+    """``fl-mia deploy`` of the tiny config: rejected before any SuperLink, workdir or run folder exists."""
+    return lambda p: ["deploy", str(p.config), *args, "--runs-root", str(p.new_out), "--workdir", str(p.new_out / "work")]
+
+
+def _sizes_per_hospital(p: Paths) -> None:
+    p.config.write_text(tomli_w.dumps(tiny_raw(federation={"patients_per_hospital": [8, 10]})))
+
+
+CASES += [
+    Case("deploy --hospitals above the limit", deploy("--hospitals", "101"), ("--hospitals 101", "federation.num_hospitals", "100")),
+    Case("deploy --hospitals 0", deploy("--hospitals", "0"), ("--hospitals 0", "federation.num_hospitals", "greater than")),
+    Case(
+        "deploy --hospitals beyond the sizes the config lists",
+        deploy("--hospitals", "3"),
+        ("--hospitals 3", "lists 2 sizes", "--set federation.patients_per_hospital=8"),
+        _sizes_per_hospital,
+    ),
+]
+
 def _cancer_becomes_liver(p: Paths) -> None:
     import nibabel as nib
 

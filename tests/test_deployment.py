@@ -24,6 +24,7 @@ from fl_mia.app.flower_commands import (
     supernode_command,
     write_connection,
 )
+from fl_mia.app.local_deployment import follow_rounds, round_lines
 from fl_mia.app.processes import StartedProcesses, free_port
 from fl_mia.app.simulation_resources import backend_config, check_resources, ray_cluster_address
 from fl_mia.config import ConfigError, SimulationConfig
@@ -254,14 +255,15 @@ def test_deployment_with_tls_equals_the_simulation(tmp_path):
     from fl_mia.app.experiment import run_experiment
 
     cfg = build_config(_tiny_deploy_raw())
+    printed = []
     deployed = run_deployed(cfg, workdir=tmp_path / "deploy", runs_root=tmp_path / "deployed",
-                            tls=self_signed_tls(tmp_path / "certs"))
+                            tls=self_signed_tls(tmp_path / "certs"), on_round_line=printed.append)
     assert "https://" in (tmp_path / "deploy" / "superlink.out").read_text()
     assert not processes_mentioning(str(tmp_path / "deploy")), "deployment processes left running"
     simulated = run_experiment(cfg, runs_root=tmp_path / "simulated").run_dir
     assert (deployed / "rounds.csv").read_bytes() == (simulated / "rounds.csv").read_bytes()
-    # The same outputs, except run.log: under `flwr run` the ServerApp's log is the workdir's flwr-run.log.
-    assert {p.name for p in deployed.iterdir()} == {p.name for p in simulated.iterdir()} - {"run.log"}
+    assert {p.name for p in deployed.iterdir()} == {p.name for p in simulated.iterdir()}  # run.log included
+    assert [line.split(" · ")[0] for line in printed] == ["round 0/2", "round 1/2", "round 2/2"], printed
 
 
 @pytest.mark.slow
@@ -384,6 +386,11 @@ def test_documented_flwr_run_commands_complete_on_a_dataset_from_disk(tmp_path):
     assert len(folders) == 1, done.stdout[-2000:]
     # `flwr run` returns 0 even when the run fails: the run folder says how it ended.
     assert json.loads((folders[0] / "status.json").read_text())["state"] == "complete"
+    # The stream says where the run folder is, and that folder holds the ServerApp's log.
+    assert f"run folder: {folders[0].resolve()}" in done.stdout, done.stdout[-2000:]
+    assert "round 2/2 · " in (folders[0] / "run.log").read_text()
+    # Each line once: opacus's root handler used to print every Flower line again, timestamped.
+    assert done.stdout.count("[ROUND 1]") == 1 and ":INFO:" not in done.stdout, done.stdout[-3000:]
     assert {r["round"] for r in _read_rows(folders[0] / "rounds.csv")} == {"0", "1", "2"}
     metrics = json.loads((folders[0] / "metrics.json").read_text())
     assert metrics["privacy"], "no attack scored"
@@ -427,3 +434,129 @@ def test_deploy_refuses_supernode_auth_without_tls_before_starting_anything(tmp_
     assert result.exit_code == 2
     assert "--tls-self-signed" in result.output
     assert not workdir.exists() and not (tmp_path / "runs").exists()
+
+
+# --- fl-mia deploy --hospitals and its round lines ---------------------------------------------
+
+QUICKSTART = PROJECT_ROOT / "configs" / "quickstart.toml"
+
+
+def test_hospitals_keep_the_first_sizes_of_a_size_skewed_config_and_say_so():
+    from fl_mia.app.deploy import hospitals_overrides
+    from fl_mia.config.loading import load_config
+
+    overrides, note = hospitals_overrides(QUICKSTART, [], 2)
+    federation = load_config(QUICKSTART, overrides).federation
+    assert federation.num_hospitals == 2 and federation.patients_per_hospital == [32, 24]
+    assert note == "--hospitals 2: federation.patients_per_hospital = [32, 24] (the first 2 of [32, 24, 20, 16])"
+
+
+def test_hospitals_leave_a_single_size_and_the_users_own_sizes_alone():
+    from fl_mia.app.deploy import hospitals_overrides
+
+    assert hospitals_overrides(QUICKSTART, [], 4) == (["federation.num_hospitals=4"], None)
+    own = ["federation.patients_per_hospital=[8, 8]"]
+    assert hospitals_overrides(QUICKSTART, own, 2) == ([*own, "federation.num_hospitals=2"], None)
+    single = ["federation.patients_per_hospital=8"]
+    assert hospitals_overrides(QUICKSTART, single, 3) == ([*single, "federation.num_hospitals=3"], None)
+
+
+def test_more_hospitals_than_listed_sizes_names_the_set_to_add():
+    from fl_mia.app.deploy import hospitals_overrides
+
+    with pytest.raises(ConfigError, match=r"--hospitals 6: .* add --set federation.patients_per_hospital=16 "):
+        hospitals_overrides(QUICKSTART, [], 6)
+
+
+def test_deploy_hospitals_2_runs_the_quickstart_with_its_first_two_sizes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import fl_mia.app.deploy as deploy
+    from fl_mia.app.cli import app
+
+    handed = {}
+
+    def run_deployed(cfg, **kwargs):
+        handed["cfg"] = cfg
+        raise RuntimeError("stopped here: the deployment itself is the slow tests' business")
+
+    monkeypatch.setattr(deploy, "run_deployed", run_deployed)
+    result = CliRunner().invoke(app, ["deploy", str(QUICKSTART), "--hospitals", "2", "--workdir", str(tmp_path / "w"),
+                                      "--runs-root", str(tmp_path / "runs")])
+    assert handed["cfg"].federation.num_hospitals == 2, result.output
+    assert handed["cfg"].federation.patients_per_hospital == [32, 24]
+    assert "federation.patients_per_hospital = [32, 24]" in result.output
+
+
+def test_round_lines_are_picked_out_of_flowers_coloured_stream():
+    stream = (
+        "\x1b[92mINFO \x1b[0m:      [ROUND 1]\n"
+        "\x1b[92mINFO \x1b[0m:      round 0/2 · untrained model · Dice 0.005\n"
+        "\x1b[92mINFO \x1b[0m:      \t\tround 1: 1.41\n"  # Flower's own history: not a round line
+        "\x1b[92mINFO \x1b[0m:      round 1/2 · hospitals 2 replied · Dice 0.136 · IoU 0.07 · test loss 1.413\n"
+    )
+    assert round_lines(stream) == [
+        "round 0/2 · untrained model · Dice 0.005",
+        "round 1/2 · hospitals 2 replied · Dice 0.136 · IoU 0.07 · test loss 1.413",
+    ]
+
+
+def test_round_lines_reach_the_caller_while_flwr_run_still_runs(tmp_path):
+    """A stand-in for `flwr run` writes a round line, then waits: the line arrives before it ends."""
+    log_path = tmp_path / "flwr-run.log"
+    flag = tmp_path / "seen"
+    script = (
+        "import sys, time, pathlib\n"
+        "print('INFO :  round 1/2 · hospitals 2 replied · Dice 0.5', flush=True)\n"
+        f"while not pathlib.Path({str(flag)!r}).exists(): time.sleep(0.05)\n"
+        "print('INFO :  round 2/2 · hospitals 2 replied · Dice 0.6', flush=True)\n"
+    )
+    seen = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        flag.touch()  # the stand-in finishes only once the first line got here
+
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT)
+        follow_rounds(process, log_path, timeout_s=120, on_line=on_line)
+    assert seen == ["round 1/2 · hospitals 2 replied · Dice 0.5", "round 2/2 · hospitals 2 replied · Dice 0.6"]
+
+
+def test_deploy_prints_round_lines_as_they_come(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import fl_mia.app.deploy as deploy
+    from fl_mia.app.cli import app
+
+    def run_deployed(cfg, *, on_round_line, **kwargs):
+        on_round_line("round 1/2 · hospitals 2 replied · Dice 0.500 · IoU 0.300 · test loss 1.000")
+        raise RuntimeError("stopped after one round")
+
+    monkeypatch.setattr(deploy, "run_deployed", run_deployed)
+    result = CliRunner().invoke(app, ["deploy", str(QUICKSTART), "--workdir", str(tmp_path / "w")])
+    assert "round 1/2 · hospitals 2 replied · Dice 0.500" in result.output
+
+
+# --- the ServerApp under `flwr run`: each log line once, and into run.log -----------------------
+
+def test_flwr_run_logging_prints_each_line_once_and_writes_run_log(tmp_path):
+    """opacus (imported by the defences) installs a timestamped root handler; Flower's logger
+    propagates to the root, so each of its lines printed twice. fl-mia's own lines printed never."""
+    script = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "import opacus.utils.module_utils  # installs the root handler, as in the ServerApp\n"
+        "from fl_mia.app.flwr_run import flwr_run_logging\n"
+        "with flwr_run_logging(Path(sys.argv[1])):\n"
+        "    logging.getLogger('flwr').info('a line of flower')\n"
+        "    logging.getLogger('fl_mia').info('a line of fl-mia')\n"
+        "logging.getLogger('flwr').info('a line of flower after the run')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300, check=True)
+    console = done.stdout + done.stderr
+    for line in ("a line of flower", "a line of fl-mia", "a line of flower after the run"):
+        assert sum(text.endswith(line) for text in console.splitlines()) == 1, console
+    run_log = (tmp_path / "run.log").read_text()
+    assert "a line of flower" in run_log and "a line of fl-mia" in run_log and "after the run" not in run_log

@@ -15,7 +15,7 @@ from fl_mia.app.data_cli import data_app
 from fl_mia.app.interrupt import RunInterrupted, resume_command
 from fl_mia.config import ConfigError
 from fl_mia.app.preflight import load_experiment
-from fl_mia.round_log import RoundProgress
+from fl_mia.round_log import RoundProgress, round_line
 from fl_mia.run_folder import RunFolderError
 
 # No rich traceback with locals: a crash printed the config, arrays and tensors of every
@@ -131,15 +131,7 @@ def run(
 
 
 def _show_round(progress: RoundProgress) -> None:
-    overall = progress.overall
-    if progress.round == 0:
-        console.print(f"round 0/{progress.total_rounds} · untrained model · Dice {overall['dice']:.3f}")
-        return
-    console.print(
-        f"round {progress.round}/{progress.total_rounds} · hospitals {progress.replies} replied"
-        + (f", {progress.failures} failed" if progress.failures else "")
-        + f" · Dice {overall['dice']:.3f} · IoU {overall['iou']:.3f} · test loss {overall['loss']:.3f}"
-    )
+    console.print(round_line(progress))
 
 
 def _interrupted(line: str) -> None:

@@ -13,7 +13,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from fl_mia.run_outputs import read_metrics
 from fl_mia.round_log import RoundProgress
 from fl_mia.run_folder import create_run_folder, set_status, write_toml
 from fl_mia.app.interrupt import mark_interrupted, stop_on_first_signal
+from fl_mia.app.run_logging import run_logging
 from fl_mia.app.simulation_resources import backend_config, check_resources
 from fl_mia.stop_request import STOP
 
@@ -34,58 +34,6 @@ logger = logging.getLogger("fl_mia")
 class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
-
-
-class _HideKnownDeprecation(logging.Filter):
-    """``run_simulation`` is deprecated in favour of ``flwr run``; fl-mia supports both on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "DEPRECATED FEATURE" not in str(record.msg)
-
-
-class _HideSimulatedCrashes(logging.Filter):
-    """Crashes injected by ``[failures]`` are expected: their tracebacks go to run.log only.
-
-    The round line on the console already says how many hospitals failed.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (
-            "(failures config)" in message or message.startswith("An exception was raised when processing a message by")
-        )
-
-
-@contextmanager
-def run_logging(run_dir: Path, *, console_level: int = logging.WARNING):
-    """Send fl-mia's and Flower's logs to ``run.log``; keep the console for warnings."""
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    loggers = [logging.getLogger("fl_mia"), logging.getLogger("flwr")]
-    hide = _HideKnownDeprecation()
-    hide_crashes = _HideSimulatedCrashes()
-    saved = []
-    for log in loggers:
-        saved.append((log, log.level, [h.level for h in log.handlers], log.propagate))
-        log.setLevel(logging.INFO)
-        log.propagate = False  # Flower or Ray may have configured the root logger
-        for existing in log.handlers:
-            existing.setLevel(max(existing.level, console_level))
-            existing.addFilter(hide)
-            existing.addFilter(hide_crashes)
-        log.addHandler(handler)
-    try:
-        yield
-    finally:
-        for log, level, handler_levels, propagate in saved:
-            log.removeHandler(handler)
-            log.setLevel(level)
-            log.propagate = propagate
-            for existing, previous in zip(log.handlers, handler_levels):
-                existing.setLevel(previous)
-                existing.removeFilter(hide)
-                existing.removeFilter(hide_crashes)
-        handler.close()
 
 
 def run_experiment(

@@ -12,7 +12,10 @@ authentication on (docs/deployment.md); both can be tried here on localhost.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +35,9 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.run_folder import write_toml
 
 logger = logging.getLogger("fl_mia")
+
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+_ROUND_LINE = re.compile(r"\bround \d+/\d+ · [^\n]*")
 
 
 @contextmanager
@@ -88,8 +94,40 @@ def _new_run_folders(runs_root: Path, before: set[Path]) -> list[Path]:
     return sorted(p for p in runs_root.iterdir() if p.is_dir() and p not in before) if runs_root.exists() else []
 
 
-def submit_run(experiment: Path, *, env: dict[str, str], workdir: Path, runs_root: Path, timeout_s: float) -> Path:
+def round_lines(text: str) -> list[str]:
+    """The ServerApp's round lines (:func:`fl_mia.round_log.round_line`) in ``flwr run``'s output."""
+    plain = _COLOURS.sub("", text)
+    return [match.group(0).rstrip() for match in _ROUND_LINE.finditer(plain)]
+
+
+def follow_rounds(process: subprocess.Popen, log_path: Path, *, timeout_s: float, on_line: Callable[[str], None]) -> None:
+    """Wait for ``process``, passing each round line it writes to ``log_path`` to ``on_line`` as it comes."""
+    deadline = time.monotonic() + timeout_s
+    offset, pending = 0, ""
+    while True:
+        finished = process.poll() is not None
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            chunk = log.read()
+        offset += len(chunk)
+        pending += chunk.decode("utf-8", errors="replace")
+        complete, _, pending = pending.rpartition("\n")
+        for line in round_lines(complete):
+            on_line(line)
+        if finished:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the run did not finish within {timeout_s:.0f}s; see {log_path}")
+        time.sleep(0.5)
+
+
+def submit_run(
+    experiment: Path, *, env: dict[str, str], workdir: Path, runs_root: Path, timeout_s: float,
+    on_round_line: Callable[[str], None] = lambda line: None,
+) -> Path:
     """``flwr run`` the experiment file on the deployment ``env`` reaches; return its run folder.
+
+    ``on_round_line`` gets each round's line (as ``fl-mia run`` prints it) while the run goes on.
 
     ``flwr run`` returns 0 even when the run fails, so the outcome is read from the run
     folder's ``status.json`` (written by the ServerApp, as under simulation).
@@ -102,14 +140,15 @@ def submit_run(experiment: Path, *, env: dict[str, str], workdir: Path, runs_roo
         flower_executable("flwr"), "run", str(PROJECT_ROOT), CONNECTION_NAME, "--stream",
         "--run-config", f'experiment="{experiment}" runs-root="{runs_root}"',
     ]
-    with open(workdir / "flwr-run.log", "wb") as log:
+    log_path = workdir / "flwr-run.log"
+    with open(log_path, "wb") as log:
+        submitted = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
-            submitted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(
-                f"the run did not finish within {timeout_s:.0f}s; see {workdir / 'flwr-run.log'}"
-            ) from None
+            follow_rounds(submitted, log_path, timeout_s=timeout_s, on_line=on_round_line)
+        finally:
+            if submitted.poll() is None:
+                submitted.kill()
+                submitted.wait()
     if submitted.returncode != 0:
         raise RuntimeError(f"flwr run exited with code {submitted.returncode}; see {workdir / 'flwr-run.log'}")
     folders = _new_run_folders(runs_root, before)
@@ -135,8 +174,12 @@ def run_deployed(
     tls: Tls | None = None,
     supernode_auth: bool = False,
     timeout_s: float = 3600.0,
+    on_round_line: Callable[[str], None] = lambda line: None,
 ) -> Path:
-    """Run ``cfg`` on a local deployment, one SuperNode per hospital; return its run folder."""
+    """Run ``cfg`` on a local deployment, one SuperNode per hospital; return its run folder.
+
+    ``on_round_line`` gets each round's line while the run goes on (``fl-mia deploy`` prints them).
+    """
     workdir = workdir.resolve()
     runs_root = runs_root.resolve()
     experiment = workdir / "experiment.toml"
@@ -144,4 +187,5 @@ def run_deployed(
     write_toml(experiment, cfg.to_toml_dict())
     with local_deployment(workdir, num_hospitals=cfg.federation.num_hospitals, tls=tls,
                           supernode_auth=supernode_auth) as env:
-        return submit_run(experiment, env=env, workdir=workdir, runs_root=runs_root, timeout_s=timeout_s)
+        return submit_run(experiment, env=env, workdir=workdir, runs_root=runs_root, timeout_s=timeout_s,
+                          on_round_line=on_round_line)
