@@ -385,6 +385,12 @@ def _folder_masks_with_suffix(p: Paths) -> None:
         mask.rename(mask.with_name(mask.stem + "_mask.png"))
 
 
+def _manifest_with_an_empty_case(p: Paths) -> None:
+    """liver_4's label emptied: with no empty slice kept, nothing of it is left to share out."""
+    _edit_msd_label(p, lambda labels: np.zeros_like(labels))
+    (p.root / "sites.csv").write_text("case,site\n" + "".join(f"liver_{i},{'a' if i < 6 else 'b'}\n" for i in range(12)))
+
+
 def _msd_of_two_cases(p: Paths) -> None:
     from tests.disk_datasets import write_msd
 
@@ -452,6 +458,12 @@ CASES += [
         on_data("folder", "kvasir"),
         ("image without its mask", "_mask.png", "data.folder.mask_glob='masks/*_mask.png'"),
         _folder_masks_with_suffix,
+    ),
+    Case(
+        "manifest naming a case with no slice kept",
+        on_data("msd", "msd", *MANIFEST, "data.msd.empty_slice_fraction=0.0"),
+        ("sites.csv", "liver_4", "no slice left", "empty_slice_fraction"),
+        _manifest_with_an_empty_case,
     ),
     Case(
         "the attacker's draw takes every patient",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ class PatientTable:
     names: list[str]
     sites: list[str]
     lesion_pixels: np.ndarray
+    without_slices: list[str] = field(default_factory=list)  # in the dataset, but no slice of theirs was kept
 
 
 def _too_few(federation: FederationConfig, total: int) -> DataError:
@@ -115,6 +116,11 @@ def read_manifest(
     for row in rows:
         case = row["case"].strip()
         patient = case if case in known else patient_of(case, patient_regex)
+        if patient in table.without_slices:
+            raise DataError(
+                f"{path}: case {row['case']!r} has no slice left once slicing keeps foreground slices and a share of empty "
+                f"ones; remove the row, or raise empty_slice_fraction in [data.msd] or [data.nnunet] (1.0 keeps every slice)"
+            )
         if patient not in known:
             raise DataError(f"{path}: case {row['case']!r} is not in the dataset at {dataset}; remove the row or add the case")
         sites[patient] = row["site"].strip()

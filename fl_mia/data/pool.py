@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,6 +53,8 @@ class SlicePool:
     raw_intensity: tuple[float, float]
     normalize: str = "zscore"
     normalize_origin: str = "data.normalize"
+    # Patients of the dataset none of whose slices was kept (no foreground, no empty slice drawn).
+    without_slices: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
@@ -108,6 +110,7 @@ def _decode(cfg: DataConfig, index: DatasetIndex, normalize: tuple[str, str]) ->
     low, high = np.inf, -np.inf
     cases = 0
     scheme = normalize[0]
+    skipped: set[str] = set()
     for case in index.read_cases():
         cases += 1
         low, high = min(low, float(case.image.min())), max(high, float(case.image.max()))
@@ -115,6 +118,7 @@ def _decode(cfg: DataConfig, index: DatasetIndex, normalize: tuple[str, str]) ->
             samples.append(foreground_sample(case))
         case_images, case_labels = case_slices(case, volume, image_size=cfg.image_size, normalize=scheme)
         if len(case_images) == 0:  # no foreground and no empty slice kept: nothing of this case to learn or attack
+            skipped.add(case.patient)
             continue
         patient = patients.setdefault(case.patient, len(patients))
         if case.site is not None:
@@ -141,6 +145,7 @@ def _decode(cfg: DataConfig, index: DatasetIndex, normalize: tuple[str, str]) ->
             "spacings": spacings,
             "raw_intensity": [low, high],
             "normalize": list(normalize),
+            "without_slices": sorted(skipped - set(names)),
         },
     }
 
@@ -171,6 +176,7 @@ def _read(folder: Path) -> SlicePool:
         spacings=meta["spacings"],
         raw_intensity=tuple(meta["raw_intensity"]),
         **dict(zip(("normalize", "normalize_origin"), meta.get("normalize", ()))),
+        without_slices=meta.get("without_slices", []),
     )
 
 
