@@ -67,7 +67,7 @@ def _differences(image: Volume, label: Volume) -> str | None:
     if not np.allclose(image.affine[:3, 3], label.affine[:3, 3], **close):
         return f"origin {_short(image.affine[:3, 3])} vs {_short(label.affine[:3, 3])}"
     if not np.allclose(image.affine[:3, :3], label.affine[:3, :3], **close):
-        return "direction (axis orientation of the affine) differs"
+        return "direction (their affines' axes point different ways)"
     return None
 
 
@@ -78,10 +78,11 @@ def _short(values: Iterable[float]) -> str:
 def check_geometry(
     image: Volume, label: Volume, image_file: Path, label_file: Path, *, table: str, role: str = "label"
 ) -> None:
-    """Image and label lie in the same place: spacing, origin and direction (``table`` names the opt-out key's table).
+    """Image and label lie in the same place: spacing, origin and direction.
 
-Shapes are compared apart (always): a different affine can be a user's known quirk, a
-different voxel count cannot be trained on."""
+    ``table`` names the opt-out key's table. Shapes are compared apart (always): a different
+    affine can be a user's known quirk, a different voxel count cannot be trained on.
+    """
     difference = _differences(image, label)
     if difference is not None:
         raise DataError(
