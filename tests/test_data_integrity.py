@@ -15,7 +15,7 @@ from fl_mia.app.cli import app
 from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital, patient_names
 from fl_mia.data import pool as pool_module
-from fl_mia.data.overview import summarize
+from fl_mia.data.overview import slice_title, summarize
 from fl_mia.data.sources.folder import case_key
 from fl_mia.referee.candidates import with_patient_names
 from fl_mia.report.collect import candidate_truth
@@ -114,6 +114,11 @@ def test_run_outputs_name_the_datasets_patients():
     rows = [{"candidate": 0, "hospital": 1, "patient": 2, "image": 40}]
     assert with_patient_names(rows, ["case_000", "case_001", "case_023"])[0]["patient"] == "case_023"
     assert with_patient_names(rows, None) == rows  # the phantom: numbered patients stay numbers
+
+
+def test_preview_titles_name_the_datasets_patients():
+    assert slice_title(1, 2, ["case_000", "case_001", "case_023"]) == "h1 case_023"
+    assert slice_title(1, 17, None) == "h1 p17"  # the phantom, as before
 
 
 def test_patient_names_are_the_pool_ids(tmp_path):

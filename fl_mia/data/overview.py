@@ -93,6 +93,11 @@ def _split_row(name: str, hospital: HospitalData) -> dict[str, str]:
     }
 
 
+def slice_title(hospital: int, patient: int, names: list[str] | None) -> str:
+    """``h0 case_023``: the dataset's patient id (the phantom's patients are numbered: ``h0 p17``)."""
+    return f"h{hospital} {names[patient] if names else f'p{patient}'}"
+
+
 def write_preview(data: DataConfig, federation: FederationConfig, path: Path, *, seed: int, per_hospital: int = 4) -> Path:
     """``data_preview.png``: training slices of every hospital (rows) with their masks outlined."""
     import matplotlib
@@ -117,8 +122,7 @@ def write_preview(data: DataConfig, federation: FederationConfig, path: Path, *,
             ax.imshow(shown, cmap="gray")
             if split.masks[i].max() > 0:
                 ax.contour(split.masks[i], levels=np.arange(0.5, split.masks[i].max() + 1), colors=["yellow", "red"][: int(split.masks[i].max())], linewidths=0.8)
-            patient = int(split.patient_ids[i])
-            ax.set_title(f"h{hospital.index} {names[patient] if names else f'p{patient}'}", fontsize=7)
+            ax.set_title(slice_title(hospital.index, int(split.patient_ids[i]), names), fontsize=7)
         for ax in row:
             ax.axis("off")
     fig.tight_layout()
