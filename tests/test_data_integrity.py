@@ -39,6 +39,16 @@ def test_a_label_with_a_trailing_axis_of_one_is_squeezed(tmp_path):
     assert np.array_equal(np.asarray(plain.labels), np.asarray(squeezed.labels))
 
 
+def test_an_nnunet_channel_file_with_a_trailing_axis_of_one_is_squeezed(tmp_path):
+    root = write_nnunet(tmp_path / "nn", cases=8)
+    plain = pool_module.load_pool(disk_cfg("nnunet", root, tmp_path / "a").data)
+    file = root / "imagesTr" / "case002_0000.nii.gz"
+    stored = nib.load(str(file))
+    nib.save(nib.Nifti1Image(np.asarray(stored.dataobj)[..., None], stored.affine), file)
+    squeezed = pool_module.load_pool(disk_cfg("nnunet", root, tmp_path / "b").data)
+    assert np.array_equal(np.asarray(plain.images), np.asarray(squeezed.images))
+
+
 def test_check_geometry_false_accepts_a_label_in_another_affine(tmp_path):
     root = write_msd(tmp_path / "msd", cases=6)
     _relabel(root, "liver_2", affine=np.diag([0.8, 0.8, 2.0, 1.0]))

@@ -37,12 +37,12 @@ def check_listed_files(entries: Iterable[tuple[str, Path]], where: Path) -> None
             raise DataError(f"{where}: {entry} lists {file}, which does not exist; add the file or remove the entry")
 
 
-def spatial_label(labels: np.ndarray, file: Path) -> np.ndarray:
-    """The label volume as ``[x, y, z]``: a trailing axis of size 1 (a 4-D label of one frame) squeezed."""
+def spatial_label(labels: np.ndarray, file: Path, *, role: str = "label") -> np.ndarray:
+    """The volume as ``[x, y, z]``: a trailing axis of size 1 (a 4-D file of one frame) squeezed."""
     if labels.ndim == 4 and labels.shape[-1] == 1:
         return labels[..., 0]
     if labels.ndim != 3:
-        raise DataError(f"{file}: label of shape {tuple(labels.shape)} has {labels.ndim} axes; give one 3-D label volume (x, y, z)")
+        raise DataError(f"{file}: {role} of shape {tuple(labels.shape)} has {labels.ndim} axes; give one 3-D {role} volume (x, y, z)")
     return labels
 
 

@@ -69,6 +69,9 @@ def index(
         for case, label_file in zip(case_ids, label_files):
             first_file = by_case[case][0]
             decoded = [volumes_io.load_any(by_case[case][c]) for c in range(channels)]
+            for c, channel in enumerate(decoded):
+                if channel.affine is not None:  # one NIfTI per channel: 3-D, or 4-D of one frame
+                    channel.data = spatial_label(channel.data, by_case[case][c], role="channel")
             shapes = {d.data.shape for d in decoded}
             if len(shapes) > 1:
                 raise DataError(f"{first_file}: the channel files of case {case!r} differ in shape {sorted(shapes)}; they must match")
