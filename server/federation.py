@@ -28,7 +28,7 @@ from fl_mia.attacker.poisoning.threat_summary import threat_report
 from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.attacker.predictions.shadows import ShadowStore, TargetRecipe
 from fl_mia.attacker.server_attacker import ServerAttacker
-from fl_mia.data import build_attacker_population, build_hospital, num_classes
+from fl_mia.data import build_attacker_population, build_hospital, num_classes, patient_names
 from fl_mia.devices import process_device
 from fl_mia.referee.candidates import MembershipLedger, build_candidates
 from fl_mia.referee.evaluation import Referee
@@ -140,7 +140,10 @@ def draw_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedg
 
 
 def make_referee(cfg: ExperimentConfig, candidates: CandidateSet, ledger: MembershipLedger, run_dir: Path | None) -> Referee:
-    return Referee(cfg.referee, candidates, ledger, run_dir, seed=cfg.seed, task=cfg.data.task, run_name=cfg.name)
+    return Referee(
+        cfg.referee, candidates, ledger, run_dir, seed=cfg.seed, task=cfg.data.task, run_name=cfg.name,
+        patient_names=patient_names(cfg.data),
+    )
 
 
 def _dp_shadow_trainer(cfg: ExperimentConfig):

@@ -38,7 +38,7 @@ def write_msd(root: Path, *, cases: int = 12, shape=(40, 36, 10), modalities: in
         training.append({"image": f"./imagesTr/liver_{i}.nii.gz", "label": f"./labelsTr/liver_{i}.nii.gz"})
     meta = {
         "name": "Liver",
-        "modality": {str(m): f"CT{m}" for m in range(modalities)},
+        "modality": {str(m): "CT" for m in range(modalities)},
         "labels": {"0": "background", "1": "liver", "2": "cancer"},
         "numTraining": cases,
         "training": training,

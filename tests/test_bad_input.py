@@ -233,7 +233,8 @@ def _edit_msd_label(p: Paths, change: Callable[[np.ndarray], np.ndarray]) -> Non
 
     root = _msd(p)
     file = root / "labelsTr" / "liver_4.nii.gz"
-    nib.save(nib.Nifti1Image(change(np.asarray(nib.load(str(file)).dataobj)), np.eye(4)), file)
+    stored = nib.load(str(file))  # the same geometry: only the values (or shape) change
+    nib.save(nib.Nifti1Image(change(np.asarray(stored.dataobj)), stored.affine), file)
 
 
 def _folder(p: Paths) -> Path:
@@ -343,6 +344,136 @@ CASES += [
 ]
 
 
+def _msd_entry_without_files(p: Paths) -> None:
+    import json
+
+    root = _msd(p)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/liver_99.nii.gz", "label": "./labelsTr/liver_99.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def _msd_label_geometry(p: Paths, affine: np.ndarray) -> None:
+    """liver_4's label with the same voxels as its image but another affine."""
+    import nibabel as nib
+
+    root = _msd(p)
+    file = root / "labelsTr" / "liver_4.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(str(file)).dataobj), affine), file)
+
+
+def _msd_image_2d(p: Paths) -> None:
+    import nibabel as nib
+
+    root = _msd(p)
+    file = root / "imagesTr" / "liver_4.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(str(file)).dataobj)[:, :, 5], np.diag([0.8, 0.8, 1.0, 1.0])), file)
+
+
+def _nnunet_channel_geometry(p: Paths) -> None:
+    import nibabel as nib
+
+    from tests.disk_datasets import write_nnunet
+
+    root = write_nnunet(p.root / "nn", channels=2)
+    file = root / "imagesTr" / "case004_0001.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(str(file)).dataobj), np.diag([1.0, 1.0, 1.5, 1.0])), file)
+
+
+def _folder_masks_with_suffix(p: Paths) -> None:
+    for mask in (_folder(p) / "masks").glob("*.png"):
+        mask.rename(mask.with_name(mask.stem + "_mask.png"))
+
+
+def _manifest_with_an_empty_case(p: Paths) -> None:
+    """liver_4's label emptied: with no empty slice kept, nothing of it is left to share out."""
+    _edit_msd_label(p, lambda labels: np.zeros_like(labels))
+    (p.root / "sites.csv").write_text("case,site\n" + "".join(f"liver_{i},{'a' if i < 6 else 'b'}\n" for i in range(12)))
+
+
+def _msd_of_two_cases(p: Paths) -> None:
+    from tests.disk_datasets import write_msd
+
+    write_msd(p.root / "msd", cases=2)  # case 0 has no lesion: one would fail the task check first
+
+
+def inspect_data(source: str, folder: str, *overrides: str) -> Callable[[Paths], list[str]]:
+    """``data inspect`` (not ``run``) of the tiny config on a prepared dataset."""
+
+    def args(p: Paths) -> list[str]:
+        run_args = on_data(source, folder, *overrides)(p)
+        return ["data", "inspect", *run_args[1:-2], "--out", str(p.new_out)]
+
+    return args
+
+
+# The integrity checks nnU-Net runs, before anything is decoded or cached.
+FLIPPED_X = np.diag([-0.8, 0.8, 2.5, 1.0])
+CASES += [
+    Case(
+        "dataset.json entry whose files are missing",
+        on_data("msd", "msd"),
+        ("dataset.json", "training entry 12 (image)", "liver_99.nii.gz", "does not exist"),
+        _msd_entry_without_files,
+    ),
+    Case(
+        "inspect of a dataset.json entry whose files are missing",
+        inspect_data("msd", "msd"),
+        ("dataset.json", "training entry 12 (image)", "does not exist"),
+        _msd_entry_without_files,
+    ),
+    Case(
+        "label flipped against its image",
+        on_data("msd", "msd"),
+        ("imagesTr/liver_4.nii.gz", "labelsTr/liver_4.nii.gz", "direction", "data.msd.check_geometry=false"),
+        lambda p: _msd_label_geometry(p, FLIPPED_X),
+    ),
+    Case(
+        "label spacing differs from its image",
+        on_data("msd", "msd"),
+        ("liver_4.nii.gz", "spacing (0.8, 0.8, 2.5) vs (1, 1, 1)"),
+        lambda p: _msd_label_geometry(p, np.eye(4)),
+    ),
+    Case(
+        "label origin differs from its image",
+        on_data("msd", "msd"),
+        ("liver_4.nii.gz", "origin"),
+        lambda p: _msd_label_geometry(p, np.array([[0.8, 0, 0, 5.0], [0, 0.8, 0, 0], [0, 0, 2.5, 0], [0, 0, 0, 1]])),
+    ),
+    Case(
+        "interpolated label values",
+        on_data("msd", "msd"),
+        ("labelsTr/liver_4.nii.gz", "0.5", "not whole class ids", "nearest-neighbour"),
+        lambda p: _edit_msd_label(p, lambda labels: np.where(labels == 1, 0.5, labels).astype(np.float32)),
+    ),
+    Case("2-D NIfTI in an MSD dataset", on_data("msd", "msd"), ("imagesTr/liver_4.nii.gz", "2-D NIfTI", "3-D volumes"), _msd_image_2d),
+    Case(
+        "nnU-Net channel files in different geometry",
+        on_data("nnunet", "nn"),
+        ("case004_0001.nii.gz", "channel file", "spacing", "data.nnunet.check_geometry=false"),
+        _nnunet_channel_geometry,
+    ),
+    Case(
+        "folder masks named {case}_mask.png",
+        on_data("folder", "kvasir"),
+        ("image without its mask", "_mask.png", "data.folder.mask_glob='masks/*_mask.png'"),
+        _folder_masks_with_suffix,
+    ),
+    Case(
+        "manifest naming a case with no slice kept",
+        on_data("msd", "msd", *MANIFEST, "data.msd.empty_slice_fraction=0.0"),
+        ("sites.csv", "liver_4", "no slice left", "empty_slice_fraction"),
+        _manifest_with_an_empty_case,
+    ),
+    Case(
+        "the attacker's draw takes every patient",
+        on_data("msd", "msd"),
+        ("has 2 patient(s)", "attacker's draw", "federation.attacker_patients=2", "takes 2", "leaves 0 patients"),
+        _msd_of_two_cases,
+    ),
+]
+
+
 # What a user mistypes on the command line, and what to run instead of a wrong folder.
 CASES += [
     Case("--set key misspelt", with_set("federation.round=3"), ("--set federation.round=3", "did you mean federation.rounds")),
@@ -391,8 +522,9 @@ def _cancer_becomes_liver(p: Paths) -> None:
     import nibabel as nib
 
     for file in (p.root / "msd" / "labelsTr").glob("*.nii.gz"):
-        labels = np.asarray(nib.load(str(file)).dataobj)
-        nib.save(nib.Nifti1Image(np.where(labels == 2, 1, labels).astype(np.uint8), np.eye(4)), file)
+        stored = nib.load(str(file))
+        labels = np.asarray(stored.dataobj)
+        nib.save(nib.Nifti1Image(np.where(labels == 2, 1, labels).astype(np.uint8), stored.affine), file)
 
 
 def interrupted_run(folder: Path, raw: dict) -> None:
@@ -429,6 +561,6 @@ def test_bad_input_fails_with_one_line_naming_what_to_fix(case: Case, tmp_path: 
     assert {p: p.stat().st_mtime_ns for p in paths.run.iterdir()} == before  # the earlier run is untouched
 
 
-def test_catalogue_has_at_least_twenty_kinds():
-    assert len(CASES) >= 20
+def test_catalogue_has_at_least_sixty_kinds():
+    assert len(CASES) >= 60
 

@@ -63,12 +63,13 @@ class DataSettings(Section):
         description="'lesion': binary lesion masks; 'organ_lesion': background/organ/lesion classes.",
     )
     image_size: int = Field(64, ge=32, le=512, description="Side of the square 2-D slices in pixels.")
-    normalize: Literal["zscore", "ct", "none"] = Field(
-        "zscore",
+    normalize: Literal["auto", "zscore", "ct", "none"] = Field(
+        "auto",
         description=(
-            "'zscore': each image (volume) scaled to mean 0, std 1 (nnU-Net's MRI scheme); 'ct': clip to the 0.5-99.5 "
-            "percentiles of foreground voxels of the dataset, then z-score with their mean and std (nnU-Net's CT scheme); "
-            "'none': raw values."
+            "'auto': from the dataset, as nnU-Net picks it (dataset.json 'modality' / 'channel_names': CT -> 'ct', "
+            "anything else -> 'zscore'; folder, npz and the phantom: 'zscore'); 'zscore': each image (volume) scaled to "
+            "mean 0, std 1 (nnU-Net's MRI scheme); 'ct': clip to the 0.5-99.5 percentiles of foreground voxels of the "
+            "dataset, then z-score with their mean and std (nnU-Net's CT scheme); 'none': raw values."
         ),
     )
 

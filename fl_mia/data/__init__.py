@@ -17,6 +17,7 @@ _HOMES = {
     "build_attacker_population": "fl_mia.data.hospitals",
     "build_hospital": "fl_mia.data.hospitals",
     "input_channels": "fl_mia.data.hospitals",
+    "patient_names": "fl_mia.data.hospitals",
 }
 
 __all__ = sorted(_HOMES)

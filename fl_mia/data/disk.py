@@ -54,7 +54,7 @@ def patient_table(data: DataConfig, pool: SlicePool) -> PatientTable:
     lesion_pixels = np.bincount(
         pool.slice_patient, weights=(task_masks == lesion_class).reshape(len(pool), -1).sum(axis=1), minlength=len(pool.patients)
     )
-    return PatientTable(list(pool.patients), list(pool.patient_sites), lesion_pixels)
+    return PatientTable(list(pool.patients), list(pool.patient_sites), lesion_pixels, list(pool.without_slices))
 
 
 @lru_cache(maxsize=8)

@@ -30,3 +30,11 @@ def build_attacker_population(data: DataConfig, federation: FederationConfig, *,
 def input_channels(data: DataConfig) -> int:
     """Input channels of the model: 1 for the phantom, the dataset's channel count from disk."""
     return 1 if data.source == "phantom" else disk.pool_of(data).channels
+
+
+def patient_names(data: DataConfig) -> list[str] | None:
+    """The dataset's patient ids by patient index (``p14``, ``case_023``), for what users read.
+
+    ``None`` for the phantom: its patients are numbered, and the number is their id.
+    """
+    return None if data.source == "phantom" else list(disk.pool_of(data).patients)

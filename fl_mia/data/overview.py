@@ -35,13 +35,12 @@ def summarize(data: DataConfig, federation: FederationConfig, *, seed: int) -> D
         from fl_mia.data.pool import pool_of
 
         pool = pool_of(data)
-        sites = sorted({s for s in pool.patient_sites if s})
         spacings = np.asarray(pool.spacings, dtype=float)
         labels = np.asarray(pool.labels)
         row(("cases", str(pool.cases)))
         row(("patients", str(len(pool.patients))))
         row(("slices kept", str(len(pool))))
-        row(("sites", ", ".join(sites) if sites else "none (partition decides)"))
+        row(("sites", _sites(data, federation, pool)))
         row(("channels", str(pool.channels)))
         row(("spacing range", " × ".join(f"{lo:g}–{hi:g}" for lo, hi in zip(spacings.min(0), spacings.max(0)))))
         row(("raw intensity range", f"{pool.raw_intensity[0]:.4g} … {pool.raw_intensity[1]:.4g}"))
@@ -51,12 +50,39 @@ def summarize(data: DataConfig, federation: FederationConfig, *, seed: int) -> D
         row((f"task {data.task!r} classes", ", ".join(f"{n}→{c}" for n, c in zip(pool.label_names, lookup))))
     images = np.concatenate([h.train.images for h in hospitals])
     row(("image size", f"{images.shape[-2]}×{images.shape[-1]} (data.image_size)"))
-    row(("normalised intensity range", f"{images.min():.3g} … {images.max():.3g} ({data.normalize})"))
+    row(("intensity scheme", _scheme(data)))
+    row(("normalised intensity range", f"{images.min():.3g} … {images.max():.3g}"))
     row(("partition", federation.partition if data.source != "phantom" else "phantom (patients_per_hospital)"))
     for hospital in hospitals:
         summary.splits.append(_split_row(f"hospital {hospital.index}", hospital))
     summary.splits.append({"who": "attacker", "train": "", "heldout": "", "test": "", "population": f"{_patients(attacker)} p / {len(attacker)} sl"})
     return summary
+
+
+def _sites(data: DataConfig, federation: FederationConfig, pool) -> str:
+    """The sites hospitals are made of: the manifest's under partition = 'manifest', else the dataset's own."""
+    if federation.partition == "manifest":
+        from collections import Counter
+
+        from fl_mia.data.disk import patient_table
+        from fl_mia.data.partition import read_manifest
+
+        site_of = read_manifest(federation, patient_table(data, pool), patient_regex=data.patient_regex, dataset=data.path)
+        counts = Counter(site_of.values())
+        where = federation.manifest or "the dataset"
+        return ", ".join(f"{site} ({n} p)" for site, n in sorted(counts.items())) + f" (from {where})"
+    sites = sorted({s for s in pool.patient_sites if s})
+    return ", ".join(sites) if sites else "none (partition decides)"
+
+
+def _scheme(data: DataConfig) -> str:
+    """The intensity scheme in force and where it came from (``data.normalize`` or the dataset's declaration)."""
+    if data.source == "phantom":
+        return "zscore (the phantom's default)" if data.normalize == "auto" else f"{data.normalize} (data.normalize)"
+    from fl_mia.data.pool import pool_of
+
+    pool = pool_of(data)
+    return f"{pool.normalize} ({pool.normalize_origin})"
 
 
 def _split_row(name: str, hospital: HospitalData) -> dict[str, str]:
@@ -67,6 +93,11 @@ def _split_row(name: str, hospital: HospitalData) -> dict[str, str]:
     }
 
 
+def slice_title(hospital: int, patient: int, names: list[str] | None) -> str:
+    """``h0 case_023``: the dataset's patient id (the phantom's patients are numbered: ``h0 p17``)."""
+    return f"h{hospital} {names[patient] if names else f'p{patient}'}"
+
+
 def write_preview(data: DataConfig, federation: FederationConfig, path: Path, *, seed: int, per_hospital: int = 4) -> Path:
     """``data_preview.png``: training slices of every hospital (rows) with their masks outlined."""
     import matplotlib
@@ -74,7 +105,10 @@ def write_preview(data: DataConfig, federation: FederationConfig, path: Path, *,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fl_mia.data.hospitals import patient_names
+
     hospitals = [build_hospital(data, federation, k, seed=seed) for k in range(federation.num_hospitals)]
+    names = patient_names(data)
     fig, axes = plt.subplots(len(hospitals), per_hospital, figsize=(2 * per_hospital, 2 * len(hospitals)), squeeze=False)
     for row, hospital in zip(axes, hospitals):
         split = hospital.train
@@ -88,7 +122,7 @@ def write_preview(data: DataConfig, federation: FederationConfig, path: Path, *,
             ax.imshow(shown, cmap="gray")
             if split.masks[i].max() > 0:
                 ax.contour(split.masks[i], levels=np.arange(0.5, split.masks[i].max() + 1), colors=["yellow", "red"][: int(split.masks[i].max())], linewidths=0.8)
-            ax.set_title(f"h{hospital.index} p{int(split.patient_ids[i])}", fontsize=7)
+            ax.set_title(slice_title(hospital.index, int(split.patient_ids[i]), names), fontsize=7)
         for ax in row:
             ax.axis("off")
     fig.tight_layout()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +34,18 @@ class PatientTable:
     names: list[str]
     sites: list[str]
     lesion_pixels: np.ndarray
+    without_slices: list[str] = field(default_factory=list)  # in the dataset, but no slice of theirs was kept
 
 
-def _too_few(federation: FederationConfig, available: int) -> DataError:
-    k = federation.num_hospitals
+def _too_few(federation: FederationConfig, total: int) -> DataError:
+    k, wanted = federation.num_hospitals, federation.attacker_patients
+    available = max(0, total - wanted)
+    drawn = min(total, wanted)
     return DataError(
-        f"data.path: the dataset leaves {available} patients for {k} hospitals, which need at least "
-        f"{k * MIN_PATIENTS_PER_HOSPITAL} ({MIN_PATIENTS_PER_HOSPITAL} each for their train/held-out/test splits); use fewer federation.num_hospitals "
-        "or federation.attacker_patients, or more patients"
+        f"data.path: the dataset has {total} patient(s) and the attacker's draw (federation.attacker_patients={wanted}) "
+        f"takes {drawn}, which leaves {available} patients for {k} hospitals, which need at least "
+        f"{k * MIN_PATIENTS_PER_HOSPITAL} ({MIN_PATIENTS_PER_HOSPITAL} each for their train/held-out/test splits); lower "
+        "federation.attacker_patients or federation.num_hospitals, or add patients"
     )
 
 
@@ -91,9 +95,10 @@ def _dirichlet(federation: FederationConfig, table: PatientTable, remaining: np.
     )
 
 
-def _read_manifest(
+def read_manifest(
     federation: FederationConfig, table: PatientTable, *, patient_regex: str | None, dataset: Path | None
 ) -> dict[str, str]:
+    """Site of each patient named by the manifest (or by the dataset's own sites when there is no manifest)."""
     path = federation.manifest
     if path is None:
         if not any(table.sites):
@@ -111,6 +116,11 @@ def _read_manifest(
     for row in rows:
         case = row["case"].strip()
         patient = case if case in known else patient_of(case, patient_regex)
+        if patient in table.without_slices:
+            raise DataError(
+                f"{path}: case {row['case']!r} has no slice left once slicing keeps foreground slices and a share of empty "
+                f"ones; remove the row, or raise empty_slice_fraction in [data.msd] or [data.nnunet] (1.0 keeps every slice)"
+            )
         if patient not in known:
             raise DataError(f"{path}: case {row['case']!r} is not in the dataset at {dataset}; remove the row or add the case")
         sites[patient] = row["site"].strip()
@@ -120,7 +130,7 @@ def _read_manifest(
 def _by_manifest(
     federation: FederationConfig, table: PatientTable, *, seed: int, patient_regex: str | None, dataset: Path | None
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    site_of = _read_manifest(federation, table, patient_regex=patient_regex, dataset=dataset)
+    site_of = read_manifest(federation, table, patient_regex=patient_regex, dataset=dataset)
     where = federation.manifest or dataset
     index = {name: i for i, name in enumerate(table.names)}
     hospital_sites = sorted({site for site in site_of.values() if site and site != ATTACKER_SITE})
@@ -155,7 +165,7 @@ def _after_the_attacker(share_out: Callable[..., list[np.ndarray]]) -> Partition
         order = rng_for(seed, "patient-assignment").permutation(len(table.names))
         wanted = federation.attacker_patients
         if len(order) - wanted < federation.num_hospitals * MIN_PATIENTS_PER_HOSPITAL:
-            raise _too_few(federation, max(0, len(order) - wanted))
+            raise _too_few(federation, len(order))
         attacker, remaining = np.sort(order[:wanted]), order[wanted:]
         return share_out(federation, table, remaining, seed=seed), attacker
 

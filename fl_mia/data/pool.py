@@ -3,7 +3,11 @@
 The cache holds the decoded, resized, normalised slices as ``.npy`` files that every process
 (the server and each hospital's actor) memory-maps. Its key hashes the files' paths, sizes
 and modification times and every preprocessing setting, so editing a file or a setting
-decodes again and nothing else does.
+decodes again and nothing else does. The key is computed after the reader's checks (every
+listed file exists), so a missing file is one line rather than a failed ``stat``.
+
+The intensity scheme is the dataset's unless ``data.normalize`` names one: CT channels get
+nnU-Net's CT scheme, any other declared channel (MRI, a picture) a z-score.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,6 +51,10 @@ class SlicePool:
     cases: int
     spacings: list[list[float]]
     raw_intensity: tuple[float, float]
+    normalize: str = "zscore"
+    normalize_origin: str = "data.normalize"
+    # Patients of the dataset none of whose slices was kept (no foreground, no empty slice drawn).
+    without_slices: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
@@ -67,8 +75,22 @@ def index_dataset(cfg: DataConfig) -> DatasetIndex:
     )
 
 
-def cache_key(cfg: DataConfig, files: list[Path]) -> str:
+def intensity_scheme(normalize: str, index: DatasetIndex) -> tuple[str, str]:
+    """``(scheme, where it came from)``: ``data.normalize`` when set, else what the dataset declares."""
+    if normalize != "auto":
+        return normalize, "data.normalize"
+    if not index.channel_kinds:
+        return "zscore", "default (the dataset declares no modality)"
+    kinds = ", ".join(index.channel_kinds)
+    if all(kind.strip().casefold() == "ct" for kind in index.channel_kinds):
+        return "ct", f"{index.declared_in}: {kinds}"
+    return "zscore", f"{index.declared_in}: {kinds} (not CT)"
+
+
+def cache_key(cfg: DataConfig, files: list[Path], *, normalize: str | None = None) -> str:
     settings = {name: getattr(cfg, name) for name in PREPROCESSING_FIELDS}
+    if normalize is not None:  # the resolved scheme: "auto" and the scheme it picks decode alike
+        settings["normalize"] = normalize
     source_settings = cfg.source_settings()
     if source_settings is not None:
         settings.update(source_settings.model_dump())
@@ -80,20 +102,23 @@ def cache_key(cfg: DataConfig, files: list[Path]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def _decode(cfg: DataConfig, index: DatasetIndex) -> dict:
+def _decode(cfg: DataConfig, index: DatasetIndex, normalize: tuple[str, str]) -> dict:
     source_settings = cfg.source_settings()
     # Pictures are single slices; a source without volume settings cuts volumes as the defaults say.
     volume = source_settings if isinstance(source_settings, VolumeSettings) else VolumeSettings()
     images, labels, owners, patients, sites, spacings, samples = [], [], [], {}, {}, [], []
     low, high = np.inf, -np.inf
     cases = 0
+    scheme = normalize[0]
+    skipped: set[str] = set()
     for case in index.read_cases():
         cases += 1
         low, high = min(low, float(case.image.min())), max(high, float(case.image.max()))
-        if cfg.normalize == "ct":
+        if scheme == "ct":
             samples.append(foreground_sample(case))
-        case_images, case_labels = case_slices(case, volume, image_size=cfg.image_size, normalize=cfg.normalize)
+        case_images, case_labels = case_slices(case, volume, image_size=cfg.image_size, normalize=scheme)
         if len(case_images) == 0:  # no foreground and no empty slice kept: nothing of this case to learn or attack
+            skipped.add(case.patient)
             continue
         patient = patients.setdefault(case.patient, len(patients))
         if case.site is not None:
@@ -104,7 +129,7 @@ def _decode(cfg: DataConfig, index: DatasetIndex) -> dict:
         labels.append(case_labels)
         owners.append(np.full(len(case_images), patient, dtype=np.int64))
     stacked = np.concatenate(images).astype(np.float32)
-    if cfg.normalize == "ct":
+    if scheme == "ct":
         lo, hi, mean, std = ct_normalizer(samples)
         stacked = (np.clip(stacked, lo, hi) - mean) / std
     names = list(patients)
@@ -119,6 +144,8 @@ def _decode(cfg: DataConfig, index: DatasetIndex) -> dict:
             "cases": cases,
             "spacings": spacings,
             "raw_intensity": [low, high],
+            "normalize": list(normalize),
+            "without_slices": sorted(skipped - set(names)),
         },
     }
 
@@ -148,15 +175,18 @@ def _read(folder: Path) -> SlicePool:
         cases=meta["cases"],
         spacings=meta["spacings"],
         raw_intensity=tuple(meta["raw_intensity"]),
+        **dict(zip(("normalize", "normalize_origin"), meta.get("normalize", ()))),
+        without_slices=meta.get("without_slices", []),
     )
 
 
 def load_pool(cfg: DataConfig) -> SlicePool:
     """The dataset's slices: from the cache when it is there, else decoded once and cached."""
-    index = index_dataset(cfg)
-    folder = Path(cfg.cache_dir or default_cache_dir()).expanduser() / cache_key(cfg, index.files)
+    index = index_dataset(cfg)  # the reader's checks run here, before any file is stat'ed
+    normalize = intensity_scheme(cfg.normalize, index)
+    folder = Path(cfg.cache_dir or default_cache_dir()).expanduser() / cache_key(cfg, index.files, normalize=normalize[0])
     if not (folder / "meta.json").is_file():
-        _write(folder, _decode(cfg, index))
+        _write(folder, _decode(cfg, index, normalize))
     return _read(folder)
 
 

@@ -110,7 +110,7 @@ def _render_patients(
         scans, labels = render_patient(
             anatomy, scanner, num_slices=slices, size=data.image_size, rng=rng_for(seed, "render", int(patient))
         )
-        if data.normalize == "zscore":
+        if data.normalize in ("zscore", "auto"):  # the phantom declares no modality: 'auto' is z-score
             mean = scans.mean(axis=(1, 2), keepdims=True)
             scans = (scans - mean) / (scans.std(axis=(1, 2), keepdims=True) + 1e-6)
         images.append(scans[:, None].astype(np.float32))

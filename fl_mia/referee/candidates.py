@@ -34,6 +34,17 @@ CANDIDATE_COLUMNS = ["candidate", "hospital", "patient", "image"]
 PATIENT_COLUMNS = ["hospital", "patient", "member", "slices"]
 
 
+def with_patient_names(rows: list[dict], patient_names: list[str] | None) -> list[dict]:
+    """Rows whose ``patient`` is the dataset's own id (``p14``, ``case_023``) rather than its index.
+
+    A user checks a run against the dataset's manifest by these ids; ``None`` (the phantom,
+    whose patients are numbered) leaves the rows as they are.
+    """
+    if patient_names is None:
+        return rows
+    return [{**row, "patient": patient_names[int(row["patient"])]} for row in rows]
+
+
 @dataclass(frozen=True)
 class PatientMembership:
     """Membership at the patient level, and which patient each candidate slice belongs to.

@@ -20,7 +20,7 @@ from fl_mia.attacker.server_attacker import AttackScores
 from fl_mia.config import RefereeConfig
 from fl_mia.defences.accounting import REFERENCE_DELTA
 from fl_mia.attacker.knowledge import CandidateSet
-from fl_mia.referee.candidates import CANDIDATE_COLUMNS, PATIENT_COLUMNS, MembershipLedger, lesion_area
+from fl_mia.referee.candidates import CANDIDATE_COLUMNS, PATIENT_COLUMNS, MembershipLedger, lesion_area, with_patient_names
 from fl_mia.referee.dp_audit import empirical_epsilon
 from fl_mia.referee.metrics import membership_metrics
 from fl_mia.referee.plots import plot_privacy_by_round, plot_roc_loglog
@@ -69,10 +69,12 @@ class Referee:
         seed: int,
         task: str,
         run_name: str,
+        patient_names: list[str] | None = None,
     ) -> None:
         self.settings = settings
         self.task = task
         self.run_name = run_name
+        self.patient_names = patient_names  # the dataset's ids for the CSVs a user reads; None: numbered patients
         self.candidates = candidates
         self._ledger = ledger
         self._patients = ledger.patient_level(candidates)
@@ -185,9 +187,9 @@ class Referee:
     def _write_outputs(self, scores: AttackScores, section: dict[str, Any], *, dp_epsilon: float | None) -> None:
         run_dir = self.run_dir
         write_npy(run_dir / "keep.npy", self._ledger.keep)
-        write_csv(run_dir / "candidates.csv", self.candidates.table_rows(), CANDIDATE_COLUMNS)
+        write_csv(run_dir / "candidates.csv", with_patient_names(self.candidates.table_rows(), self.patient_names), CANDIDATE_COLUMNS)
         # The ledger's patient level (keep.npy is the slice level): re-scoring patients needs only this.
-        write_csv(run_dir / "keep_patients.csv", self._patients.table_rows(), PATIENT_COLUMNS)
+        write_csv(run_dir / "keep_patients.csv", with_patient_names(self._patients.table_rows(), self.patient_names), PATIENT_COLUMNS)
         arrays = dict(scores.final)
         for name, rounds in scores.per_round.items():
             arrays.update({round_score_key(name, r): s for r, s in rounds.items()})

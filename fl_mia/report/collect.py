@@ -121,7 +121,11 @@ def candidate_truth(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(run_dir / "candidates.csv") as handle:
         rows = list(csv.DictReader(handle))
     hospital = np.array([int(r["hospital"]) for r in rows])
-    patient = np.array([int(r["patient"]) for r in rows])
+    names = [r["patient"] for r in rows]
+    try:
+        patient = np.array([int(name) for name in names])
+    except ValueError:  # a dataset's own ids (case_023): numbered in sorted order, only a key here
+        patient = np.unique(names, return_inverse=True)[1].reshape(-1)
     return keep[np.arange(len(keep)), hospital], hospital * 1_000_003 + patient
 
 

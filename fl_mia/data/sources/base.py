@@ -40,6 +40,10 @@ class DatasetIndex:
     channels: int
     read_cases: Callable[[], Iterator[DecodedCase]]
     case_ids: list[str] = field(default_factory=list)
+    # What the dataset declares each channel to be (MSD 'modality', nnU-Net 'channel_names'), and where:
+    # the intensity scheme follows it unless data.normalize is set.
+    channel_kinds: list[str] = field(default_factory=list)
+    declared_in: str = ""
 
 
 def patient_of(case: str, pattern: str | None) -> str:

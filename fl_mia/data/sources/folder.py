@@ -17,6 +17,33 @@ def _pictures(root: Path, pattern: str) -> list[Path]:
     return sorted(p for p in root.glob(pattern) if p.is_file() and p.name.lower().endswith(volumes_io.PICTURE_SUFFIXES))
 
 
+def case_key(file: Path, pattern: str) -> str:
+    """The case a picture belongs to: the part of its name the glob's ``*`` matched.
+
+    ``masks/*`` keys ``x.png`` as ``x`` (its stem); ``masks/*_mask.png`` keys ``x_mask.png`` as
+    ``x`` too, so images and masks whose names differ by a suffix still pair up.
+    """
+    name_pattern = Path(pattern).name
+    if name_pattern.count("*") == 1 and not any(c in name_pattern for c in "?[]"):
+        prefix, suffix = name_pattern.split("*")
+        if "." in suffix and file.name.startswith(prefix) and file.name.endswith(suffix):
+            return file.name[len(prefix) : len(file.name) - len(suffix)]
+        if suffix == "" and file.stem.startswith(prefix):
+            return file.stem[len(prefix) :]
+    return file.stem
+
+
+def _suffix_hint(image_key: str, mask_keys: list[str], masks: list[Path], mask_glob: str) -> str:
+    """When masks are named ``{case}_mask.png`` and the glob does not say so: the glob that would."""
+    for key, mask in zip(mask_keys, masks):
+        if key.startswith(image_key) and key != image_key and key[len(image_key)] in "_-.":
+            folder = Path(mask_glob).parent.as_posix()
+            glob = f"{'' if folder == '.' else folder + '/'}*{key[len(image_key):]}{mask.suffix}"
+            return (f"; the masks look named {{case}}{key[len(image_key):]}{mask.suffix}: set data.folder.mask_glob={glob!r} "
+                    "(and data.folder.image_glob so it leaves the masks out, if they share a folder)")
+    return "; add the mask or remove the image"
+
+
 def _mask_classes(mask: np.ndarray, labels: dict[str, int | list[int]] | None, file: Path) -> np.ndarray:
     if labels is None:
         grey = mask.mean(axis=-1) if mask.ndim == 3 else mask
@@ -56,17 +83,18 @@ def index(
             f"{root}: no image/mask pairs found with data.folder.image_glob={image_glob!r} and data.folder.mask_glob={mask_glob!r} "
             f"({len(images)} images, {len(masks)} masks); set the two globs to your layout"
         )
-    image_stems = [p.stem for p in images]
+    image_stems = [case_key(p, image_glob) for p in images]
+    mask_keys = [case_key(p, mask_glob) for p in masks]
     check_unique(image_stems, root / image_glob)
-    check_unique([p.stem for p in masks], root / mask_glob)
-    mask_by_stem = {p.stem: p for p in masks}
-    for image in images:
-        if image.stem not in mask_by_stem:
-            raise DataError(f"{image}: image without its mask (no {mask_glob} with stem {image.stem!r}); add the mask or remove the image")
+    check_unique(mask_keys, root / mask_glob)
+    mask_by_stem = dict(zip(mask_keys, masks))
+    for image, stem in zip(images, image_stems):
+        if stem not in mask_by_stem:
+            raise DataError(f"{image}: image without its mask (no {mask_glob} with stem {stem!r}){_suffix_hint(stem, mask_keys, masks, mask_glob)}")
     image_set = set(image_stems)
-    for mask in masks:
-        if mask.stem not in image_set:
-            raise DataError(f"{mask}: mask without its image (no {image_glob} with stem {mask.stem!r}); add the image or remove the mask")
+    for mask, key in zip(masks, mask_keys):
+        if key not in image_set:
+            raise DataError(f"{mask}: mask without its image (no {image_glob} with stem {key!r}); add the image or remove the mask")
     from PIL import Image
 
     try:
@@ -77,21 +105,20 @@ def index(
     label_names = list(labels) if labels else ["background", "foreground"]
 
     def read_cases() -> Iterator[DecodedCase]:
-        for image_file in images:
+        for image_file, case in zip(images, image_stems):
             image = volumes_io.load_picture(image_file)
             if channels == 3 and image.ndim == 2:
                 image = np.repeat(image[..., None], 3, axis=-1)  # a grey picture among colour ones
             elif channels == 1 and image.ndim == 3:
                 image = image.mean(axis=-1)
             image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-            mask_file = mask_by_stem[image_file.stem]
+            mask_file = mask_by_stem[case]
             mask = volumes_io.load_picture(mask_file)
             if mask.shape[:2] != image.shape[1:]:
                 raise DataError(
                     f"{image_file}: image shape {tuple(image.shape[1:])} differs from its mask {mask_file} {mask.shape[:2]}; "
                     "image and mask must have the same size"
                 )
-            case = image_file.stem
             yield DecodedCase(case, patient_of(case, patient_regex), None, image, _mask_classes(mask, labels, mask_file), (1.0, 1.0), image_file)
 
     return DatasetIndex([*images, *masks], label_names, channels, read_cases, image_stems)

@@ -11,8 +11,28 @@ import numpy as np
 
 import fl_mia.data.sources.volumes_io as volumes_io
 from fl_mia.data.sources.base import DataError, DatasetIndex, DecodedCase, map_label_values, patient_of
-from fl_mia.data.sources.msd import check_channels, check_shapes, read_dataset_json
+from fl_mia.data.sources.integrity import Volume, check_geometry, spatial_label
+from fl_mia.data.sources.msd import check_channels, check_label, check_shapes, read_dataset_json
 from fl_mia.data.sources.settings import VolumeSettings
+
+
+def _load_channels(files: dict[int, Path], channels: int, case: str, *, geometry: bool) -> list[Volume]:
+    """A case's channel files, one 3-D volume each, checked to agree in shape (and geometry unless opted out)."""
+    first_file = files[0]
+    decoded = [volumes_io.load_any(files[c]) for c in range(channels)]
+    for c, channel in enumerate(decoded):
+        if channel.affine is not None:  # one NIfTI per channel: 3-D, or 4-D of one frame
+            channel.data = spatial_label(channel.data, files[c], role="channel")
+    shapes = {d.data.shape for d in decoded}
+    if len(shapes) > 1:
+        raise DataError(f"{first_file}: the channel files of case {case!r} differ in shape {sorted(shapes)}; they must match")
+    first = decoded[0].data
+    if first.ndim == 3 and first.shape[-1] in (3, 4) and str(first_file).lower().endswith(volumes_io.PICTURE_SUFFIXES):
+        raise DataError(f"{first_file}: a colour picture is one file per colour channel in nnU-Net; split it or declare 3 channel_names")
+    if geometry:
+        for c in range(1, channels):
+            check_geometry(decoded[0], decoded[c], first_file, files[c], table="data.nnunet", role="channel file")
+    return decoded
 
 
 def index(
@@ -62,23 +82,25 @@ def index(
     names = {value: name for name, value in declared.items()}
     lookup = {value: class_id for class_id, value in enumerate(values)}
 
+    geometry = settings.check_geometry if settings is not None else True
+
     def read_cases() -> Iterator[DecodedCase]:
         for case, label_file in zip(case_ids, label_files):
-            decoded = [volumes_io.load_any(by_case[case][c]) for c in range(channels)]
-            shapes = {d[0].shape for d in decoded}
-            if len(shapes) > 1:
-                raise DataError(f"{by_case[case][0]}: the channel files of case {case!r} differ in shape {sorted(shapes)}; they must match")
-            first = decoded[0][0]
-            if first.ndim == 3 and first.shape[-1] in (3, 4) and str(by_case[case][0]).lower().endswith(volumes_io.PICTURE_SUFFIXES):
-                raise DataError(f"{by_case[case][0]}: a colour picture is one file per colour channel in nnU-Net; split it or declare 3 channel_names")
-            image = np.stack([d[0] for d in decoded])
-            raw_labels, _ = volumes_io.load_any(label_file)
-            check_channels(image, channels, by_case[case][0], f"{where} channel_names")
-            check_shapes(image, raw_labels, by_case[case][0], label_file)
+            first_file = by_case[case][0]
+            decoded = _load_channels(by_case[case], channels, case, geometry=geometry)
+            image = np.stack([d.data for d in decoded])
+            label = volumes_io.load_any(label_file)
+            raw_labels = spatial_label(label.data, label_file) if label.affine is not None else label.data
+            check_channels(image, channels, first_file, f"{where} channel_names")
+            check_shapes(image, raw_labels, first_file, label_file)
+            check_label(decoded[0], label, raw_labels, first_file, label_file, geometry=geometry, table="data.nnunet")
             yield DecodedCase(
                 case, patient_of(case, patient_regex), None, image,
-                map_label_values(np.rint(raw_labels), lookup, label_file), decoded[0][1], by_case[case][0],
+                map_label_values(raw_labels, lookup, label_file), decoded[0].spacing, first_file,
             )
 
     files = [*label_files, *image_files]
-    return DatasetIndex(files, [names[v] for v in values], channels, read_cases, case_ids)
+    kinds = [str(name) for name in channel_names.values()]
+    return DatasetIndex(
+        files, [names[v] for v in values], channels, read_cases, case_ids, channel_kinds=kinds, declared_in=f"{where} channel_names"
+    )

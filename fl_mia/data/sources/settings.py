@@ -54,6 +54,13 @@ class VolumeSettings(PluginSettings):
         "none",
         description="Crop each case in-plane to its body (nonzero image) or foreground (labels) box before resizing.",
     )
+    check_geometry: bool = Field(
+        True,
+        description=(
+            "Refuse a case whose label's affine (spacing, origin, direction) differs from its image's, as nnU-Net does; "
+            "false for data you know to align voxel by voxel."
+        ),
+    )
 
 
 DATA_SOURCES.register(
