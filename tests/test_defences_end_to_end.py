@@ -56,7 +56,10 @@ def test_dp_sgd_end_to_end_reports_epsilon_over_all_rounds(tmp_path):
     from fl_mia.defences.dp_sgd import plan_for
 
     for hospital, epsilon in report["epsilon_per_hospital"].items():
-        plan = plan_for(cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, num_train=len(build_hospital(cfg, int(hospital)).train))
+        plan = plan_for(
+            cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds,
+            num_train=len(build_hospital(cfg.data, cfg.federation, int(hospital), seed=cfg.seed).train),
+        )
         expected = epsilon_of([(1.0, plan.sample_rate, 2 * plan.steps_per_round)], delta=plan.delta)
         assert epsilon == pytest.approx(expected, rel=1e-9)  # both rounds, kept in the node's state
     assert report["epsilon_max"] == max(report["epsilon_per_hospital"].values())
