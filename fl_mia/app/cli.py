@@ -171,13 +171,18 @@ def compare(
     out: Annotated[Path, typer.Option("--out", help="Folder for comparison.csv and comparison_roc.png.")] = Path(
         "runs/comparison"
     ),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the comparison already in --out.")] = False,
 ) -> None:
     """Compare threat models or defences: a table and a log-log ROC overlay on the same candidates."""
     from rich.table import Table
 
-    from fl_mia.app.comparison import DEFAULT_ATTACKS, ComparisonError, load_runs, write_comparison
+    from fl_mia.app.comparison import (
+        DEFAULT_ATTACKS, RESOLVES_ONE_PERCENT, ComparisonError, check_new_comparison_folder, load_runs,
+        write_comparison,
+    )
 
     try:
+        check_new_comparison_folder(out, overwrite=overwrite)
         runs = load_runs(run_dirs)
     except ComparisonError as error:
         _fail(str(error))
@@ -189,13 +194,17 @@ def compare(
         table.add_column(column, justify="left" if column in ("run", "threat model") else "right")
 
     def cell(auc, tpr) -> str:
-        return "—" if auc is None else f"{auc:.3f} / {tpr:.3f}"
+        if auc is None:
+            return "—"
+        return f"{auc:.3f} / " + ("—" if tpr is None else f"{tpr:.3f}")
 
     for row in rows:
         table.add_row(
             row["run"], f"{row['threat_model']}" + ("" if row["defences"] == "none" else f" + {row['defences']}"),
             f"{row['dice']:.3f}", *(cell(row[f"{a}:auc"], row[f"{a}:tpr@1%"]) for a in attacks),
         )
+    if any(row[f"{a}:auc"] is not None and row[f"{a}:tpr@1%"] is None for row in rows for a in attacks):
+        table.caption = f"— for TPR at 1% FPR: fewer than {RESOLVES_ONE_PERCENT} non-members cannot resolve it"
     Console(width=200).print(table)
     console.print(f"written: {out / 'comparison.csv'}, {out / 'comparison_roc.png'}")
 

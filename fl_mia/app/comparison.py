@@ -24,6 +24,10 @@ DEFAULT_ATTACKS = (
 )
 
 
+# TPR at 1% FPR means something only when one false positive is at most 1% of the non-members.
+RESOLVES_ONE_PERCENT = 100
+
+
 class ComparisonError(ValueError):
     """Runs cannot be compared; the message names the run and what to do."""
 
@@ -69,12 +73,32 @@ def load_runs(paths: list[Path]) -> list[SavedRun]:
     return runs
 
 
+def run_labels(runs: list[SavedRun]) -> list[str]:
+    """One distinct label per run: its experiment's name, with its folder where two runs share a name."""
+    names = [run.metrics["experiment"] for run in runs]
+    labels = [name if names.count(name) == 1 else f"{name} [{run.path.name}]" for name, run in zip(names, runs)]
+    if len(set(labels)) < len(labels):  # the same folder name twice: fall back to the whole path
+        labels = [f"{name} [{run.path}]" if names.count(name) > 1 else name for name, run in zip(names, runs)]
+    return labels
+
+
+def check_new_comparison_folder(out: Path, *, overwrite: bool) -> None:
+    """An earlier comparison is never replaced without being asked to."""
+    if not overwrite and (Path(out) / "comparison.csv").exists():
+        raise ComparisonError(f"{out}: already holds a comparison; choose another --out, or add --overwrite to replace it")
+
+
+def _resolvable_tpr(scope: dict[str, Any]) -> float | None:
+    return scope["tpr_at_1pct_fpr"] if scope.get("non_members", 0) >= RESOLVES_ONE_PERCENT else None
+
+
 def comparison_rows(runs: list[SavedRun], attacks: list[str], *, hospital: str | None) -> list[dict[str, Any]]:
+    """One row per run; TPR at 1% FPR is ``None`` where the candidates cannot resolve it."""
     rows = []
-    for run in runs:
+    for run, label in zip(runs, run_labels(runs)):
         privacy = run.metrics.get("privacy", {})
         row: dict[str, Any] = {
-            "run": run.metrics["experiment"],
+            "run": label,
             "threat_model": run.metrics["threat_model"],
             "defences": "+".join(run.metrics.get("defences") or []) or "none",
             "dice": run.metrics["utility"]["dice"],
@@ -84,7 +108,7 @@ def comparison_rows(runs: list[SavedRun], attacks: list[str], *, hospital: str |
             result = privacy.get(attack)
             scope = None if result is None else (result["per_hospital"].get(hospital) if hospital else result["overall"])
             row[f"{attack}:auc"] = None if scope is None else scope["auc"]
-            row[f"{attack}:tpr@1%"] = None if scope is None else scope["tpr_at_1pct_fpr"]
+            row[f"{attack}:tpr@1%"] = None if scope is None else _resolvable_tpr(scope)
         rows.append(row)
     return rows
 
@@ -98,12 +122,12 @@ def write_comparison(runs: list[SavedRun], attacks: list[str], out: Path, *, hos
     columns = ["run", "threat_model", "defences", "dice"] + [f"{a}:{m}" for a in attacks for m in ("auc", "tpr@1%")] + ["path"]
     write_csv(out / "comparison.csv", rows, columns)
     curves = {}
-    for run in runs:
+    for run, label in zip(runs, run_labels(runs)):
         drawn_for = np.array([int(line.split(",")[1]) for line in run.candidates_text.strip().splitlines()[1:]])
         chosen = drawn_for == int(hospital) if hospital is not None else np.ones(len(drawn_for), bool)
         for attack in attacks:
             if attack in run.scores:
-                curves[f"{run.metrics['experiment']} · {attack}"] = (run.scores[attack][chosen], run.is_member[chosen])
+                curves[f"{label} · {attack}"] = (run.scores[attack][chosen], run.is_member[chosen])
     scope = f"hospital {hospital}" if hospital is not None else "all hospitals"
     plot_roc_loglog(out / "comparison_roc.png", curves, title=f"{len(runs)} runs · {scope}")
     return rows
