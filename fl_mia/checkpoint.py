@@ -36,6 +36,10 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+# What a missing, truncated or foreign checkpoint.npz raises on reading.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError)
+
+
 class CheckpointError(RunFolderError):
     """A checkpoint is missing, unreadable or belongs to another experiment (one line)."""
 
@@ -115,7 +119,7 @@ def read_checkpoint(run_dir: Path, fingerprint: str) -> Checkpoint:
             meta = json.loads(str(archive["meta"]))
             weights = [archive[f"weights/{i:05d}"] for i in range(int(meta["num_weights"]))]
             arrays = {name: archive[name] for name in archive.files if name.startswith("arrays/")}
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+    except UNREADABLE as error:
         raise CheckpointError(
             f"{path}: unreadable checkpoint ({type(error).__name__}); it cannot be resumed, start the experiment again"
         ) from None
@@ -144,5 +148,5 @@ def checkpoint_round(run_dir: Path) -> int | None:
     try:
         with np.load(Path(run_dir) / CHECKPOINT_FILE, allow_pickle=False) as archive:
             return int(json.loads(str(archive["meta"]))["round"])
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError):
+    except UNREADABLE:
         return None

@@ -31,7 +31,7 @@ GRACE_S = 12.0
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by a signal; ``resume_hint`` is the command that continues it."""
+    """A run stopped by a signal; :meth:`message` names the command that continues it."""
 
     def __init__(self, run_dir: Path, last_round: int | None, reason: str) -> None:
         self.run_dir = run_dir
@@ -62,12 +62,9 @@ def resume_command(command: str) -> Iterator[None]:
         _resume_command = previous
 
 
-def interruption(run_dir: Path) -> RunInterrupted:
-    return RunInterrupted(run_dir, checkpoint_round(run_dir), STOP.reason or "a signal")
-
-
 def mark_interrupted(run_dir: Path) -> RunInterrupted:
-    error = interruption(run_dir)
+    """Record in ``status.json`` that the run was stopped, and where it can continue from."""
+    error = RunInterrupted(run_dir, checkpoint_round(run_dir), STOP.reason or "a signal")
     set_status(run_dir, "interrupted", reason=error.reason, last_round=error.last_round)
     return error
 

@@ -37,11 +37,16 @@ class ExperimentConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_moved_keys(cls, raw: Any) -> Any:
+        raise_on_moved_keys(raw, cls.all_moved_keys())
+        return raw
+
+    @classmethod
+    def all_moved_keys(cls) -> dict[str, str]:
+        """Every section's moved keys (old dotted key → where it lives now)."""
         moved: dict[str, str] = dict(cls.moved_keys)
         for field in cls.model_fields.values():
             moved.update(getattr(field.annotation, "moved_keys", {}))
-        raise_on_moved_keys(raw, moved)
-        return raw
+        return moved
 
     @model_validator(mode="after")
     def _pool_fills_hospitals(self) -> "ExperimentConfig":

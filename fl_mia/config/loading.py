@@ -80,13 +80,6 @@ def _blamed_source(error: ValidationError, source: str, overrides: list[str]) ->
     return source
 
 
-def _moved_keys() -> dict[str, str]:
-    moved = dict(ExperimentConfig.moved_keys)
-    for field in ExperimentConfig.model_fields.values():
-        moved.update(getattr(field.annotation, "moved_keys", {}))
-    return moved
-
-
 def _section_model(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
@@ -108,7 +101,7 @@ def check_override(override: str) -> None:
     quoted number is not given to a numeric field (TOML's ``"3"`` is text, not 3)."""
     key, _, text = override.partition("=")
     key, text = key.strip(), text.strip()
-    moved = _moved_keys()
+    moved = ExperimentConfig.all_moved_keys()
     if key in moved:
         raise ConfigError(f"--set {override}: {key} has moved: use {moved[key]} (docs/config-reference.md)")
     model: type[BaseModel] | None = ExperimentConfig
