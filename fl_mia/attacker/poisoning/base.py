@@ -3,10 +3,34 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+
+@dataclass(frozen=True)
+class ThreatDeclaration:
+    """What a poisoner tells the referee and the report about itself.
+
+    ``matched_signals`` are the privacy-section attack names its mechanism is built for,
+    strongest first (the report reads the first one as the threat's answer);
+    ``needs_secagg``: the threat is only meaningful against a SecAgg+ server, so its
+    baseline is the honest server under SecAgg+ (``threats/secagg.toml``), not the plain one.
+    """
+
+    targets: tuple[int, ...]
+    attack_rounds: tuple[int, ...] | None  # None: every round
+    matched_signals: tuple[str, ...]
+    needs_secagg: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["targets"] = list(self.targets)
+        out["attack_rounds"] = list(self.attack_rounds) if self.attack_rounds is not None else "all"
+        out["matched_signals"] = list(self.matched_signals)
+        return out
 
 
 class Poisoner(ABC):
@@ -25,6 +49,10 @@ class Poisoner(ABC):
     # one: True makes the server keep its previous global model for that round instead
     # (with ``threat.compensate``), so the poisoned round never reaches the global model.
     discards_secure_sum: bool = False
+    # The attacks this poisoner's mechanism is built for (privacy-section names, strongest first).
+    matched_signals: tuple[str, ...] = ()
+    # Meaningful only against SecAgg+ (e.g. it reconstructs one update from a secure sum).
+    needs_secagg: bool = False
 
     @abstractmethod
     def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:
@@ -64,6 +92,15 @@ class Poisoner(ABC):
     def poisoned_hospitals(self, num_hospitals: int) -> set[int]:
         """Hospitals whose payload this poisoner replaces (in the rounds it is active)."""
         return set(getattr(self, "targets", set()))
+
+    def declaration(self, *, poison_rounds: list[int] | None) -> ThreatDeclaration:
+        """Its targets, attack rounds and matched signals (``poison_rounds``: ``threat.poison_rounds``)."""
+        return ThreatDeclaration(
+            targets=tuple(sorted(getattr(self, "targets", ()))),
+            attack_rounds=tuple(sorted(poison_rounds)) if poison_rounds is not None else None,
+            matched_signals=self.matched_signals,
+            needs_secagg=self.needs_secagg,
+        )
 
     def poisoned_pairs(self) -> set[tuple[int, int]] | None:
         """(round, hospital) of every payload replaced, when the poisoner keeps them; else ``None``."""

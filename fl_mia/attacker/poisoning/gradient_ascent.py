@@ -28,6 +28,7 @@ LAYER_PREFIXES = {"all": ("",), "decoder": ("decoder", "segmentation_head"), "he
 
 class GradientAscentPoisoner(Poisoner):
     name = "gradient_ascent"
+    matched_signals = ("update.loss_reduction", "update.loss_reduction.accumulated")
 
     def __init__(
         self,

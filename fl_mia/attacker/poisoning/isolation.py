@@ -13,6 +13,7 @@ from fl_mia.attacker.poisoning.base import Poisoner
 
 class IsolationPoisoner(Poisoner):
     name = "isolation"
+    matched_signals = ("update.returned_loss", "update.returned_loss.accumulated")
 
     def __init__(self, *, targets: list[int]) -> None:
         self.targets = set(targets)

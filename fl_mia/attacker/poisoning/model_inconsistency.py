@@ -63,6 +63,9 @@ def reconstruct_target_update(
 class ModelInconsistencyPoisoner(Poisoner):
     name = "model_inconsistency"
     silences_updates = True
+    # The update attacks read the target's update, reconstructed from the (secure) aggregate.
+    matched_signals = ("update.loss_reduction.accumulated", "update.returned_loss.accumulated")
+    needs_secagg = True
 
     def __init__(self, model: nn.Module, *, targets: list[int]) -> None:
         self.model = model

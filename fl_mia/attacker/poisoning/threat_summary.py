@@ -70,6 +70,8 @@ def threat_report(
             "what_the_server_changes": poisoner.describe(),
             "target_hospitals": list(threat.target_hospitals),
             "poisoned_hospitals": sorted(poisoned),
+            # Targets, attack rounds, matched signals and baseline: what the referee and report read.
+            "declaration": poisoner.declaration(poison_rounds=threat.poison_rounds).to_dict(),
             "poison_rounds": sorted(rounds) if rounds is not None else "all",
             # Under SecAgg+ nothing is folded back one by one; a poisoner may drop a poisoned round's sum.
             "compensated": threat.compensate and (not secure_aggregation or poisoner.discards_secure_sum),

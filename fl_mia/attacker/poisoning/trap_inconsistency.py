@@ -65,6 +65,7 @@ class TrapInconsistencyPoisoner(TrapWeightsPoisoner):
 
     name = "trap_inconsistency"
     silences_updates = True
+    needs_secagg = True
     discards_secure_sum = True
 
     def __init__(

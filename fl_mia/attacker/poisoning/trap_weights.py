@@ -160,6 +160,7 @@ def trap_trace(site: TrapSite, model_keys: list[str], per_group: int, group: int
 class TrapWeightsPoisoner(Poisoner):
     name = "trap_weights"
     update_signal_names = (SIGNAL,)
+    matched_signals = (f"update.{SIGNAL}", f"update.{SIGNAL}.accumulated")
 
     def __init__(
         self,
