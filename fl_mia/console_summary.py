@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fl_mia.referee.scopes import headline, headline_scope, scored_attacks
 from fl_mia.referee.statistics import format_with_interval
 from fl_mia.referee.verdict import verdict_line
 
@@ -40,17 +41,17 @@ PRIVACY_KEYS = ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fp
 TPR_LABELS = {"tpr_at_1pct_fpr": "1%", "tpr_at_0.1pct_fpr": "0.1%"}
 
 
-def _privacy_cell(overall: dict[str, Any], key: str) -> str:
-    """A figure with its 95% interval; "—" for a TPR the non-members cannot resolve (or no value)."""
-    ci = overall.get("ci") or {}
+def _privacy_cell(scoped: dict[str, Any], key: str) -> str:
+    """A figure with its 95% interval; blank for a TPR the non-members cannot resolve (said once, in the caption)."""
+    ci = scoped.get("ci") or {}
     resolved = (ci.get("resolvability") or {}).get(key)
-    if overall.get(key) is None or (resolved is not None and not resolved["resolvable"]):
-        return "—"
-    return format_with_interval(overall[key], ci.get(key) if key != "balanced_accuracy" else None)
+    if scoped.get(key) is None or (resolved is not None and not resolved["resolvable"]):
+        return ""
+    return format_with_interval(scoped[key], ci.get(key) if key != "balanced_accuracy" else None)
 
 
-def _resolution_caption(level: str, overall: dict[str, Any]) -> str | None:
-    resolvability = (overall.get("ci") or {}).get("resolvability") or {}
+def _resolution_caption(level: str, scoped: dict[str, Any]) -> str | None:
+    resolvability = (scoped.get("ci") or {}).get("resolvability") or {}
     needs = [
         f"TPR@{TPR_LABELS[key]}FPR needs ≥{value['non_members_needed']} non-members"
         for key, value in sorted(resolvability.items(), key=lambda item: item[1]["non_members_needed"])
@@ -58,35 +59,41 @@ def _resolution_caption(level: str, overall: dict[str, Any]) -> str | None:
     ]
     if not needs:
         return None
-    return f"{level}: {overall['non_members']} non-members, so — for " + ", ".join(needs)
+    return f"{level}: {scoped['non_members']} non-members, so left blank: " + ", ".join(needs)
 
 
 def privacy_table(metrics: dict[str, Any]) -> Table | None:
-    """Each attack's AUC, balanced accuracy and TPR at low FPR on the final global model.
+    """Each attack's headline AUC, balanced accuracy and TPR at low FPR on the final global model.
 
-    Every figure carries its 95% bootstrap interval; each attack has a slice-level row and
-    a patient-level row (a patient's score is the mean of its slices').
+    The headline (:func:`fl_mia.referee.scopes.headline`) is every candidate where all hospitals
+    received the same model, the targeted hospitals' candidates otherwise. Every figure carries
+    its 95% bootstrap interval; each attack has a slice-level row and a patient-level row (a
+    patient's score is the mean of its slices').
     """
     privacy = metrics.get("privacy")
-    attacks = {name: result for name, result in (privacy or {}).items() if isinstance(result, dict) and "overall" in result}
+    attacks = scored_attacks(privacy)
     if not attacks:
         return None
-    table = Table(title="membership inference · final global model · 95% intervals (bootstrap by patient)")
+    first = next(iter(attacks.values()))
+    scope = headline_scope(first)
+    where = "all hospitals" if scope == "overall" else f"targeted hospitals {headline(first).get('hospitals')}"
+    table = Table(title=f"membership inference · final global model · {where} · 95% intervals (bootstrap by patient)")
     for column in ("attack", "AUC", "bal. acc.", "TPR@1%FPR", "TPR@0.1%FPR"):
         table.add_column(column, justify="left" if column == "attack" else "right")
     for name, result in attacks.items():
-        table.add_row(name, *(_privacy_cell(result["overall"], key) for key in PRIVACY_KEYS))
-        patient = (result.get("patient") or {}).get("overall")
+        table.add_row(name, *(_privacy_cell(headline(result), key) for key in PRIVACY_KEYS))
+        patient = headline(result.get("patient"))
         if patient is not None:
             table.add_row("  └ patients", *(_privacy_cell(patient, key) for key in PRIVACY_KEYS))
-    first = next(iter(attacks.values()))
-    overall = first["overall"]
-    caption = f"{overall['members']} members / {overall['non_members']} non-members; bal. acc. at the best ROC threshold"
-    notes = [_resolution_caption("slices", overall)]
-    if (first.get("patient") or {}).get("overall"):
-        notes.append(_resolution_caption("patients", first["patient"]["overall"]))
-    if not any(notes) and overall.get("resolution_note"):
-        notes.append(overall["resolution_note"])
+    shown = headline(first)
+    caption = f"{shown['members']} members / {shown['non_members']} non-members; bal. acc. at the attacker's own threshold"
+    if first.get("overall_note"):
+        caption += f"\n{first['overall_note']}"
+    notes = [_resolution_caption("slices", shown)]
+    if headline(first.get("patient")):
+        notes.append(_resolution_caption("patients", headline(first["patient"])))
+    if not any(notes) and shown.get("resolution_note"):
+        notes.append(shown["resolution_note"])
     caption += "".join(f"\n{note}" for note in notes if note)
     confound = (privacy.get("candidate_set") or {}).get("lesion_area_auc")
     if confound is not None:

@@ -24,7 +24,7 @@ from fl_mia.devices import process_device
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.attacker.poisoning.registry import make_poisoner
-from fl_mia.attacker.poisoning.threat_summary import threat_report
+from fl_mia.attacker.poisoning.threat_summary import models_differed, threat_report
 from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.attacker.predictions.shadows import ShadowStore, TargetRecipe
 from fl_mia.attacker.server_attacker import ServerAttacker
@@ -32,6 +32,7 @@ from fl_mia.data import build_attacker_population, build_hospital, num_classes, 
 from fl_mia.devices import process_device
 from fl_mia.referee.candidates import MembershipLedger, build_candidates
 from fl_mia.referee.evaluation import Referee
+from fl_mia.referee.scopes import ScoringScope
 from fl_mia.run_outputs import write_federation_outputs
 from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
@@ -139,10 +140,25 @@ def draw_candidates(cfg: ExperimentConfig) -> tuple[CandidateSet, MembershipLedg
     )
 
 
-def make_referee(cfg: ExperimentConfig, candidates: CandidateSet, ledger: MembershipLedger, run_dir: Path | None) -> Referee:
+def scoring_scope(cfg: ExperimentConfig, poisoner) -> ScoringScope:
+    """The hospitals the threat targets and whether they were sent other models (the referee scores by it)."""
+    if poisoner is None:
+        return ScoringScope(targets=tuple(cfg.threat.target_hospitals))
+    return ScoringScope(
+        targets=poisoner.declaration(poison_rounds=cfg.threat.poison_rounds).targets or tuple(cfg.threat.target_hospitals),
+        models_differed=models_differed(
+            poisoner, poison_rounds=cfg.threat.poison_rounds, rounds_run=cfg.federation.rounds,
+            num_hospitals=cfg.federation.num_hospitals,
+        ),
+    )
+
+
+def make_referee(
+    cfg: ExperimentConfig, candidates: CandidateSet, ledger: MembershipLedger, run_dir: Path | None, *, poisoner=None
+) -> Referee:
     return Referee(
         cfg.referee, candidates, ledger, run_dir, seed=cfg.seed, task=cfg.data.task, run_name=cfg.name,
-        patient_names=patient_names(cfg.data),
+        scope=scoring_scope(cfg, poisoner), patient_names=patient_names(cfg.data),
     )
 
 
@@ -205,11 +221,12 @@ def judge_the_attacker(
     run_dir: Path,
     round_log: RoundLog,
     final: list[np.ndarray],
+    poisoner=None,
 ) -> dict:
     """The attacker scores the final model; the referee joins the scores with the ledger."""
     finishing = time.perf_counter()
     scores = attacker.finish(final)
-    referee = make_referee(cfg, candidates, ledger, run_dir)
+    referee = make_referee(cfg, candidates, ledger, run_dir, poisoner=poisoner)
     # The accountant's sample-level ε (δ = 1e-5) of the most exposed hospital, for the ROC's DP bound.
     dp_epsilons = round_log.latest_fit_metric("dp_epsilon_at_reference_delta")
     section = referee.judge(
@@ -340,7 +357,7 @@ def run_federation(
         grid, context, cfg, strategy, shape=shape, directory=directory, client_manager=client_manager,
         round_log=round_log, done=done,
     )
-    privacy_section = None if attacker is None else judge_the_attacker(cfg, attacker, candidates, ledger, run_dir, round_log, final)
+    privacy_section = None if attacker is None else judge_the_attacker(cfg, attacker, candidates, ledger, run_dir, round_log, final, poisoner)
     write_federation_outputs(
         run_dir, round_log, final_weights=final, model=evaluator.model,
         experiment=cfg.name, seed=cfg.seed, threat_model=cfg.threat.threat_model, num_hospitals=k,

@@ -4,8 +4,11 @@ from fl_mia.app.sweep import sweep_row
 from fl_mia.referee.verdict import AUC_BAR, defence_verdict, verdict_line
 
 
-def attack(auc, tpr, eps):
-    return {"overall": {"auc": auc, "tpr_at_1pct_fpr": tpr}, "empirical_epsilon": {"epsilon_lower_bound": eps}}
+def attack(auc, tpr, eps, non_members=None):
+    return {
+        "overall": {"auc": auc, "tpr_at_1pct_fpr": tpr, "non_members": non_members},
+        "empirical_epsilon": {"epsilon_lower_bound": eps},
+    }
 
 
 PRIVACY = {
@@ -64,8 +67,19 @@ def test_referee_audits_every_attack_and_counts_it_in_the_verdict(privacy_run):
     scores = np.load(privacy_run / "scores.npz")
     hospital = np.array([int(line.split(",")[1]) for line in (privacy_run / "candidates.csv").read_text().splitlines()[1:]])
     is_member = keep[np.arange(len(keep)), hospital]
+    rows = [line.split(",") for line in (privacy_run / "candidates.csv").read_text().splitlines()[1:]]
+    _, patient_of = np.unique([(r[1], r[2]) for r in rows], axis=0, return_inverse=True)
+    patient_of = patient_of.reshape(-1)
+    patient_member = np.bincount(patient_of, weights=is_member) > 0
     for attack in ("loss", "label_only", "lira_online"):
-        assert metrics[attack]["empirical_epsilon"] == empirical_epsilon(scores[attack], is_member, delta=1e-5)
+        # One trial per patient (the mean of its slices' scores) first; slices as the labelled secondary.
+        patient_scores = np.bincount(patient_of, weights=scores[attack]) / np.bincount(patient_of)
+        audit = metrics[attack]["empirical_epsilon"]
+        assert audit.pop("unit") == "patient"
+        assert audit == empirical_epsilon(patient_scores, patient_member, delta=1e-5)
+        slices = metrics[attack]["empirical_epsilon_slices"]
+        assert slices.pop("unit").startswith("slice")
+        assert slices == empirical_epsilon(scores[attack], is_member, delta=1e-5)
     assert metrics["verdict"]["attacks_counted"] == sorted(["loss", "label_only", "lira_online"])
 
 
@@ -79,9 +93,9 @@ def test_roc_figure_draws_the_dp_bound(tmp_path):
 
 
 def test_tpr_at_1pct_fpr_that_the_non_members_cannot_resolve_names_no_winner():
-    few = {**PRIVACY, "candidate_set": {"members": 46, "non_members": 46}}
+    few = {name: attack(r["overall"]["auc"], r["overall"]["tpr_at_1pct_fpr"], 0.0, 46) for name, r in PRIVACY.items() if "overall" in r}
     verdict = defence_verdict(few)
     assert verdict["strongest_at_low_fpr"] is None and verdict["non_members_needed_at_1pct_fpr"] == 100
     assert "TPR@1%FPR — (needs ≥100 non-members)" in verdict_line(verdict)
-    enough = defence_verdict({**PRIVACY, "candidate_set": {"members": 128, "non_members": 128}})
+    enough = defence_verdict({name: attack(r["overall"]["auc"], r["overall"]["tpr_at_1pct_fpr"], 0.0, 128) for name, r in PRIVACY.items() if "overall" in r})
     assert enough["strongest_at_low_fpr"]["attack"] == "lira_offline"

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fl_mia.referee.scopes import headline, resolvable_tpr
 from fl_mia.run_folder import write_csv
 
 DEFAULT_ATTACKS = (
@@ -88,10 +89,6 @@ def check_new_comparison_folder(out: Path, *, overwrite: bool) -> None:
         raise ComparisonError(f"{out}: already holds a comparison; choose another --out, or add --overwrite to replace it")
 
 
-def _resolvable_tpr(scope: dict[str, Any]) -> float | None:
-    return scope["tpr_at_1pct_fpr"] if scope.get("non_members", 0) >= RESOLVES_ONE_PERCENT else None
-
-
 def comparison_rows(runs: list[SavedRun], attacks: list[str], *, hospital: str | None) -> list[dict[str, Any]]:
     """One row per run; TPR at 1% FPR is ``None`` where the candidates cannot resolve it."""
     rows = []
@@ -106,9 +103,10 @@ def comparison_rows(runs: list[SavedRun], attacks: list[str], *, hospital: str |
         }
         for attack in attacks:
             result = privacy.get(attack)
-            scope = None if result is None else (result["per_hospital"].get(hospital) if hospital else result["overall"])
+            # One hospital when asked; else the headline (targeted where the models differed).
+            scope = None if result is None else (result["per_hospital"].get(hospital) if hospital else headline(result))
             row[f"{attack}:auc"] = None if scope is None else scope["auc"]
-            row[f"{attack}:tpr@1%"] = None if scope is None else _resolvable_tpr(scope)
+            row[f"{attack}:tpr@1%"] = resolvable_tpr(scope)
         rows.append(row)
     return rows
 
@@ -124,10 +122,13 @@ def write_comparison(runs: list[SavedRun], attacks: list[str], out: Path, *, hos
     curves = {}
     for run, label in zip(runs, run_labels(runs)):
         drawn_for = np.array([int(line.split(",")[1]) for line in run.candidates_text.strip().splitlines()[1:]])
-        chosen = drawn_for == int(hospital) if hospital is not None else np.ones(len(drawn_for), bool)
         for attack in attacks:
+            shown = headline(run.metrics.get("privacy", {}).get(attack))
+            # Never one ROC over hospitals that were sent different models: the headline's hospitals.
+            hospitals = [int(hospital)] if hospital is not None else (shown or {}).get("hospitals", sorted(set(drawn_for)))
+            chosen = np.isin(drawn_for, hospitals)
             if attack in run.scores:
                 curves[f"{label} · {attack}"] = (run.scores[attack][chosen], run.is_member[chosen])
-    scope = f"hospital {hospital}" if hospital is not None else "all hospitals"
+    scope = f"hospital {hospital}" if hospital is not None else "headline hospitals of each run"
     plot_roc_loglog(out / "comparison_roc.png", curves, title=f"{len(runs)} runs · {scope}")
     return rows

@@ -25,6 +25,7 @@ from typing import Any
 
 from fl_mia.config import ConfigError, ExperimentConfig
 from fl_mia.app.preflight import load_experiment
+from fl_mia.referee.scopes import headline, resolvable_tpr, scored_attacks
 from fl_mia.run_outputs import read_metrics
 from fl_mia.run_folder import atomic_write_bytes, read_status, write_csv
 
@@ -128,10 +129,10 @@ def sweep_row(metrics: dict[str, Any] | None, *, series: str, config: str, param
             strongest_tpr_at_1pct_fpr=(verdict["strongest_at_low_fpr"] or {}).get("tpr_at_1pct_fpr"),
             largest_empirical_epsilon=(verdict["largest_empirical_epsilon"] or {}).get("empirical_epsilon"),
         )
-    for attack, result in metrics.get("privacy", {}).items():
-        if isinstance(result, dict) and "overall" in result:
-            for key in ATTACK_METRICS:
-                row[f"{attack}.{key}"] = result["overall"][key]
+    for attack, result in scored_attacks(metrics.get("privacy")).items():
+        shown = headline(result)  # targeted where the threat sent hospitals different models
+        row[f"{attack}.auc"] = shown["auc"]
+        row[f"{attack}.tpr_at_1pct_fpr"] = resolvable_tpr(shown)  # blank where the non-members cannot resolve it
     return row
 
 
@@ -192,7 +193,7 @@ def plot_privacy_utility(path: Path, rows: list[dict[str, Any]]) -> None:
     figure.suptitle("privacy–utility: each point a run, labelled with the swept value", fontsize=10)
     figure.tight_layout(rect=(0, 0.06 + 0.03 * (len(handles) // 3), 1, 1))
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, metadata={"Software": None})
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
 

@@ -37,12 +37,13 @@ class AttackScores:
 
     final: dict[str, np.ndarray]  # attack → [N] on the final model (update attacks included)
     per_round: dict[str, dict[int, np.ndarray]]  # attack → round → [N]
-    decision_thresholds: dict[str, float | None]  # prediction attacks' own hard threshold
+    decision_thresholds: dict[str, float | None]  # each attack's hard threshold, chosen without the ledger
     update_matrices: dict[str, np.ndarray] = field(default_factory=dict)  # signal → [rounds, N, hospitals]
     source_guess: np.ndarray | None = None  # [N]: the hospital the update attacks name for each candidate
     fit_seconds: dict[str, float] = field(default_factory=dict)
     score_seconds: dict[str, float] = field(default_factory=dict)
     update_attack_names: tuple[str, ...] = ()
+    threshold_sources: dict[str, str] = field(default_factory=dict)  # where each decision threshold came from
 
 
 class ServerAttacker:
@@ -170,4 +171,13 @@ class ServerAttacker:
             outcome.update_matrices = dict(self.updates.scores)
             if self.updates.every_candidate:
                 outcome.source_guess = source_guess(self.updates)
+        for name, scores in outcome.final.items():
+            if outcome.decision_thresholds.get(name) is None:
+                # No threshold of its own (LiRA, RMIA, the update signals): the attacker calls the upper
+                # half of its candidates members. The membership game's prior is one half (the
+                # candidates are drawn balanced by design), and no ledger is needed for the median.
+                outcome.decision_thresholds[name] = float(np.median(scores))
+                outcome.threshold_sources[name] = "median of the candidates' scores (the game's prior: one half)"
+            else:
+                outcome.threshold_sources.setdefault(name, "the attack's own (from its shadows or population)")
         return outcome

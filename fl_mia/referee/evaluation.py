@@ -2,8 +2,9 @@
 
 The only code that reads the ledger. It receives the attacker's
 :class:`~fl_mia.attacker.server_attacker.AttackScores` after training, computes every attack's membership
-metrics (overall, per hospital, per round), the source-inference accuracy and the
-candidate set's mask-only confound, and writes ``keep.npy``, ``candidates.csv``,
+metrics (per hospital, targeted, untargeted, overall where the models were uniform: see
+:mod:`fl_mia.referee.scopes`; per round on the headline scope), the source-inference accuracy
+and the candidate set's mask-only confound, and writes ``keep.npy``, ``candidates.csv``,
 ``scores.npz`` and the figures.
 """
 
@@ -23,37 +24,21 @@ from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.referee.candidates import CANDIDATE_COLUMNS, PATIENT_COLUMNS, MembershipLedger, lesion_area, with_patient_names
 from fl_mia.referee.dp_audit import empirical_epsilon
 from fl_mia.referee.metrics import membership_metrics
+from fl_mia.referee.scopes import ScoringScope, headline, scoped_metrics
 from fl_mia.referee.plots import plot_privacy_by_round, plot_roc_loglog
-from fl_mia.referee.statistics import bootstrap_intervals
+from fl_mia.referee.statistics import auc_interval
 from fl_mia.referee.verdict import defence_verdict
 from fl_mia.run_folder import write_csv, write_npy, write_npz
 from fl_mia.seeding import seed_sequence
 
 logger = logging.getLogger("fl_mia")
 
-ROUND_METRIC_KEYS = ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+ROUND_METRIC_KEYS = ("auc", "balanced_accuracy_oracle", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
 
 
 def round_score_key(attack: str, server_round: int) -> str:
     """Name of a per-round score array in ``scores.npz``."""
     return f"{attack}.round{server_round}"
-
-
-def attack_metrics(
-    scores: np.ndarray, ledger: MembershipLedger, candidates: CandidateSet, *, decision_threshold: float | None
-) -> dict[str, Any]:
-    """Overall and per-hospital metrics of one score array (the ledger joins here, nowhere earlier)."""
-    is_member = ledger.is_member()
-    per_hospital = {
-        str(k): membership_metrics(
-            scores[candidates.hospital == k], is_member[candidates.hospital == k], decision_threshold=decision_threshold
-        )
-        for k in np.unique(candidates.hospital)
-    }
-    return {
-        "overall": membership_metrics(scores, is_member, decision_threshold=decision_threshold),
-        "per_hospital": per_hospital,
-    }
 
 
 class Referee:
@@ -69,6 +54,7 @@ class Referee:
         seed: int,
         task: str,
         run_name: str,
+        scope: ScoringScope,
         patient_names: list[str] | None = None,
     ) -> None:
         self.settings = settings
@@ -76,6 +62,7 @@ class Referee:
         self.run_name = run_name
         self.patient_names = patient_names  # the dataset's ids for the CSVs a user reads; None: numbered patients
         self.candidates = candidates
+        self.scope = scope
         self._ledger = ledger
         self._patients = ledger.patient_level(candidates)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -83,32 +70,46 @@ class Referee:
         # resamples of the same patients, as a paired comparison between them needs.
         self._bootstrap_seed = seed_sequence(seed, "bootstrap")
 
+    def _headline_mask(self, hospital: np.ndarray) -> np.ndarray:
+        """Which items (candidates or patients, by hospital) the headline scope covers."""
+        return np.ones(len(hospital), bool) if self.scope.uniform_models else np.isin(hospital, self.scope.targets)
+
     def _result(
         self, scores: np.ndarray, *, threshold: float | None, per_round: dict[int, np.ndarray] | None
     ) -> dict[str, Any]:
-        result = attack_metrics(scores, self._ledger, self.candidates, decision_threshold=threshold)
         is_member = self._ledger.is_member()
-        # Audited at δ = 1e-5, the δ every DP run also reports its accountant's ε at.
-        result["empirical_epsilon"] = empirical_epsilon(scores, is_member, delta=REFERENCE_DELTA)
         # Slices of one patient are resampled together: they are not independent evidence.
-        result["overall"]["ci"] = bootstrap_intervals(
-            scores, is_member, groups=self._patients.row_of_candidate, seed=self._bootstrap_seed
+        result = scoped_metrics(
+            scores, is_member, self.candidates.hospital, scope=self.scope, groups=self._patients.row_of_candidate,
+            seed=self._bootstrap_seed, threshold=threshold,
         )
         result["patient"] = self._patient_result(scores, threshold=threshold)
+        # Audited at δ = 1e-5, the δ every DP run also reports its accountant's ε at; one trial per
+        # patient (its slices leak together), slices only as a labelled secondary figure.
+        patients = self._headline_mask(self._patients.hospital)
+        result["empirical_epsilon"] = {
+            "unit": "patient",
+            **empirical_epsilon(self._patients.aggregate(scores)[patients], self._patients.is_member[patients], delta=REFERENCE_DELTA),
+        }
+        inside = self._headline_mask(self.candidates.hospital)
+        result["empirical_epsilon_slices"] = {
+            "unit": "slice (secondary: a patient's slices are correlated trials)",
+            **empirical_epsilon(scores[inside], is_member[inside], delta=REFERENCE_DELTA),
+        }
         if per_round:
             result["per_round"] = {
-                str(r): {key: membership_metrics(s, is_member)[key] for key in ROUND_METRIC_KEYS}
+                str(r): {key: membership_metrics(s[inside], is_member[inside])[key] for key in ROUND_METRIC_KEYS}
                 for r, s in sorted(per_round.items())
             }
         return result
 
     def _patient_result(self, scores: np.ndarray, *, threshold: float | None) -> dict[str, Any]:
         """Metrics over patients: a patient's score is the mean of its candidate slices' scores."""
-        patient_scores = self._patients.aggregate(scores)
-        is_member = self._patients.is_member
-        overall = membership_metrics(patient_scores, is_member, decision_threshold=threshold)
-        overall["ci"] = bootstrap_intervals(patient_scores, is_member, seed=self._bootstrap_seed)
-        return {"aggregation": "mean of the patient's candidate slice scores", "overall": overall}
+        result = scoped_metrics(
+            self._patients.aggregate(scores), self._patients.is_member, self._patients.hospital, scope=self.scope,
+            groups=None, seed=self._bootstrap_seed, threshold=threshold,
+        )
+        return {"aggregation": "mean of the patient's candidate slice scores", **result}
 
     def _source_inference(self, guess: np.ndarray) -> dict[str, Any]:
         """Which hospital holds each member: the update attack's guess against the ledger."""
@@ -135,25 +136,25 @@ class Referee:
         DP-SGD is on; the ROC figure then shows the bound TPR ≤ e^ε·FPR + δ it implies.
         """
         section: dict[str, Any] = {}
-        for name in scores.final:
-            if name in scores.update_attack_names:
-                continue
+        # Prediction attacks first, then the update attacks (the order every table shows them in).
+        ordered = [n for n in scores.final if n not in scores.update_attack_names] + list(scores.update_attack_names)
+        for name in ordered:
             threshold = scores.decision_thresholds.get(name)
             result = self._result(scores.final[name], threshold=threshold, per_round=scores.per_round.get(name))
             result["decision_threshold"] = threshold
-            result["fit_seconds"] = scores.fit_seconds.get(name)
-            result["score_seconds"] = scores.score_seconds.get(name)
+            result["threshold_source"] = scores.threshold_sources.get(name)
+            if name not in scores.update_attack_names:
+                result["fit_seconds"] = scores.fit_seconds.get(name)
+                result["score_seconds"] = scores.score_seconds.get(name)
             section[name] = result
-        for name in scores.update_attack_names:
-            section[name] = self._result(scores.final[name], threshold=None, per_round=scores.per_round.get(name))
+            shown = headline(result)
+            if shown is not None:
+                logger.info(
+                    "privacy %s (%s): AUC %.3f, TPR@1%%FPR %.3f, TPR@0.1%%FPR %.3f", name, result["headline"],
+                    shown["auc"], shown["tpr_at_1pct_fpr"], shown["tpr_at_0.1pct_fpr"],
+                )
         if scores.source_guess is not None:
             section["source_inference"] = self._source_inference(scores.source_guess)
-        for name in scores.final:
-            overall = section[name]["overall"]
-            logger.info(
-                "privacy %s: AUC %.3f, TPR@1%%FPR %.3f, TPR@0.1%%FPR %.3f",
-                name, overall["auc"], overall["tpr_at_1pct_fpr"], overall["tpr_at_0.1pct_fpr"],
-            )
         is_member = self._ledger.is_member()
         areas = lesion_area(self.candidates.masks, self.task)
         section["candidate_set"] = {
@@ -169,6 +170,9 @@ class Referee:
             "attacker_population_images": population_images,
             # How far the masks alone separate members: a model-free score every attack gets for free.
             "lesion_area_auc": float(roc_auc_score(is_member, areas)),
+            "lesion_area_auc_ci": auc_interval(areas, is_member, groups=self._patients.row_of_candidate, seed=self._bootstrap_seed),
+            "targets": list(self.scope.targets),
+            "uniform_models": self.scope.uniform_models,
             "lesion_free_share": {
                 "members": float((areas[is_member] == 0).mean()),
                 "non_members": float((areas[~is_member] == 0).mean()),
@@ -196,10 +200,15 @@ class Referee:
         # [rounds, candidates, hospitals], NaN where unobserved: any other aggregation can be re-scored.
         arrays.update({f"update_matrix.{name}": values for name, values in scores.update_matrices.items()})
         write_npz(run_dir / "scores.npz", arrays)
-        is_member = self._ledger.is_member()
-        title = f"{self.run_name} · {int(is_member.sum())} members / {int((~is_member).sum())} non-members"
+        # The headline scope's candidates only: hospitals sent different models never share a ROC.
+        inside = self._headline_mask(self.candidates.hospital)
+        is_member = self._ledger.is_member()[inside]
+        scope = "all hospitals" if self.scope.uniform_models else f"targeted hospitals {list(self.scope.targets)}"
+        title = f"{self.run_name} · {scope} · {int(is_member.sum())} members / {int((~is_member).sum())} non-members"
         # Prediction attacks and the accumulated update attacks: the last-round variants would crowd the plot.
-        plotted = {n: (s, is_member) for n, s in scores.final.items() if not n.startswith("update.") or n.endswith(".accumulated")}
+        plotted = {
+            n: (s[inside], is_member) for n, s in scores.final.items() if not n.startswith("update.") or n.endswith(".accumulated")
+        }
         dp_bound = (dp_epsilon, REFERENCE_DELTA) if dp_epsilon is not None else None
         plot_roc_loglog(run_dir / "roc_loglog.png", plotted, title=title, dp_bound=dp_bound)
         by_round = [name for name in scores.final if "per_round" in section[name]]

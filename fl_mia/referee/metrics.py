@@ -42,9 +42,10 @@ def membership_metrics(
     Returns
     -------
     dict
-        ``auc``; ``balanced_accuracy`` at the best threshold on the ROC (an oracle choice, an
-        upper bound for the attack); ``balanced_accuracy_at_attack_threshold`` when the attack
-        has a threshold; the two TPRs; ``members``, ``non_members``; and ``resolution_note``
+        ``auc``; ``balanced_accuracy`` at the attacker's own threshold (``None`` without one:
+        a figure at a threshold read off the ledger is not the attacker's);
+        ``balanced_accuracy_oracle`` at the best threshold on the ROC (chosen with the ledger,
+        an upper bound, labelled as such); the two TPRs; ``members``, ``non_members``; and ``resolution_note``
         when there are too few non-members for an FPR of 1% or 0.1% to mean anything (TPR
         at such an FPR is then TPR at zero false positives).
     """
@@ -55,21 +56,22 @@ def membership_metrics(
     members, non_members = int(is_member.sum()), int((~is_member).sum())
     result: dict[str, Any] = {"members": members, "non_members": non_members}
     if members == 0 or non_members == 0:
-        result.update({"auc": None, "balanced_accuracy": None, **{key: None for key in LOW_FPRS}})
+        result.update({"auc": None, "balanced_accuracy": None, "balanced_accuracy_oracle": None, **{key: None for key in LOW_FPRS}})
         result["resolution_note"] = "needs both members and non-members"
         return result
     if not np.all(np.isfinite(scores)):
         raise ValueError("attack scores contain NaN or infinity")
     fpr, tpr, _ = roc_curve(is_member, scores)
     result["auc"] = float(roc_auc_score(is_member, scores))
-    result["balanced_accuracy"] = float(np.max((tpr + 1 - fpr) / 2))
+    result["balanced_accuracy_oracle"] = float(np.max((tpr + 1 - fpr) / 2))
+    result["balanced_accuracy"] = None
     for key, target in LOW_FPRS.items():
         result[key] = tpr_at_fpr(fpr, tpr, target_fpr=target)
     if decision_threshold is not None:
         predicted = scores >= decision_threshold
         tpr_at = predicted[is_member].mean()
         tnr_at = (~predicted[~is_member]).mean()
-        result["balanced_accuracy_at_attack_threshold"] = float((tpr_at + tnr_at) / 2)
+        result["balanced_accuracy"] = float((tpr_at + tnr_at) / 2)
     unresolved = [label for label, needed in (("1%", 100), ("0.1%", 1000)) if non_members < needed]
     if unresolved:
         result["resolution_note"] = (

@@ -37,22 +37,27 @@ def plot_roc_loglog(
     """
     figure, axes = plt.subplots(figsize=(5.2, 5))
     floor = 1.0
+    x_floor = 1.0
     for name, (scores, is_member) in curves.items():
         fpr, tpr = roc_points(scores, is_member)
         n_neg, n_pos = int((~np.asarray(is_member, bool)).sum()), int(np.asarray(is_member, bool).sum())
-        low = 0.5 / max(n_neg, n_pos, 1)
-        floor = min(floor, low)
+        # The x-axis starts at 1/n (one false positive): below it the candidates say nothing;
+        # FPR 0 is drawn on that edge. Zero TPRs are drawn at half the smallest TPR step.
+        x_low = 1.0 / max(n_neg, 1)
+        x_floor = min(x_floor, x_low)
+        floor = min(floor, 0.5 / max(n_pos, 1))
         auc = float(np.trapezoid(tpr, fpr))
-        axes.plot(np.maximum(fpr, low), np.maximum(tpr, low), label=f"{name} (AUC {auc:.3f})")
-    axes.plot([floor, 1], [floor, 1], "k--", linewidth=0.8, label="chance")
+        axes.plot(np.maximum(fpr, x_low), np.maximum(tpr, floor), label=f"{name} (AUC {auc:.3f})")
+    floor = min(floor, x_floor)
+    axes.plot([x_floor, 1], [x_floor, 1], "k--", linewidth=0.8, label="chance")
     if dp_bound is not None:
         epsilon, delta = dp_bound
-        fpr_grid = np.logspace(np.log10(floor), 0, 200)
+        fpr_grid = np.logspace(np.log10(x_floor), 0, 200)
         ceiling = np.minimum(1.0, np.exp(epsilon) * fpr_grid + delta)
         axes.plot(fpr_grid, ceiling, color="crimson", linestyle=":", linewidth=1.2, label=f"DP bound ε={epsilon:.2f}, δ={delta:g}")
     axes.set_xscale("log")
     axes.set_yscale("log")
-    axes.set_xlim(floor, 1)
+    axes.set_xlim(x_floor, 1)
     axes.set_ylim(floor, 1)
     axes.set_xlabel("false positive rate")
     axes.set_ylabel("true positive rate")

@@ -138,6 +138,47 @@ def auc_interval(
     return _interval(_weighted_auc(scores[is_member], scores[~is_member], wm, wn), level)
 
 
+def mean_auc_interval(
+    scores: np.ndarray,
+    is_member: np.ndarray,
+    strata: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    seed: np.random.SeedSequence | int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = CONFIDENCE_LEVEL,
+) -> dict[str, Any] | None:
+    """Mean of the per-stratum AUCs (e.g. per hospital) with a stratified bootstrap interval.
+
+    Each stratum is resampled on its own (members and non-members apart, by ``groups``), so no
+    ROC ever mixes two strata's scores; strata without both classes are left out.
+    """
+    scores, is_member = _check(scores, is_member)
+    strata = np.asarray(strata)
+    unit = "candidate" if groups is None else "patient"
+    groups = np.arange(len(scores)) if groups is None else np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    points, samples, counted = [], [], []
+    for stratum in np.unique(strata):
+        inside = strata == stratum
+        m, n = is_member & inside, ~is_member & inside
+        if not m.any() or not n.any():
+            continue
+        wm, wn = _group_weights(groups[m], rng, resamples), _group_weights(groups[n], rng, resamples)
+        samples.append(_weighted_auc(scores[m], scores[n], wm, wn))
+        points.append(_weighted_auc(scores[m], scores[n], np.ones((1, m.sum())), np.ones((1, n.sum())))[0])
+        counted.append(stratum.item() if hasattr(stratum, "item") else stratum)
+    if not points:
+        return None
+    return {
+        "auc": float(np.mean(points)),
+        "ci": _interval(np.mean(samples, axis=0), level),
+        "strata": counted,
+        "level": level,
+        "unit": unit,
+    }
+
+
 def bootstrap_intervals(
     scores: np.ndarray,
     is_member: np.ndarray,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_mia.referee.scopes import headline, headline_scope, scored_attacks
 from fl_mia.referee.statistics import non_members_needed
 
 # The bar defences are judged against: an attack above it is a leak worth
@@ -17,23 +18,18 @@ from fl_mia.referee.statistics import non_members_needed
 AUC_BAR = 0.6
 
 
-def _scored_attacks(privacy: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        name: result
-        for name, result in privacy.items()
-        if isinstance(result, dict) and isinstance(result.get("overall"), dict) and result["overall"].get("auc") is not None
-    }
-
-
 def _summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
-    overall = result["overall"]
+    shown = headline(result)
     audit = result.get("empirical_epsilon") or {}
     return {
         "attack": name,
         "kind": "update" if name.startswith("update.") else "prediction",
-        "auc": overall["auc"],
-        "tpr_at_1pct_fpr": overall.get("tpr_at_1pct_fpr"),
+        "scope": headline_scope(result),
+        "auc": shown["auc"],
+        "tpr_at_1pct_fpr": shown.get("tpr_at_1pct_fpr"),
+        "non_members": shown.get("non_members"),
         "empirical_epsilon": audit.get("epsilon_lower_bound"),
+        "empirical_epsilon_unit": audit.get("unit", "slice"),
     }
 
 
@@ -43,11 +39,12 @@ def defence_verdict(privacy: dict[str, Any]) -> dict[str, Any] | None:
     ``privacy`` is metrics.json's privacy section (attack name → metrics). Returns None when
     no attack was scored.
     """
-    attacks = {name: _summary(name, result) for name, result in _scored_attacks(privacy).items()}
+    attacks = {name: _summary(name, result) for name, result in scored_attacks(privacy).items()}
     if not attacks:
         return None
     by_auc = max(attacks.values(), key=lambda a: a["auc"])
-    non_members = (privacy.get("candidate_set") or {}).get("non_members")
+    # The headline scope's non-members (targeted hospitals only, when the models differed).
+    non_members = by_auc["non_members"]
     # TPR at 1% FPR is a number only where the non-members can resolve it; else no attack "wins" there.
     tpr_resolvable = non_members is None or non_members >= non_members_needed(0.01)
     by_tpr = (
@@ -74,8 +71,9 @@ def verdict_line(verdict: dict[str, Any] | None) -> str | None:
         return None
     best = verdict["strongest_by_auc"]
     counted = len(verdict["attacks_counted"])
+    scope = "" if best.get("scope", "overall") == "overall" else f" on the {best['scope']} hospitals"
     line = (
-        f"strongest attack under this defence: {best['attack']}, AUC {best['auc']:.3f}"
+        f"strongest attack under this defence{scope}: {best['attack']}, AUC {best['auc']:.3f}"
         f" (of {counted} attacks counted, {verdict['update_attacks_counted']} on updates)"
     )
     low = verdict["strongest_at_low_fpr"]
@@ -85,7 +83,7 @@ def verdict_line(verdict: dict[str, Any] | None) -> str | None:
         line += f"; best TPR@1%FPR {low['tpr_at_1pct_fpr']:.3f} ({low['attack']})"
     audited = verdict["largest_empirical_epsilon"]
     if audited is not None:
-        line += f"; largest empirical ε {audited['empirical_epsilon']:.2f} ({audited['attack']})"
+        line += f"; largest empirical ε {audited['empirical_epsilon']:.2f} per {audited.get('empirical_epsilon_unit', 'slice')} ({audited['attack']})"
     above = verdict["attacks_above_bar"]
     line += f"; above AUC {verdict['auc_bar']}: {', '.join(above)}" if above else f"; every attack at AUC ≤ {verdict['auc_bar']}"
     return line

@@ -49,6 +49,25 @@ def stealth(
     }
 
 
+def models_differed(poisoner: Poisoner | None, *, poison_rounds: list[int] | None, rounds_run: int, num_hospitals: int) -> str | None:
+    """Why hospitals were sent different models in this run, or ``None`` when every hospital got the same one.
+
+    The referee pools candidates of different hospitals into one ROC only when this is ``None``.
+    """
+    if poisoner is None:
+        return None
+    pairs = poisoner.poisoned_pairs()
+    if pairs is not None:
+        if not pairs:
+            return None
+        return f"the server replaced the models of hospitals {sorted({h for _, h in pairs})} in rounds {sorted({r for r, _ in pairs})}"
+    poisoned = poisoner.poisoned_hospitals(num_hospitals)
+    rounds = sorted(r for r in poison_rounds if 1 <= r <= rounds_run) if poison_rounds is not None else "all"
+    if not poisoned or not rounds:
+        return None
+    return f"the server sent hospitals {sorted(poisoned)} other models than the rest (rounds: {rounds})"
+
+
 def threat_report(
     threat: ThreatConfig,
     round_log,
