@@ -79,9 +79,13 @@ def test_html_is_complete_and_self_contained(suite_folder):
     assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) >= 4  # two ROC overlays, the frontier, privacy by round
-    for section in ("Summary", "Paired differences", "ROC curves", "Privacy–utility frontier", "ε per defence",
-                    "Mask-only confound", "Configuration of each cell", "Failed cells", "Machine, versions, seeds", "Conclusion"):  # fmt: skip
+    for section in ("Findings", "Strongest attack per cell", "Every attack, every cell", "Paired differences", "ROC curves",
+                    "Privacy–utility frontier", "ε per defence", "Mask-only confound", "Configuration of each cell",
+                    "Cells without a result", "Machine, versions, seeds"):  # fmt: skip
         assert f">{section}" in page, section
+    # Findings first; the cell that has no result named at the very top.
+    assert page.index(">Findings<") < page.index("<table")
+    assert page.index("defence=broken__seed=0 (failed)") < page.index(">Findings<")
     assert "defences.output.mode: &#x27;none&#x27; → &#x27;argmax&#x27;" in page
 
 
@@ -96,14 +100,16 @@ def test_pooled_seeds_resolve_tpr_at_1pct_and_the_leaky_cell_differs_significant
     same = argmax["paired_vs_baseline"]["update.gradient_alignment"]["auc"]
     assert same["difference"] == 0 and not same["significant"]  # identical scores in both cells
     assert "defence=argmax: loss AUC lower" in render_markdown(data)
-    assert data["failed_cells"] == [{"name": "defence=broken__seed=0", "error": "RuntimeError: boom"}]
+    assert data["failed_cells"] == [{"name": "defence=broken__seed=0", "state": "failed", "error": "RuntimeError: boom"}]
 
 
-def test_markdown_marks_unresolvable_tprs_with_a_dash(suite_folder):
+def test_unresolvable_tprs_are_explained_once_never_per_row(suite_folder):
     page = render_markdown(build_report_data([suite_folder]))
     assert page.startswith(GENERATED_MARK)
     one_seed = render_markdown(build_report_data([suite_folder / "cells" / "defence=none__seed=0"]))
-    assert "— (needs ≥100 non-members, 60 pooled)" in one_seed
+    assert one_seed.count("Blank TPR@1%FPR: fewer than 100 non-members (60 pooled)") == 1
+    assert "—" not in one_seed and "—" not in page
+    assert "| 1 (0) |" in one_seed  # seeds: how many, then which
 
 
 def test_cli_writes_both_files_and_a_bad_path_fails_in_one_line(suite_folder, tmp_path):
@@ -151,7 +157,7 @@ def test_no_rival_rows_without_both_attacks(suite_folder):
 
 
 def test_every_attack_is_judged_against_the_auc_bar_with_its_empirical_epsilon(suite_folder, tmp_path):
-    from fl_mia.report.render import audit_rows
+    from fl_mia.report.tables import audit_rows
 
     data = build_report_data([suite_folder])
     header, rows = audit_rows(data)
@@ -170,13 +176,12 @@ def test_every_attack_is_judged_against_the_auc_bar_with_its_empirical_epsilon(s
 
 
 def test_utility_is_set_against_the_baseline_seed_by_seed(suite_folder):
-    from fl_mia.report.render import utility_rows
+    from fl_mia.report.tables import utility_rows
 
     data = build_report_data([suite_folder])
     header, rows = utility_rows(data)
     # Only the defended cell, once per seed, each against the baseline of its own seed.
-    assert [(row[0], row[1]) for row in rows] == [("defence=argmax", "0"), ("defence=argmax", "1")]
-    assert rows[0][2:5] == ["0.300", "0.500", "0.60×"]
-    assert rows[1][2:5] == ["0.400", "0.600", "0.67×"]
-    assert "## Utility against defence=none, seed by seed" in render_markdown(data)
-    assert "<h2>Utility against defence=none, seed by seed</h2>" in render_html(data)
+    assert [(row[0], row[1], row[2]) for row in rows] == [("defence=argmax", "defence=none", "0"), ("defence=argmax", "defence=none", "1")]
+    assert rows[0][3:6] == ["0.300", "0.500", "0.60×"]
+    assert rows[1][3:6] == ["0.400", "0.600", "0.67×"]
+    assert "## Utility against each cell's baseline, seed by seed" in render_markdown(data)

@@ -43,7 +43,7 @@ def fake_metrics(cfg: ExperimentConfig) -> dict:
         "wall_time_s": 10.0,
         "defence_report": {"dp_sgd": {"epsilon_max": 8.0 / noise, "noise_multiplier": noise}},
         "privacy": {
-            "loss": {"overall": {"auc": 0.5 + 0.4 / (1 + noise), "tpr_at_1pct_fpr": 0.1 / noise}},
+            "loss": {"overall": {"auc": 0.5 + 0.4 / (1 + noise), "tpr_at_1pct_fpr": 0.1 / noise, "non_members": 100}},
             "candidate_set": {"members": 10},
         },
     }
@@ -95,6 +95,9 @@ def test_row_takes_dice_epsilon_and_every_attacks_auc_and_tpr():
                     series="s", config="c", param=DP_SGD, value="1", run_dir=Path("r"), state="complete")  # fmt: skip
     assert row["dice"] == 0.4 and row["epsilon_dp_sgd"] == 8.0 and row["noise_dp_sgd"] == 1.0
     assert row["loss.auc"] == 0.7 and row["loss.tpr_at_1pct_fpr"] == 0.1
+    few = fake_metrics(SimpleNamespace(defences=SimpleNamespace(dp_sgd=SimpleNamespace(noise_multiplier=1.0))))
+    few["privacy"]["loss"]["overall"]["non_members"] = 99  # cannot resolve 1% FPR: no number, not a TPR at 0 FP
+    assert sweep_row(few, series="s", config="c", param=DP_SGD, value="1", run_dir=Path("r"), state="complete")["loss.tpr_at_1pct_fpr"] is None
     assert row["epsilon_central_dp"] is None and not any(k.startswith("candidate_set") for k in row)
 
 

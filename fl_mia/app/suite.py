@@ -16,7 +16,10 @@ one seed is a *cell*, an ordinary run folder ``OUT/cells/<cell>/``::
     none = {}
     argmax = { set = ['defences.output.mode="argmax"'] }
 
-The first value of each axis is the baseline a cell's config difference is shown against.
+The first value of each axis is the baseline a cell is compared with, unless the value names
+its own: ``secagg_model_inconsistency = { config = "...", baseline = "secagg" }`` pairs that
+threat with the ``secagg`` value of the same axis (same seed, same other axes), and the report's
+paired differences are computed within such matched pairs only.
 ``OUT/suite.json`` records every cell (state, seconds, error) and is rewritten after each,
 so a killed suite loses at most the cell it was running: ``--resume`` skips complete cells,
 continues an interrupted cell from its checkpoint (:func:`fl_mia.app.experiment.resume_experiment`)
@@ -56,7 +59,7 @@ logger = logging.getLogger("fl_mia")
 SUITE_JSON = "suite.json"
 CELLS = "cells"
 SUITE_KEYS = {"name", "description", "config", "seeds", "set", "axes"}
-AXIS_VALUE_KEYS = {"config", "set"}
+AXIS_VALUE_KEYS = {"config", "set", "baseline"}
 
 
 class SuiteError(ValueError):
@@ -119,7 +122,9 @@ def load_suite(path: Path, *, extra_overrides: list[str] | None = None) -> Suite
             raise SuiteError(f"{path}: axes.{axis}: give at least one value, e.g. none = {{}}")
         for value, spec in values.items():
             if not isinstance(spec, dict) or set(spec) - AXIS_VALUE_KEYS:
-                raise SuiteError(f"{path}: axes.{axis}.{value}: a value is a table with keys config and/or set")
+                raise SuiteError(f"{path}: axes.{axis}.{value}: a value is a table with keys config, set and/or baseline")
+            if "baseline" in spec and spec["baseline"] not in values:
+                raise SuiteError(f"{path}: axes.{axis}.{value}.baseline: {spec['baseline']!r} is not a value of axes.{axis}; name one of {sorted(values)}")
         axes[axis] = values
     base_config = (path.parent / raw["config"]).resolve()
     suite = Suite(
@@ -139,11 +144,19 @@ def load_suite(path: Path, *, extra_overrides: list[str] | None = None) -> Suite
                 cfg = load_experiment(config_path, overrides)
             except ConfigError as error:
                 raise SuiteError(f"{path}: cell {cell_name(chosen, seed)}: {error}") from None
-            baseline = cell_name({axis: values[0] for axis, values in suite.axes.items()}, seed)
+            baseline = cell_name(baseline_axes(axes, chosen), seed)
             suite.cells.append(
                 Cell(cell_name(chosen, seed), chosen, seed, config_path, overrides, cfg, baseline)
             )
     return suite
+
+
+def baseline_axes(axes: dict[str, dict[str, dict[str, Any]]], chosen: dict[str, str]) -> dict[str, str]:
+    """The cell a cell is compared with: the values it names as baselines, else every axis at its first value."""
+    named = {axis: axes[axis][value]["baseline"] for axis, value in chosen.items() if "baseline" in axes[axis][value]}
+    if named:
+        return {**chosen, **named}
+    return {axis: next(iter(values)) for axis, values in axes.items()}
 
 
 def cell_name(axes: dict[str, str], seed: int) -> str:

@@ -10,7 +10,6 @@ with the suite's baseline group on the same candidates by a paired bootstrap.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -24,8 +23,12 @@ from typing import Any
 import numpy as np
 
 from fl_mia.referee.metrics import membership_metrics
-from fl_mia.referee.statistics import bootstrap_intervals, mean_interval, paired_difference
+from fl_mia.referee.scopes import headline, scored_attacks
+from fl_mia.referee.statistics import bootstrap_intervals, mean_interval
+from fl_mia.report.pairing import candidate_truth, paired_against, rival_attacks, utility_against
 from fl_mia.seeding import seed_sequence
+
+__all__ = ["candidate_truth", "build_report_data", "to_json", "ReportError"]
 
 PACKAGES = ("torch", "flwr", "segmentation-models-pytorch", "opacus", "numpy", "scikit-learn")
 SUITE_JSON = "suite.json"  # fl_mia.app.suite writes it; the report only reads folders
@@ -109,39 +112,27 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
 def attack_names(runs: list[RunRecord]) -> list[str]:
     names: dict[str, None] = {}
     for run in runs:
-        for name, result in (run.metrics.get("privacy") or {}).items():
-            if isinstance(result, dict) and "overall" in result:
-                names[name] = None
+        names.update(dict.fromkeys(scored_attacks(run.metrics.get("privacy"))))
     return list(names)
 
 
-def candidate_truth(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Membership (from keep.npy and candidates.csv) and a patient key per candidate."""
-    keep = np.load(run_dir / "keep.npy")
-    with open(run_dir / "candidates.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    hospital = np.array([int(r["hospital"]) for r in rows])
-    names = [r["patient"] for r in rows]
-    try:
-        patient = np.array([int(name) for name in names])
-    except ValueError:  # a dataset's own ids (case_023): numbered in sorted order, only a key here
-        patient = np.unique(names, return_inverse=True)[1].reshape(-1)
-    return keep[np.arange(len(keep)), hospital], hospital * 1_000_003 + patient
-
-
-def _pooled(group: Group, attack: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _pooled(group: Group, attack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The seeds' headline candidates concatenated (targeted hospitals where the models differed)."""
     scores, members, units = [], [], []
     for run in group.runs:
         path = run.run_dir / "scores.npz"
-        if not path.is_file():
+        shown = headline((run.metrics.get("privacy") or {}).get(attack))
+        if not path.is_file() or shown is None:
             return None
         with np.load(path) as archive:
             if attack not in archive.files:
                 return None
-            scores.append(archive[attack])
+            values = archive[attack]
         is_member, patient = candidate_truth(run.run_dir)
-        members.append(is_member)
-        units.append(np.array([f"{run.seed}:{p}" for p in patient]))
+        chosen = np.isin(patient // 1_000_003, shown["hospitals"]) if "hospitals" in shown else np.ones(len(patient), bool)
+        scores.append(values[chosen])
+        members.append(is_member[chosen])
+        units.append(np.array([f"{run.seed}:{p}" for p in patient[chosen]]))
     return np.concatenate(scores), np.concatenate(members), np.concatenate(units)
 
 
@@ -149,33 +140,8 @@ def dice_of(run: RunRecord) -> float | None:
     return (run.metrics.get("utility") or {}).get("dice")
 
 
-def _seed_pairs(group: Group, baseline: Group) -> list[tuple[RunRecord, RunRecord]]:
-    """Each run of ``group`` with the baseline's run of the same seed, by seed; none for the baseline itself."""
-    if group is baseline:
-        return []
-    theirs = {r.seed: r for r in baseline.runs}
-    return sorted(((r, theirs[r.seed]) for r in group.runs if r.seed in theirs), key=lambda pair: pair[0].seed)
-
-
 def pooled_dice_of(run: RunRecord) -> float | None:
     return (run.metrics.get("utility") or {}).get("dice_pooled")
-
-
-def utility_against(group: Group, baseline: Group) -> list[dict[str, Any]]:
-    """Seed by seed, the cell's Dice beside the baseline's on the same seed, and their ratio.
-
-    A defence's utility cost is a per-seed comparison (the same data, split and initial model),
-    which seed means with intervals over two seeds would blur.
-    """
-    rows = []
-    for run, other in _seed_pairs(group, baseline):
-        mine_pooled, their_pooled = pooled_dice_of(run), pooled_dice_of(other)
-        rows.append({
-            "seed": run.seed, "dice_pooled": mine_pooled, "baseline_dice_pooled": their_pooled,
-            "ratio_pooled": mine_pooled / their_pooled if mine_pooled is not None and their_pooled else None,
-            "dice": dice_of(run), "baseline_dice": dice_of(other),
-        })  # fmt: skip
-    return rows
 
 
 def epsilon_of(run: RunRecord) -> dict[str, float]:
@@ -188,30 +154,47 @@ def epsilon_of(run: RunRecord) -> dict[str, float]:
     return found
 
 
+def _candidate_set(run: RunRecord) -> dict[str, Any]:
+    return (run.metrics.get("privacy") or {}).get("candidate_set") or {}
+
+
+def _threat(run: RunRecord) -> dict[str, Any] | None:
+    """The poisoner's declaration (targets, attack rounds, matched signals), or None on an honest server."""
+    threat = run.metrics.get("threat") or {}
+    if not threat.get("declaration"):
+        return None
+    return {"poisoning": threat.get("poisoning"), **threat["declaration"]}
+
+
 def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[str, Any]:
     """Seed means with t-intervals, and pooled metrics with bootstrap intervals, per attack."""
     result: dict[str, Any] = {
         "label": group.label, "axes": group.axes, "seeds": sorted(r.seed for r in group.runs),
         "dice": mean_interval([dice_of(r) for r in group.runs]),
         "epsilon": {k: mean_interval([epsilon_of(r).get(k) for r in group.runs], bounds=(0.0, float("inf"))) for k in {k for r in group.runs for k in epsilon_of(r)}},
-        "lesion_area_auc": mean_interval([((r.metrics.get("privacy") or {}).get("candidate_set") or {}).get("lesion_area_auc") for r in group.runs]),
+        "lesion_area_auc": mean_interval([_candidate_set(r).get("lesion_area_auc") for r in group.runs]),
+        # Per seed: does the mask-only AUC's patient-bootstrap interval contain 0.5 (no lesion confound)?
+        "lesion_area_auc_ci": [_candidate_set(r).get("lesion_area_auc_ci") for r in group.runs],
+        "matched_lesion_area": sorted({bool(_candidate_set(r).get("matched_lesion_area")) for r in group.runs}),
+        "threat": _threat(group.runs[0]),
         "attacks": {},
     }  # fmt: skip
     for attack in attacks:
-        per_seed = [(r.metrics.get("privacy") or {}).get(attack) for r in group.runs]
+        per_seed = [headline((r.metrics.get("privacy") or {}).get(attack)) for r in group.runs]
+        results = [(r.metrics.get("privacy") or {}).get(attack) or {} for r in group.runs]
         if not any(per_seed):
             continue
         entry: dict[str, Any] = {
-            key: mean_interval([p["overall"][key] for p in per_seed if p]) for key in ("auc", "tpr_at_1pct_fpr", "balanced_accuracy")
+            key: mean_interval([p.get(key) for p in per_seed if p])
+            for key in ("auc", "tpr_at_1pct_fpr", "balanced_accuracy", "balanced_accuracy_oracle")
         }
-        entry["accuracy_at_threshold"] = mean_interval(
-            [p["overall"].get("balanced_accuracy_at_attack_threshold") for p in per_seed if p]
-        )
-        entry["patient_auc"] = mean_interval([(p.get("patient") or {}).get("overall", {}).get("auc") for p in per_seed if p])
+        entry["scope"] = sorted({p.get("headline") or "overall" for p in results})
+        entry["patient_auc"] = mean_interval([(headline(p.get("patient")) or {}).get("auc") for p in results])
         entry["empirical_epsilon"] = mean_interval(
-            [(p.get("empirical_epsilon") or {}).get("epsilon_lower_bound") for p in per_seed if p], bounds=(0.0, float("inf"))
+            [(p.get("empirical_epsilon") or {}).get("epsilon_lower_bound") for p in results], bounds=(0.0, float("inf"))
         )
-        pooled = _pooled(group, attack, seed)
+        entry["empirical_epsilon_unit"] = next(((p.get("empirical_epsilon") or {}).get("unit", "slice") for p in results), "slice")
+        pooled = _pooled(group, attack)
         if pooled is not None:
             scores, is_member, units = pooled
             metrics = membership_metrics(scores, is_member)
@@ -221,62 +204,26 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
     return result
 
 
-# Attacks that claim to beat another on the same evidence (the newer first): the report puts
-# each pair side by side on the same candidates and bootstrap resamples, cell by cell.
-RIVAL_ATTACKS = (
-    ("rmia", "lira_offline"),
-    ("rmia", "lira_online"),
-    ("lira_online", "lira_offline"),
-    ("lira_offline", "loss"),
-    ("rmia", "loss"),
-)
+def strongest_attack(summary: dict[str, Any]) -> str | None:
+    """The cell's strongest attack by its seeds-pooled headline AUC, every attack counted (update and accumulated too)."""
+    pooled = [(entry["pooled"]["auc"], name) for name, entry in summary["attacks"].items() if (entry.get("pooled") or {}).get("auc") is not None]
+    return max(pooled)[1] if pooled else None
 
 
-def _paired(pairs: list[tuple[RunRecord, RunRecord]], attack_a: str, attack_b: str, *, stream: np.random.SeedSequence) -> dict[str, Any] | None:
-    """``attack_a`` on each pair's first run minus ``attack_b`` on its second, pooled over the pairs.
-
-    None when a pair's runs were judged on different candidates or lack a score.
-    """
-    a, b, members, units = [], [], [], []
-    for mine, theirs in pairs:
-        truth, patient = candidate_truth(mine.run_dir)
-        if theirs is not mine:
-            truth_b, patient_b = candidate_truth(theirs.run_dir)
-            if not (np.array_equal(truth, truth_b) and np.array_equal(patient, patient_b)):
-                return None  # different candidates: no paired comparison
-        with np.load(mine.run_dir / "scores.npz") as x, np.load(theirs.run_dir / "scores.npz") as y:
-            if attack_a not in x.files or attack_b not in y.files:
-                return None
-            a.append(x[attack_a])
-            b.append(y[attack_b])
-        members.append(truth)
-        units.append(np.array([f"{mine.seed}:{p}" for p in patient]))
-    if not pairs:
-        return None
-    result = paired_difference(
-        np.concatenate(a), np.concatenate(b), np.concatenate(members), groups=np.concatenate(units), seed=stream
-    )
-    result["seeds"] = [mine.seed for mine, _ in pairs]
-    return result
-
-
-def paired_against(group: Group, baseline: Group, attack: str, *, seed: int = 0) -> dict[str, Any] | None:
-    """Group minus baseline on the same candidates (pooled over the seeds both have)."""
-    if group is baseline:
-        return None
-    return _paired(_seed_pairs(group, baseline), attack, attack, stream=seed_sequence(seed, "report-paired", attack))
-
-
-def rival_attacks(group: Group, attacks: list[str], *, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Each pair of ``RIVAL_ATTACKS`` both run in ``group``: first minus second on the group's own candidates."""
-    pairs = [(r, r) for r in sorted(group.runs, key=lambda r: r.seed)]
-    result = {}
-    for first, second in RIVAL_ATTACKS:
-        if first in attacks and second in attacks:
-            difference = _paired(pairs, first, second, stream=seed_sequence(seed, "report-rivals", first, second))
-            if difference is not None:
-                result[f"{first} − {second}"] = difference
-    return result
+def missing_cells(suites: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells of a suite's grid (axes × seeds) that its suite.json does not list at all (a suite stopped early)."""
+    missing = []
+    for suite in suites:
+        axes, listed = suite.get("axes") or {}, {c["name"] for c in suite.get("cells", [])}
+        combos: list[list[str]] = [[]]
+        for axis, values in axes.items():
+            combos = [c + [f"{axis}={v}"] for c in combos for v in values]
+        for combo in combos:
+            for seed in suite.get("seeds") or []:
+                name = "__".join([*combo, f"seed={seed}"])
+                if name not in listed:
+                    missing.append({"name": name, "state": "missing", "error": None})
+    return missing
 
 
 def config_difference(config: dict[str, Any], base: dict[str, Any], prefix: str = "") -> list[str]:
@@ -308,26 +255,36 @@ def build_report_data(paths: list[Path]) -> dict[str, Any]:
     runs, suites, failed = load_sources(paths)
     groups = group_runs(runs)
     attacks = attack_names(runs)
-    baseline_group = groups[0]
-    by_name = {r.name: r for r in runs}
+    first_group = groups[0]
+    group_of_run = {r.name: g for g in groups for r in g.runs}
     summaries = [summarise_group(g, attacks) for g in groups]
     for group, summary in zip(groups, summaries):
-        summary["paired_vs_baseline"] = {
-            attack: paired_against(group, baseline_group, attack) for attack in attacks
-        } if group is not baseline_group else {}
-        summary["utility_vs_baseline"] = utility_against(group, baseline_group)
-        summary["rival_attacks"] = rival_attacks(group, attacks)
         first = group.runs[0]
-        base = by_name.get(first.baseline) if first.baseline else baseline_group.runs[0]
-        summary["config_difference"] = config_difference(first.config, base.config) if base is not None else []
+        # The cell's own baseline (suite.json names it), else the first cell's group.
+        baseline = group_of_run.get(first.baseline) if first.baseline else first_group
+        summary["baseline"] = baseline.label if baseline is not None and baseline is not group else None
+        summary["paired_vs_baseline"] = {
+            attack: paired_against(group, baseline, attack) for attack in attacks
+        } if summary["baseline"] else {}
+        summary["utility_vs_baseline"] = utility_against(group, baseline, dice_of, pooled_dice_of) if summary["baseline"] else []
+        summary["rival_attacks"] = rival_attacks(group, attacks)
+        base = baseline.runs[0] if baseline is not None else first_group.runs[0]
+        summary["config_difference"] = config_difference(first.config, base.config)
+        summary["strongest_attack"] = strongest_attack(summary)
+        summary["matched_signal"] = next((a for a in (summary["threat"] or {}).get("matched_signals", []) if a in summary["attacks"]), None)
+        summary["dice_difference"] = mean_interval(
+            [r["dice"] - r["baseline_dice"] for r in summary["utility_vs_baseline"] if r["dice"] is not None and r["baseline_dice"] is not None],
+            bounds=(-1.0, 1.0),
+        )
     return {
         "sources": [str(p) for p in paths],
         "environment": environment(),
         "suites": [{k: s.get(k) for k in ("suite", "description", "axes", "seeds", "wall_time_s", "overhead")} for s in suites],
         "attacks": attacks,
-        "baseline": baseline_group.label,
+        "baseline": first_group.label,
         "groups": summaries,
-        "failed_cells": [{"name": c["name"], "error": c.get("error")} for c in failed],
+        "failed_cells": [{"name": c["name"], "state": c.get("state"), "error": c.get("error")} for c in failed] + missing_cells(suites),
+        "expected_cells": sum(len(s.get("cells", [])) for s in suites) + len(missing_cells(suites)),
         "runs": [
             {"name": r.name, "group": r.group, "seed": r.seed, "run_dir": str(r.run_dir), "dice": dice_of(r),
              "wall_time_s": r.metrics.get("wall_time_s"), "threat_model": r.metrics.get("threat_model")}

@@ -1,0 +1,158 @@
+"""The report's answer in words: Findings generated from the numbers, and one threat × defence matrix.
+
+Every figure a sentence shows is read from the report data (``report.json``) and formatted
+here, never computed here: a test checks that each number in Findings is one of the JSON's.
+Per threat: its matched signal's targeted AUC and TPR at 1% FPR (seeds pooled, bootstrap by
+patient), the paired Δ against its own baseline, and its Dice cost. Per defence (any cell
+compared with a baseline that is not a threat): the Δ of the baseline's strongest attack,
+every attack counted, and Δ Dice, or "nothing to defend here" when that attack is at chance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fl_mia.referee.statistics import non_members_needed
+
+ONE_PERCENT_NEEDS = non_members_needed(0.01)
+
+
+def _interval(value: float, ci: list[float] | None, *, signed: bool = False) -> str:
+    number = f"{value:+.3f}" if signed else f"{value:.3f}"
+    if ci is None:
+        return number
+    return f"{number} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if signed else f"{number} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _pooled_figures(entry: dict[str, Any]) -> str:
+    """``AUC a [l, h] and TPR@1%FPR t [l, h]`` of an attack's seeds-pooled headline candidates."""
+    pooled = entry["pooled"]
+    ci = pooled.get("ci") or {}
+    text = f"AUC {_interval(pooled['auc'], ci.get('auc'))}"
+    if pooled["non_members"] >= ONE_PERCENT_NEEDS and pooled.get("tpr_at_1pct_fpr") is not None:
+        text += f" and TPR@1%FPR {_interval(pooled['tpr_at_1pct_fpr'], ci.get('tpr_at_1pct_fpr'))}"
+    else:
+        text += f" (TPR@1%FPR unresolvable: {pooled['non_members']} non-members)"
+    return text + f" on {pooled['members']} members / {pooled['non_members']} non-members"
+
+
+def _delta(paired: dict[str, Any] | None, baseline: str) -> str:
+    if paired is None:
+        return f"no paired Δ against {baseline} (it lacks this attack, or the two were judged on different candidates)"
+    auc = paired["auc"]
+    verdict = "excludes 0" if auc["significant"] else "contains 0"
+    text = f"Δ AUC against {baseline} {_interval(auc['difference'], auc['ci'], signed=True)} (interval {verdict}; half-width {auc['half_width']:.3f})"
+    return text
+
+
+def _dice(summary: dict[str, Any]) -> str:
+    dice = summary["dice"]
+    text = f"Dice {_interval(dice['mean'], dice['ci'])}" if dice["mean"] is not None else "Dice not measured"
+    difference = summary.get("dice_difference") or {}
+    if difference.get("mean") is not None:
+        text += f", Δ Dice {_interval(difference['mean'], difference['ci'], signed=True)}"
+    return text
+
+
+def _at_chance(entry: dict[str, Any] | None) -> bool:
+    ci = ((entry or {}).get("pooled") or {}).get("ci") or {}
+    return bool(ci.get("auc")) and ci["auc"][0] <= 0.5 <= ci["auc"][1]
+
+
+def threat_finding(summary: dict[str, Any]) -> str:
+    threat = summary["threat"]
+    targets = ", ".join(map(str, threat.get("targets") or []))
+    signal = summary.get("matched_signal")
+    head = f"{summary['label']} ({threat.get('poisoning')}, targets hospital {targets})"
+    if signal is None:
+        return f"{head}: none of its matched signals ({', '.join(threat.get('matched_signals') or [])}) was scored. {_dice(summary)}."
+    entry = summary["attacks"][signal]
+    if entry.get("pooled") is None:
+        return f"{head}: its matched signal {signal} has no seeds-pooled score. {_dice(summary)}."
+    text = f"{head}: its matched signal {signal}, on the targeted candidates, reaches {_pooled_figures(entry)}"
+    if summary.get("baseline"):
+        text += "; " + _delta((summary.get("paired_vs_baseline") or {}).get(signal), summary["baseline"])
+    else:
+        text += "; no baseline cell to pair it with"
+    return text + f". {_dice(summary)}."
+
+
+def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
+    strongest = baseline.get("strongest_attack")
+    if strongest is None:
+        return f"{summary['label']} against {baseline['label']}: no attack scored on the baseline. {_dice(summary)}."
+    base_entry = baseline["attacks"][strongest]
+    text = f"{summary['label']} against {baseline['label']}: the baseline's strongest attack, {strongest} ({_pooled_figures(base_entry)})"
+    if _at_chance(base_entry):
+        text += ", is at chance there: nothing to defend here"
+    else:
+        text += "; " + _delta((summary.get("paired_vs_baseline") or {}).get(strongest), baseline["label"])
+    mine = summary.get("strongest_attack")
+    if mine is not None:
+        text += f"; the strongest attack here is {mine}, {_pooled_figures(summary['attacks'][mine])}"
+    return text + f". {_dice(summary)}."
+
+
+def baseline_finding(summary: dict[str, Any]) -> str:
+    strongest = summary.get("strongest_attack")
+    if strongest is None:
+        return f"{summary['label']} (a baseline): no attack has a seeds-pooled score. {_dice(summary)}."
+    entry = summary["attacks"][strongest]
+    chance = " (at chance)" if _at_chance(entry) else ""
+    return f"{summary['label']} (a baseline): strongest attack {strongest}{chance}, {_pooled_figures(entry)}. {_dice(summary)}."
+
+
+def findings(data: dict[str, Any]) -> list[str]:
+    """One sentence per cell: threats first, then defences and other cells, then baselines."""
+    by_label = {g["label"]: g for g in data["groups"]}
+    threats, defences, baselines = [], [], []
+    for summary in data["groups"]:
+        baseline = by_label.get(summary.get("baseline") or "")
+        if summary.get("threat"):
+            threats.append(threat_finding(summary))
+        elif baseline is not None:
+            defences.append(defence_finding(summary, baseline))
+        else:
+            baselines.append(baseline_finding(summary))
+    legacy = []
+    if data.get("legacy_scoring"):
+        legacy = [
+            "These results predate targeted scoring: every figure pools all hospitals' candidates, those of hospitals the "
+            "server sent other models included, and each cell is compared with the first cell, not its own baseline. "
+            "Rerun the suite for answers scored on the targeted hospitals (docs/statistics.md)."
+        ]
+    return legacy + threats + defences + baselines
+
+
+def status_line(data: dict[str, Any]) -> str | None:
+    """A suite with missing, failed or running cells says so first, naming them."""
+    absent = data.get("failed_cells") or []
+    if not absent:
+        return None
+    names = "; ".join(f"{c['name']} ({c.get('state') or 'failed'})" for c in absent)
+    return f"Incomplete: {len(absent)} cell(s) have no result and are left out of every figure below: {names}."
+
+
+def strongest_matrix(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Rows = the first axis, columns = the second (one column for a one-axis suite): each cell's strongest attack."""
+    groups = data["groups"]
+    axes = list(groups[0]["axes"]) if groups else []
+    first = axes[0] if axes else None
+    second = axes[1] if len(axes) > 1 else None
+    rows_values = list(dict.fromkeys(g["axes"].get(first, g["label"]) for g in groups)) if first else [g["label"] for g in groups]
+    columns = list(dict.fromkeys(g["axes"][second] for g in groups)) if second else ["strongest attack"]
+    index = {(g["axes"].get(first, g["label"]) if first else g["label"], g["axes"][second] if second else "strongest attack"): g for g in groups}
+    rows = []
+    for r in rows_values:
+        row = [r]
+        for c in columns:
+            group = index.get((r, c))
+            name = (group or {}).get("strongest_attack")
+            if name is None:
+                row.append("")
+                continue
+            pooled = group["attacks"][name]["pooled"]
+            row.append(f"{name}: {_interval(pooled['auc'], (pooled.get('ci') or {}).get('auc'))}")
+        rows.append(row)
+    corner = f"{first} \\ {second}" if second else (first or "cell")
+    return [corner, *columns], rows

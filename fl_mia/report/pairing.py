@@ -1,0 +1,169 @@
+"""Matched pairs: each suite cell against its own baseline, on the same seeds and the same candidates.
+
+A cell's baseline is the cell its suite file names (``baseline = "secagg"``), else every axis
+at its first value (``suite.json`` records it per cell). A paired difference is computed only
+within such a pair, seed by seed on identical candidates, pooled over the seeds both have,
+and on the *headline* candidates: the threat's targeted hospitals where either run sent
+hospitals different models, every hospital otherwise (:mod:`fl_mia.referee.scopes`).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_mia.referee.scopes import headline_scope
+from fl_mia.referee.statistics import paired_difference
+from fl_mia.seeding import seed_sequence
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What the report reads of a run's candidates: membership, a patient key and the hospital drawn for."""
+
+    is_member: np.ndarray
+    patient: np.ndarray
+    hospital: np.ndarray
+
+
+def candidate_truth(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Membership (from keep.npy and candidates.csv) and a patient key per candidate."""
+    keep = np.load(run_dir / "keep.npy")
+    with open(run_dir / "candidates.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    hospital = np.array([int(r["hospital"]) for r in rows])
+    names = [r["patient"] for r in rows]
+    try:
+        patient = np.array([int(name) for name in names])
+    except ValueError:  # a dataset's own ids (case_023): numbered in sorted order, only a key here
+        patient = np.unique(names, return_inverse=True)[1].reshape(-1)
+    return keep[np.arange(len(keep)), hospital], hospital * 1_000_003 + patient
+
+
+def read_candidates(run_dir: Path) -> Candidates:
+    is_member, patient = candidate_truth(run_dir)
+    return Candidates(is_member, patient, patient // 1_000_003)
+
+
+def run_targets(metrics: dict[str, Any]) -> list[int]:
+    """The hospitals a run's threat targets (its declaration; ``threat.target_hospitals``; else hospital 0)."""
+    privacy = metrics.get("privacy") or {}
+    threat = metrics.get("threat") or {}
+    declared = (threat.get("declaration") or {}).get("targets")
+    return list(declared or (privacy.get("candidate_set") or {}).get("targets") or threat.get("target_hospitals") or [0])
+
+
+def models_differed(metrics: dict[str, Any]) -> bool:
+    """Whether the run's referee scored it on its targeted hospitals (hospitals were sent different models)."""
+    privacy = metrics.get("privacy") or {}
+    uniform = (privacy.get("candidate_set") or {}).get("uniform_models")
+    if uniform is not None:
+        return not uniform
+    return any(isinstance(r, dict) and headline_scope(r) == "targeted" for r in privacy.values())
+
+
+def pair_scope(mine, theirs) -> tuple[str, list[int] | None]:
+    """``("targeted", hospitals)`` where either run sent hospitals different models; else ``("overall", None)``."""
+    if models_differed(mine.metrics) or models_differed(theirs.metrics):
+        return "targeted", run_targets(mine.metrics)
+    return "overall", None
+
+
+def seed_pairs(group, baseline) -> list[tuple[Any, Any]]:
+    """Each run of ``group`` with the baseline's run of the same seed, by seed; none for the baseline itself."""
+    if baseline is None or group is baseline:
+        return []
+    theirs = {r.seed: r for r in baseline.runs}
+    return sorted(((r, theirs[r.seed]) for r in group.runs if r.seed in theirs), key=lambda pair: pair[0].seed)
+
+
+def paired_scores(pairs, attack_a: str, attack_b: str, *, hospitals: list[int] | None, stream) -> dict[str, Any] | None:
+    """``attack_a`` on each pair's first run minus ``attack_b`` on its second, pooled over the pairs.
+
+    ``hospitals``: only their candidates (``None``: all). None when a pair's runs were judged
+    on different candidates or lack a score.
+    """
+    a, b, members, units = [], [], [], []
+    for mine, theirs in pairs:
+        truth = read_candidates(mine.run_dir)
+        if theirs is not mine:
+            other = read_candidates(theirs.run_dir)
+            if not (np.array_equal(truth.is_member, other.is_member) and np.array_equal(truth.patient, other.patient)):
+                return None  # different candidates: no paired comparison
+        chosen = np.ones(len(truth.is_member), bool) if hospitals is None else np.isin(truth.hospital, hospitals)
+        with np.load(mine.run_dir / "scores.npz") as x, np.load(theirs.run_dir / "scores.npz") as y:
+            if attack_a not in x.files or attack_b not in y.files:
+                return None
+            a.append(x[attack_a][chosen])
+            b.append(y[attack_b][chosen])
+        members.append(truth.is_member[chosen])
+        units.append(np.array([f"{mine.seed}:{p}" for p in truth.patient[chosen]]))
+    if not pairs:
+        return None
+    is_member = np.concatenate(members)
+    result = paired_difference(np.concatenate(a), np.concatenate(b), is_member, groups=np.concatenate(units), seed=stream)
+    result["seeds"] = [mine.seed for mine, _ in pairs]
+    result["members"], result["non_members"] = int(is_member.sum()), int((~is_member).sum())
+    low, high = result["auc"]["ci"]
+    result["auc"]["half_width"] = (high - low) / 2
+    return result
+
+
+def paired_against(group, baseline, attack: str, *, seed: int = 0) -> dict[str, Any] | None:
+    """Group minus its baseline on the same candidates (the headline ones), pooled over the seeds both have."""
+    pairs = seed_pairs(group, baseline)
+    if not pairs:
+        return None
+    scope, hospitals = pair_scope(*pairs[0])
+    result = paired_scores(pairs, attack, attack, hospitals=hospitals, stream=seed_sequence(seed, "report-paired", attack))
+    if result is not None:
+        result["scope"], result["hospitals"] = scope, hospitals
+    return result
+
+
+def utility_against(group, baseline, dice_of, pooled_dice_of) -> list[dict[str, Any]]:
+    """Seed by seed, the cell's Dice beside the baseline's on the same seed, and their ratio.
+
+    A defence's utility cost is a per-seed comparison (the same data, split and initial model),
+    which seed means with intervals over two seeds would blur.
+    """
+    rows = []
+    for run, other in seed_pairs(group, baseline):
+        mine_pooled, their_pooled = pooled_dice_of(run), pooled_dice_of(other)
+        rows.append({
+            "seed": run.seed, "dice_pooled": mine_pooled, "baseline_dice_pooled": their_pooled,
+            "ratio_pooled": mine_pooled / their_pooled if mine_pooled is not None and their_pooled else None,
+            "dice": dice_of(run), "baseline_dice": dice_of(other),
+        })  # fmt: skip
+    return rows
+
+
+# Attacks that claim to beat another on the same evidence (the newer first): the report puts
+# each pair side by side on the same candidates and bootstrap resamples, cell by cell.
+RIVAL_ATTACKS = (
+    ("rmia", "lira_offline"),
+    ("rmia", "lira_online"),
+    ("lira_online", "lira_offline"),
+    ("lira_offline", "loss"),
+    ("rmia", "loss"),
+)
+
+
+def rival_attacks(group, attacks: list[str], *, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Each pair of ``RIVAL_ATTACKS`` both run in ``group``: first minus second on the group's own headline candidates."""
+    pairs = [(r, r) for r in sorted(group.runs, key=lambda r: r.seed)]
+    if not pairs:
+        return {}
+    _, hospitals = pair_scope(*pairs[0])
+    result = {}
+    for first, second in RIVAL_ATTACKS:
+        if first in attacks and second in attacks:
+            stream = seed_sequence(seed, "report-rivals", first, second)
+            difference = paired_scores(pairs, first, second, hospitals=hospitals, stream=stream)
+            if difference is not None:
+                result[f"{first} − {second}"] = difference
+    return result
