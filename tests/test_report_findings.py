@@ -1,0 +1,124 @@
+"""A threats suite's report answers in words: each threat against its own baseline, on its targeted hospitals.
+
+Synthetic run folders (no training): scores built so that the threat changes hospital 0 alone,
+privacy sections written by the referee's own scoping (:func:`fl_mia.referee.scopes.scoped_metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_mia.referee.scopes import ScoringScope, scoped_metrics
+from fl_mia.report.collect import build_report_data, to_json
+from fl_mia.report.findings import findings
+from fl_mia.report.render import render_html, render_markdown
+from fl_mia.run_folder import write_csv, write_json, write_npz, write_toml
+
+SIGNAL = "update.returned_loss"
+THREATS = {  # cell: (baseline cell, lift of hospital 0's members, poisoning)
+    "honest": (None, 0.0, None),
+    "secagg": (None, 0.0, None),
+    "isolation": ("honest", 1.2, "isolation"),
+    "secagg_model_inconsistency": ("secagg", 0.8, "model_inconsistency"),
+}
+
+
+def _fake_threat_run(folder: Path, *, seed: int, lift: float, poisoning: str | None, per_side: int = 60) -> None:
+    hospital = np.repeat([0, 1], 2 * per_side)
+    patient = np.arange(len(hospital)) // 2
+    is_member = (patient % 2 == 0)
+    noise = np.random.default_rng(seed).normal(size=len(hospital))
+    scores = {SIGNAL: noise + 0.3 * is_member + lift * (is_member & (hospital == 0)), "loss": noise + 0.1 * is_member}
+    keep = np.zeros((len(hospital), 2), bool)
+    keep[np.arange(len(hospital)), hospital] = is_member
+    folder.mkdir(parents=True)
+    np.save(folder / "keep.npy", keep)
+    write_csv(folder / "candidates.csv", [{"candidate": i, "hospital": int(h), "patient": int(p), "image": i}
+                                          for i, (h, p) in enumerate(zip(hospital, patient))], ["candidate", "hospital", "patient", "image"])  # fmt: skip
+    write_npz(folder / "scores.npz", scores)
+    scope = ScoringScope(targets=(0,), models_differed=f"{poisoning} sent hospital 0 another model" if poisoning else None)
+    privacy = {
+        name: scoped_metrics(s, is_member, hospital, scope=scope, groups=patient, seed=np.random.SeedSequence(seed), threshold=None)
+        for name, s in scores.items()
+    }
+    privacy["candidate_set"] = {"lesion_area_auc": 0.52, "lesion_area_auc_ci": [0.45, 0.6], "matched_lesion_area": True,
+                                "targets": [0], "uniform_models": poisoning is None}  # fmt: skip
+    threat = {"poisoning": poisoning or "none", "target_hospitals": [0]}
+    if poisoning:
+        threat["declaration"] = {"targets": [0], "attack_rounds": "all", "matched_signals": [SIGNAL], "needs_secagg": False}
+    write_toml(folder / "config.toml", {"name": "fake", "seed": seed, "threat": {"poisoning": poisoning or "none"}})
+    write_json(folder / "metrics.json", {
+        "experiment": "fake", "seed": seed, "threat_model": poisoning or "honest", "wall_time_s": 1.0,
+        "utility": {"dice": 0.6 - 0.05 * bool(poisoning) + 0.01 * seed, "dice_pooled": 0.5}, "privacy": privacy, "threat": threat,
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def threats_suite(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("threats")
+    cells = []
+    for value, (baseline, lift, poisoning) in THREATS.items():
+        for seed in (0, 1):
+            name = f"threat={value}__seed={seed}"
+            _fake_threat_run(out / "cells" / name, seed=seed, lift=lift, poisoning=poisoning)
+            cells.append({"name": name, "axes": {"threat": value}, "seed": seed, "state": "complete", "run_dir": str(out / "cells" / name),
+                          "baseline": f"threat={baseline or value}__seed={seed}"})  # fmt: skip
+    write_json(out / "suite.json", {"suite": "threats", "axes": {"threat": [*THREATS, "trap_weights"]}, "seeds": [0, 1], "cells": cells})
+    return out
+
+
+def test_each_threat_is_paired_with_its_own_baseline_on_its_targeted_hospital(threats_suite):
+    data = build_report_data([threats_suite])
+    groups = {g["label"]: g for g in data["groups"]}
+    assert groups["threat=isolation"]["baseline"] == "threat=honest"
+    assert groups["threat=secagg_model_inconsistency"]["baseline"] == "threat=secagg"
+    paired = groups["threat=isolation"]["paired_vs_baseline"][SIGNAL]
+    assert paired["scope"] == "targeted" and paired["hospitals"] == [0]
+    assert paired["members"] == 2 * 60 and paired["auc"]["significant"] and paired["auc"]["difference"] > 0.1
+    # The threat's pooled headline is its targeted hospital alone, not all four quarters of the candidates.
+    assert groups["threat=isolation"]["attacks"][SIGNAL]["pooled"]["members"] == 2 * 60
+    assert groups["threat=isolation"]["matched_signal"] == SIGNAL
+    assert groups["threat=honest"]["baseline"] is None and groups["threat=honest"]["paired_vs_baseline"] == {}
+
+
+def test_findings_come_first_name_the_missing_cells_and_trace_to_the_json(threats_suite):
+    data = build_report_data([threats_suite])
+    sentences = findings(data)
+    assert any(s.startswith("threat=isolation (isolation, targets hospital 0): its matched signal update.returned_loss") for s in sentences)
+    assert any("Δ AUC against threat=secagg" in s and "excludes 0" in s for s in sentences)
+    page = render_markdown(data)
+    assert page.index("## Findings") < page.index("|")
+    assert "threat=trap_weights__seed=0 (missing)" in page.split("## Findings")[0]
+    # Every number in Findings is one of the suite's JSON figures (the findings themselves are not in it).
+    public = json.loads(to_json(data))
+    numbers: list[float] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            numbers.append(float(node))
+
+    walk(public)
+    names = sorted({*data["attacks"], *(g["label"] for g in data["groups"]), "TPR@1%FPR"}, key=len, reverse=True)
+    for sentence in sentences:
+        for name in names:
+            sentence = sentence.replace(name, "")
+        for token in re.findall(r"[+-]?\d+(?:\.\d+)?", sentence):
+            digits = len(token.split(".")[1]) if "." in token else 0
+            assert any(abs(round(n, digits) - float(token)) < 1e-9 for n in numbers), f"{token} in {sentence!r} is not in the JSON"
+
+
+def test_html_opens_with_findings_and_repeats_no_dash(threats_suite):
+    page = render_html(build_report_data([threats_suite]))
+    assert page.index('id="findings"') < page.index("<table")
+    assert "—" not in page.split("<h2>Machine")[0]
