@@ -47,6 +47,38 @@ def test_grid_expands_axes_times_seeds_with_a_baseline_per_seed(tmp_path):
     assert argmax.baseline == "defence=none__seed=1"
 
 
+def test_a_value_names_its_own_baseline_on_the_same_seed_and_other_axes(tmp_path):
+    body = GRID.replace("[axes.defence]", "[axes.threat]\nhonest = {}\nsecagg = {}\nmi = { baseline = \"secagg\" }\n[axes.defence]")
+    cells = {c.name: c for c in load_suite(_write_suite(tmp_path, body)).cells}
+    assert cells["threat=mi__defence=argmax__seed=1"].baseline == "threat=secagg__defence=argmax__seed=1"
+    assert cells["threat=secagg__defence=argmax__seed=1"].baseline == "threat=honest__defence=none__seed=1"  # default: first values
+    with pytest.raises(SuiteError, match="axes.threat.mi.baseline: 'nowhere' is not a value of axes.threat"):
+        load_suite(_write_suite(tmp_path, body.replace('baseline = \"secagg\"', 'baseline = \"nowhere\"')))
+
+
+def test_the_threats_suite_pairs_each_threat_with_its_baseline_on_100_targeted_candidates():
+    """Sized as its file says: ≥ 5 seeds, ≥ 100 + 100 lesion-matched candidates in every hospital (trap weights target all)."""
+    import tomllib
+
+    import numpy as np
+
+    from fl_mia.app.preflight import load_experiment
+    from server.federation import draw_candidates
+
+    path = ROOT / "configs" / "suites" / "threats.toml"
+    raw = tomllib.loads(path.read_text())
+    threats = raw["axes"]["threat"]
+    assert len(raw["seeds"]) >= 5 and "referee.match_lesion_area=true" in raw["set"]
+    assert threats["secagg_model_inconsistency"]["baseline"] == threats["secagg_trap_weights"]["baseline"] == "secagg"
+    assert all(spec.get("baseline") == "honest" for name, spec in threats.items() if name not in ("honest", "secagg") and not name.startswith("secagg_"))
+    cfg = load_experiment(path.parent / raw["config"], [*raw["set"], f"seed={raw['seeds'][0]}"])
+    candidates, ledger = draw_candidates(cfg)
+    is_member = ledger.is_member()
+    for hospital in range(cfg.federation.num_hospitals):
+        inside = candidates.hospital == hospital
+        assert is_member[inside].sum() >= 100 and (~is_member[inside]).sum() >= 100, hospital
+
+
 @pytest.mark.parametrize(
     "body, fragment",
     [
