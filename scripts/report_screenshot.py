@@ -86,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1300)
     parser.add_argument("--height", type=int, default=2400)
     args = parser.parse_args(argv)
-    problems = check(args.sources, args.png, width=args.width, height=args.height)
+    from fl_mia.report.collect import ReportError
+
+    try:
+        problems = check(args.sources, args.png, width=args.width, height=args.height)
+    except ReportError as error:
+        print(f"report_screenshot: {error}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"report_screenshot: {problem}", file=sys.stderr)
     if not problems:

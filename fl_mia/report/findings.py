@@ -64,12 +64,16 @@ def threat_finding(summary: dict[str, Any]) -> str:
     targets = ", ".join(map(str, threat.get("targets") or []))
     signal = summary.get("matched_signal")
     head = f"{summary['label']} ({threat.get('poisoning')}, targets hospital {targets})"
+    declared = threat.get("matched_signals") or []
+    what = "its matched signal"
+    if signal is None and not declared and summary.get("strongest_attack"):
+        signal, what = summary["strongest_attack"], "it declares no matched signal; its strongest attack"
     if signal is None:
-        return f"{head}: none of its matched signals ({', '.join(threat.get('matched_signals') or [])}) was scored. {_dice(summary)}."
+        return f"{head}: none of its matched signals ({', '.join(declared)}) was scored. {_dice(summary)}."
     entry = summary["attacks"][signal]
     if entry.get("pooled") is None:
-        return f"{head}: its matched signal {signal} has no seeds-pooled score. {_dice(summary)}."
-    text = f"{head}: its matched signal {signal}, on the targeted candidates, reaches {_pooled_figures(entry)}"
+        return f"{head}: {what} {signal} has no seeds-pooled score. {_dice(summary)}."
+    text = f"{head}: {what} {signal}, on the targeted candidates, reaches {_pooled_figures(entry)}"
     if summary.get("baseline"):
         text += "; " + _delta((summary.get("paired_vs_baseline") or {}).get(signal), summary["baseline"])
     else:
