@@ -65,32 +65,44 @@ def layout_problems(figure) -> list[str]:
     return problems
 
 
-def _headline_scores(run: RunRecord, attack: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """A run's scores and membership on its headline candidates (targeted hospitals where the models differed)."""
+def _targeted_hospitals(groups: list[Group], attack: str) -> list[int] | None:
+    """The hospitals of every targeted headline among the groups' runs; None when every run pooled all hospitals."""
+    found: set[int] = set()
+    for run in (r for g in groups for r in g.runs):
+        result = (run.metrics.get("privacy") or {}).get(attack) or {}
+        if result.get("headline") == "targeted" and headline(result) is not None:
+            found.update(headline(result)["hospitals"])
+    return sorted(found) or None
+
+
+def _scores_on(run: RunRecord, attack: str, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A run's scores and membership on ``hospitals``' candidates (None: all)."""
     path = run.run_dir / "scores.npz"
-    shown = headline((run.metrics.get("privacy") or {}).get(attack))
-    if not path.is_file() or shown is None:
+    if not path.is_file() or headline((run.metrics.get("privacy") or {}).get(attack)) is None:
         return None
     with np.load(path) as archive:
         if attack not in archive.files:
             return None
         scores = archive[attack]
     is_member, patient = candidate_truth(run.run_dir)
-    chosen = np.isin(patient // 1_000_003, shown["hospitals"]) if "hospitals" in shown else np.ones(len(patient), bool)
+    chosen = np.isin(patient // 1_000_003, hospitals) if hospitals is not None else np.ones(len(patient), bool)
     return scores[chosen], is_member[chosen]
 
 
 def roc_overlay(groups: list[Group], attack: str) -> bytes | None:
-    """Log-log ROC of one attack, one curve per group (seeds pooled, headline candidates), with the chance line.
+    """Log-log ROC of one attack, one curve per group (seeds pooled), with the chance line.
 
-    The x-axis starts at 1/n (n: the fewest non-members of a curve): below one false positive
-    the candidates say nothing.
+    Where a threat sent hospitals different models, every curve is drawn on its targeted
+    hospitals' candidates (a baseline too: one figure, one candidate set); else on all. The
+    x-axis starts at 1/n (n: the most non-members of a curve): below one false positive the
+    candidates say nothing.
     """
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(5.2, 4.4))
     x_floor, drawn = 1.0, False
+    hospitals = _targeted_hospitals(groups, attack)
     for index, group in enumerate(groups):
-        parts = [p for p in (_headline_scores(run, attack) for run in group.runs) if p is not None]
+        parts = [p for p in (_scores_on(run, attack, hospitals) for run in group.runs) if p is not None]
         if not parts:
             continue
         scores, members = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -109,7 +121,8 @@ def roc_overlay(groups: list[Group], attack: str) -> bytes | None:
     ax.set_ylim(x_floor, 1)
     ax.set_xlabel("false positive rate (from 1/n)")
     ax.set_ylabel("true positive rate")
-    ax.set_title(f"{attack} · seeds pooled", fontsize=10)
+    where = "all hospitals" if hospitals is None else f"targeted hospitals {hospitals}"
+    ax.set_title(f"{attack} · seeds pooled · {where}", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.grid(alpha=0.3, which="both")
     return _png(figure)
