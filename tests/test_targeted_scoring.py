@@ -61,6 +61,18 @@ def test_an_unresolvable_tpr_is_never_a_number():
     assert resolvable_tpr({"tpr_at_1pct_fpr": 0.2, "non_members": 100}) == 0.2
 
 
+def test_models_differ_only_where_a_poisoner_replaced_a_payload():
+    from fl_mia.attacker.poisoning.isolation import IsolationPoisoner
+    from fl_mia.attacker.poisoning.threat_summary import models_differed
+
+    isolation = IsolationPoisoner(targets=[0])
+    assert models_differed(None, poison_rounds=None, rounds_run=3, num_hospitals=4) is None
+    assert "hospitals [0]" in models_differed(isolation, poison_rounds=None, rounds_run=3, num_hospitals=4)
+    assert "rounds: [3]" in models_differed(isolation, poison_rounds=[3], rounds_run=3, num_hospitals=4)
+    # Poison rounds after the last round run: every hospital got the same model, the pooled figure stands.
+    assert models_differed(isolation, poison_rounds=[5], rounds_run=3, num_hospitals=4) is None
+
+
 def run_in_process(tmp_path, raw):
     """The real ServerApp federation and ClientApp hospitals in one process (no Ray: seconds, not minutes)."""
     import json
