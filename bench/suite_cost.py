@@ -1,7 +1,7 @@
 """What a suite costs: the privacy step against the training it observes, knowledge shared
 across cells, and the quickstart against a plain in-process loop, side by side in one run.
 
-    python bench/suite_cost.py [--rounds 10] [--seed 0] [--set key=value ...] [--skip-suite] [--write docs/benchmarks/suite_cost.md]
+    python bench/suite_cost.py [--rounds 10] [--seed 0] [--set key=value ...] [--skip-suite | --cells N] [--write docs/benchmarks/suite_cost.md]
 
 1. Privacy step / training per round, at the quickstart's size (configs/quickstart.toml) and
    at the threats suite's (configs/threats/honest.toml): each run as ``fl-mia run`` in a fresh
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fl_overhead import fedavg
 from record import BenchRecord
 from scale import run_case
 
@@ -60,10 +61,14 @@ def privacy_vs_training(record: BenchRecord, overrides: list[str], tmp: Path) ->
     return quickstart_wall
 
 
-def one_seed_suite(tmp: Path, seed: int) -> Path:
-    """The threats suite's cells for one seed (the file's other keys unchanged)."""
+def one_seed_suite(tmp: Path, seed: int, cells: int | None) -> Path:
+    """The threats suite's cells for one seed, the first ``cells`` threats (None: all); other keys unchanged."""
     lines = THREATS_SUITE.read_text().splitlines()
-    body = "\n".join(f"seeds = [{seed}]" if line.startswith("seeds =") else line for line in lines)
+    threats = [i for i, line in enumerate(lines) if "= {" in line and not line.startswith("#")]
+    dropped = set(threats[cells:]) if cells else set()
+    body = "\n".join(
+        f"seeds = [{seed}]" if line.startswith("seeds =") else line for i, line in enumerate(lines) if i not in dropped
+    )
     body = body.replace('"../threats/', f'"{ROOT / "configs" / "threats"}/')
     path = tmp / "threats_one_seed.toml"
     path.write_text(body + "\n")
@@ -86,8 +91,8 @@ def same_scores(a: Path, b: Path) -> bool:
         return sorted(left.files) == sorted(right.files) and all(np.array_equal(left[k], right[k]) for k in left.files)
 
 
-def shared_vs_one_by_one(record: BenchRecord, overrides: list[str], tmp: Path, seed: int) -> None:
-    suite = one_seed_suite(tmp, seed)
+def shared_vs_one_by_one(record: BenchRecord, overrides: list[str], tmp: Path, seed: int, cells: int | None) -> None:
+    suite = one_seed_suite(tmp, seed, cells)
     shared = timed_suite(suite, tmp / "shared", overrides)
     alone = timed_suite(suite, tmp / "alone", overrides, "--no-shared-knowledge")
     cells = sorted(p.name for p in (tmp / "shared" / "cells").iterdir())
@@ -134,8 +139,7 @@ def plain_loop(config: Path, overrides: list[str]) -> None:
                                              metrics={}, weights=get_weights(model), sent_weights=weights))
             if attacker.updates is not None:
                 attacker.updates.on_fit_replies(server_round, replies, 0)
-            total = sum(r.num_examples for r in replies)
-            weights = [sum(r.weights[i] * (r.num_examples / total) for r in replies) for i in range(len(weights))]
+            weights = fedavg([(r.weights, r.num_examples) for r in replies])
             evaluator.evaluate(weights)
             attacker.observe_round(server_round, weights)
         scores = attacker.finish(weights)
@@ -165,6 +169,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the suite's one seed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     parser.add_argument("--skip-suite", action="store_true", help="leave out part 2 (12 cell runs)")
+    parser.add_argument("--cells", type=int, default=None, help="part 2 with the suite's first N threats only")
     parser.add_argument("--plain-loop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, default=None, help="also write the page there (docs/benchmarks/suite_cost.md)")
     args = parser.parse_args()
@@ -176,7 +181,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         quickstart_wall = privacy_vs_training(record, overrides, Path(tmp))
         if not args.skip_suite:
-            shared_vs_one_by_one(record, overrides, Path(tmp), args.seed)
+            shared_vs_one_by_one(record, overrides, Path(tmp), args.seed, args.cells)
         quickstart_vs_plain(record, overrides, quickstart_wall)
     record.add("")
     record.add(f"load average {os.getloadavg()[0]:.1f} at the end (the machine's other work counts in every figure).")
