@@ -66,13 +66,13 @@ class CandidateForwards:
         return logits
 
     def rows(self, weights: list[np.ndarray], rows: np.ndarray | None, *, fingerprint: str | None = None) -> torch.Tensor:
-        """Logits of the candidates at ``rows`` (None: all). A model already run over every
-        candidate is sliced; otherwise only those rows are run, and not kept."""
+        """Logits of the candidates at ``rows`` (None: all), shared when ``rows`` is every candidate.
+
+        A strict subset is always run on its own, never sliced out of a kept pass: a kernel's
+        float sums may depend on the batch it runs in, and a resumed run (which starts with
+        nothing kept) must compute exactly what the uninterrupted one did."""
         if rows is None or np.array_equal(rows, np.arange(len(self.images))):
             return self.logits(weights, fingerprint=fingerprint)
-        key = fingerprint or weights_fingerprint(weights)
-        if key in self._logits:
-            return self.logits(weights, fingerprint=key)[torch.as_tensor(rows, dtype=torch.long)]
         set_weights(self.model, weights)
         with torch.inference_mode():
             logits = predict_logits(self.model, self.images[rows], batch_size=self.batch_size)
