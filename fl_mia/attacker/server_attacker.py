@@ -76,10 +76,12 @@ class ServerAttacker:
         self.attacks: dict[str, MembershipAttack] = {
             name: make_attack(name, settings, seed=seed, classes=classes) for name in settings.prediction_attacks
         }
-        self.model = make_model()
+        self.model = make_model()  # scratch: whoever runs it sets the weights it needs first
         # One forward pass per distinct model over the candidates, read by the update signals
         # and the prediction attacks alike (round r's global model is round r + 1's sent model).
-        self.forwards = CandidateForwards(make_model(), candidates.images)
+        # It runs on the same scratch model (no second copy of a large one): views are used only
+        # while the round or the final step that made them runs.
+        self.forwards = CandidateForwards(self.model, candidates.images)
         self.fit_seconds: dict[str, float] = {}
         self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
         self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in settings.per_round_attacks}
