@@ -26,6 +26,7 @@ from fl_mia.models import build_experiment_model, get_weights
 from fl_mia.attacker.poisoning.registry import make_poisoner
 from fl_mia.attacker.poisoning.threat_summary import models_differed, threat_report
 from fl_mia.attacker.knowledge import CandidateSet
+from fl_mia.attacker.knowledge_cache import knowledge_cache_folder
 from fl_mia.attacker.predictions.shadows import ShadowStore, TargetRecipe
 from fl_mia.attacker.server_attacker import ServerAttacker
 from fl_mia.data import build_attacker_population, build_hospital, num_classes, patient_names
@@ -186,7 +187,8 @@ def _server_model_maker(cfg: ExperimentConfig):
 
 
 def make_shadow_store(cfg: ExperimentConfig, folder: Path | None, make_model=None) -> ShadowStore:
-    """The attacker's shadow models, trained with the target's recipe and cached in ``folder``."""
+    """The attacker's shadow models, trained with the target's recipe and cached in ``folder``
+    (and, inside a suite, in the suite's knowledge folder that the cells share)."""
     recipe = TargetRecipe(
         model=cfg.model, training=cfg.training, federation=cfg.federation, sampled_per_round=cfg.sampled_per_round(),
         dp_sgd=cfg.defences.dp_sgd, output=cfg.defences.output, threads_per_client=cfg.simulation.threads_per_client,
@@ -194,6 +196,7 @@ def make_shadow_store(cfg: ExperimentConfig, folder: Path | None, make_model=Non
     return ShadowStore(
         cfg.attacker.shadows, recipe, seed=cfg.seed, folder=folder,
         make_model=make_model or _server_model_maker(cfg), train_dp=_dp_shadow_trainer(cfg),
+        shared_folder=shared / "shadows" if (shared := knowledge_cache_folder()) is not None else None,
     )
 
 

@@ -2,7 +2,9 @@
 
 Through the real ServerApp federation and ClientApp hospitals, in one process (the tests'
 InProcessGrid, no Ray): what differs between architectures is the model work, not the
-transport, which tests/test_end_to_end.py covers with Ray.
+transport, which tests/test_end_to_end.py covers with Ray. Scans are 32×32, the smallest
+size every family builds at (PAN's pyramid needs 64; tests/test_architectures.py checks the
+sizes), which keeps these 16 federations a small share of the CI.
 """
 
 from __future__ import annotations
@@ -21,27 +23,27 @@ from server.federation import run_federation
 from tests.conftest import tiny_raw
 from server.inprocess_grid import InProcessGrid
 
-FAMILIES = {
-    "Unet": ("resnet18", 3),
-    "UnetPlusPlus": ("efficientnet-b0", 3),
-    "Linknet": ("resnet34", 3),
-    "MAnet": ("mobilenet_v2", 3),
-    "FPN": ("resnet18", 3),
-    "PSPNet": ("resnet18", 3),
-    "DeepLabV3Plus": ("resnet18", 3),
-    "PAN": ("resnet18", 3),
-    "UPerNet": ("resnet18", 3),
-    "Segformer": ("mit_b0", 3),
-    "DPT": ("tu-vit_tiny_patch16_224", 4),
+FAMILIES = {  # encoder, depth, image size
+    "Unet": ("resnet18", 3, 32),
+    "UnetPlusPlus": ("efficientnet-b0", 3, 32),
+    "Linknet": ("resnet34", 3, 32),
+    "MAnet": ("mobilenet_v2", 3, 32),
+    "FPN": ("resnet18", 3, 32),
+    "PSPNet": ("resnet18", 3, 32),
+    "DeepLabV3Plus": ("resnet18", 3, 32),
+    "PAN": ("resnet18", 3, 64),  # its feature pyramid halves the bottleneck three times more
+    "UPerNet": ("resnet18", 3, 32),
+    "Segformer": ("mit_b0", 3, 32),
+    "DPT": ("tu-vit_tiny_patch16_224", 4, 32),
 }
 
 
 def run_two_rounds(tmp_path, arch: str, *, task: str):
-    encoder, depth = FAMILIES[arch]
+    encoder, depth, size = FAMILIES[arch]
     cfg = preflight(
         build_config(
             tiny_raw(
-                data={"task": task, "image_size": 64},
+                data={"task": task, "image_size": size},
                 model={"arch": arch, "encoder": encoder, "encoder_depth": depth, "norm": "groupnorm"},
                 attacker={"update_attacks": ["returned_loss", "loss_reduction", "loss_log_ratio", "gradient_alignment"],
                           "shadows": {"epochs": 1}},

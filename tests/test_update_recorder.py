@@ -116,15 +116,15 @@ def test_compare_refuses_runs_with_different_candidates(tmp_path):
 
 def test_without_source_inference_each_update_is_scored_on_its_own_candidates_only(setting, monkeypatch):
     """The membership scores are those of the every-candidate recorder, for a fraction of the passes."""
-    import fl_mia.attacker.updates.recorder as recorder_module
+    import fl_mia.attacker.forwards as forwards_module
 
     model, images, masks, _, _ = setting
     asked_about = np.array([0, 1] * 8, dtype=np.int64)  # each hospital asked about its own and the other's scans
     candidates = CandidateSet(images, masks, asked_about, np.arange(16), np.arange(16))
     knowledge = AttackerKnowledge(population=None, candidates=candidates, training=TrainingConfig(), shadows=None, seed=0)
     scored = []
-    real_losses = recorder_module.candidate_losses
-    monkeypatch.setattr(recorder_module, "candidate_losses", lambda m, im, *a, **k: scored.append(len(im)) or real_losses(m, im, *a, **k))
+    real_logits = forwards_module.predict_logits
+    monkeypatch.setattr(forwards_module, "predict_logits", lambda m, im, *a, **k: scored.append(len(im)) or real_logits(m, im, *a, **k))
 
     results = {}
     for every_candidate in (True, False):
@@ -153,3 +153,79 @@ def test_only_the_listed_signals_are_scored_and_they_equal_the_full_recorders(se
     assert list(some.scores) == list(listed)
     for name in listed:
         assert np.array_equal(some.scores[name], every.scores[name], equal_nan=True)
+
+
+def _reference_losses(model, weights, images, masks):
+    """A straightforward loss pass: a fresh model with these weights, one batch, no sharing."""
+    from fl_mia.losses import segmentation_loss
+
+    fresh = build_model(ModelConfig(norm="groupnorm"), in_channels=1, classes=1)
+    fresh.load_state_dict(model.state_dict())
+    from fl_mia.models import set_weights
+
+    set_weights(fresh, weights)
+    fresh.eval()
+    with torch.no_grad():
+        logits = fresh(torch.as_tensor(images))
+        return segmentation_loss(logits, torch.as_tensor(masks), reduction="none").double().numpy()
+
+
+def test_shared_forward_passes_give_the_scores_of_a_plain_computation(setting):
+    """Every loss signal equals one computed from scratch per model, and gradient alignment
+    equals the one-backward-per-candidate reference, while each model runs over the
+    candidates once: round 2's sent model is round 1's global model, already run by a
+    prediction attack's view, and the final model is read back, not run again."""
+    from fl_mia.attacker.predictions.output_signals import per_image_loss
+    from fl_mia.attacker.updates.signals import gradient_alignment_loop, update_vector
+    from fl_mia.models import set_weights
+    from fl_mia.target_view import TargetView
+
+    model, images, masks, sent, returned = setting
+    recorder = recorder_for(setting, rounds=2)
+    forwards = recorder.forwards
+    # Round 1's global model, scored by a per-round prediction attack through the shared passes.
+    global_model = build_model(ModelConfig(norm="groupnorm"), in_channels=1, classes=1)
+    set_weights(global_model, sent)
+    view = TargetView(global_model, 1, shared_logits=forwards.for_view(sent))
+    view_losses = per_image_loss(view.logits(images), masks, dice_weight=1.0, ce_weight=1.0)
+    assert forwards.passes == 1
+    recorder.on_fit_replies(2, replies(setting, 2), 0)  # sent = round 1's global model
+    assert forwards.passes == 1 + len(returned)  # the sent model was not run again
+    final_view = TargetView(global_model, None, shared_logits=forwards.for_view(sent))
+    final_view.logits(images)
+    other = images[:3].copy()  # not the candidates: the view runs its own model
+    np.testing.assert_allclose(final_view.logits(other).numpy(), view.logits(images)[:3].numpy(), rtol=1e-5, atol=1e-6)
+    assert forwards.passes == 1 + len(returned)
+
+    sent_losses = _reference_losses(model, sent, images, masks)
+    np.testing.assert_allclose(view_losses, sent_losses, rtol=1e-5, atol=1e-7)
+    for h, weights in enumerate(returned):
+        returned_losses = _reference_losses(model, weights, images, masks)
+        expected = {
+            "returned_loss": -returned_losses,
+            "loss_reduction": sent_losses - returned_losses,
+            "loss_log_ratio": np.log(sent_losses + 1e-8) - np.log(returned_losses + 1e-8),
+        }
+        for name, values in expected.items():
+            np.testing.assert_allclose(recorder.scores[name][1, :, h], values, rtol=1e-5, atol=1e-6, err_msg=name)
+        set_weights(model, sent)
+        alignment = gradient_alignment_loop(
+            model, update_vector(model, sent, weights), images, masks, dice_weight=1.0, ce_weight=1.0
+        )
+        np.testing.assert_allclose(recorder.scores["gradient_alignment"][1, :, h], alignment, rtol=1e-4, atol=1e-5)
+
+
+def test_a_hardened_view_hardens_the_shared_logits_as_it_hardens_its_own():
+    from fl_mia.attacker.forwards import CandidateForwards
+    from fl_mia.config import OutputConfig
+    from fl_mia.defences.output import target_view
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(norm="groupnorm"), in_channels=1, classes=1)
+    images = np.random.default_rng(1).standard_normal((6, 1, 32, 32)).astype(np.float32)
+    forwards = CandidateForwards(build_model(ModelConfig(norm="groupnorm"), in_channels=1, classes=1), images)
+    noisy = OutputConfig(mode="noisy_probabilities", noise_std=0.1)
+    shared = target_view(model, 2, noisy, seed=0, shared_logits=forwards.for_view(get_weights(model)))
+    alone = target_view(model, 2, noisy, seed=0)
+    assert torch.allclose(shared.logits(images), alone.logits(images), atol=1e-5)
+    assert forwards.passes == 1

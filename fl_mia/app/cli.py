@@ -275,6 +275,9 @@ def suite(
     shared_ray: Annotated[
         bool, typer.Option("--shared-ray/--ray-per-cell", help="Start one Ray head for every cell, or Ray once per cell (default: bench/suite_ray.py measured no saving).")
     ] = False,
+    share_knowledge: Annotated[
+        bool, typer.Option("--shared-knowledge/--no-shared-knowledge", help="Cells share the attacker's shadow models (OUT/knowledge/), or each trains its own.")
+    ] = True,
 ) -> None:
     """Run a grid of experiments (threats × defences × seeds); one run folder per cell."""
     import time
@@ -310,7 +313,10 @@ def suite(
             if address:
                 console.print(f"cells join one Ray head at {address} (started once for the suite)", highlight=False)
             with resume_command(continue_suite):
-                summary = run_suite(loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started)
+                summary = run_suite(
+                    loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started,
+                    share_knowledge=share_knowledge,
+                )
     except RunInterrupted as stopped:
         _interrupted(stopped.message(continue_suite))
     except KeyboardInterrupt:

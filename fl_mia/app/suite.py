@@ -25,6 +25,11 @@ so a killed suite loses at most the cell it was running: ``--resume`` skips comp
 continues an interrupted cell from its checkpoint (:func:`fl_mia.app.experiment.resume_experiment`)
 and runs failed or missing ones again. A failing cell is recorded and the suite goes on.
 
+What the attacker builds from its own knowledge (shadow and reference models) is the same in
+every cell of one seed, data and recipe: the cells share it through ``OUT/knowledge/``
+(:mod:`fl_mia.attacker.knowledge_cache`, content-addressed), so a threats suite trains each
+seed's shadows once. ``share_knowledge=False`` (``--no-shared-knowledge``) trains them per cell.
+
 Every cell starts Ray and stops it again (``run_simulation`` does). With ``--shared-ray`` the
 CLI starts one private Ray head instead (:func:`shared_ray_cluster`) and every cell joins it
 through ``RAY_ADDRESS``, as a run joins any cluster; cells' configs and results are unchanged.
@@ -58,6 +63,7 @@ logger = logging.getLogger("fl_mia")
 
 SUITE_JSON = "suite.json"
 CELLS = "cells"
+KNOWLEDGE = "knowledge"
 SUITE_KEYS = {"name", "description", "config", "seeds", "set", "axes"}
 AXIS_VALUE_KEYS = {"config", "set", "baseline"}
 
@@ -204,8 +210,11 @@ def run_suite(
     resume_run: Callable[..., Any] | None = None,
     on_cell: Callable[[SuiteProgress], None] | None = None,
     startup_seconds: float = 0.0,
+    share_knowledge: bool = True,
 ) -> dict[str, Any]:
     """Run every cell not complete yet; return (and keep writing) ``suite.json``.
+
+    With ``share_knowledge`` the cells share the attacker's shadows through ``OUT/knowledge/``.
 
     ``run(cfg, out=folder)`` and ``resume_run(folder, cfg=cfg)`` default to
     :func:`fl_mia.app.experiment.run_experiment` and ``resume_experiment``.
@@ -230,6 +239,35 @@ def run_suite(
         "suite": suite.name, "description": suite.description, "suite_file": str(suite.path),
         "axes": suite.axes, "seeds": suite.seeds, "cells": records,
     }  # fmt: skip
+    with shared_knowledge(out / KNOWLEDGE if share_knowledge else None):
+        _run_cells(suite, out, states, records, summary, started, run=run, resume_run=resume_run, on_cell=on_cell)
+    summary["wall_time_s"] = time.perf_counter() - started + startup_seconds
+    summary["overhead"] = overhead(records, suite_seconds=summary["wall_time_s"])
+    write_json(out / SUITE_JSON, summary)
+    return summary
+
+
+@contextmanager
+def shared_knowledge(folder: Path | None) -> Iterator[None]:
+    """Point the runs started in this process at ``folder`` for the attacker's shared knowledge."""
+    from fl_mia.attacker.knowledge_cache import KNOWLEDGE_CACHE_ENV
+
+    previous = os.environ.get(KNOWLEDGE_CACHE_ENV)
+    if folder is not None:
+        os.environ[KNOWLEDGE_CACHE_ENV] = str(Path(folder).resolve())
+    else:
+        os.environ.pop(KNOWLEDGE_CACHE_ENV, None)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(KNOWLEDGE_CACHE_ENV, None)
+        else:
+            os.environ[KNOWLEDGE_CACHE_ENV] = previous
+
+
+def _run_cells(suite, out, states, records, summary, started, *, run, resume_run, on_cell) -> None:
+    """The cells in order: skip the complete ones, leave running ones alone, run the rest."""
     done = 0
     for cell in suite.cells:
         folder = out / CELLS / cell.name
@@ -255,10 +293,6 @@ def run_suite(
         summary["wall_time_s"] = time.perf_counter() - started
         write_json(out / SUITE_JSON, summary)
         _report(on_cell, cell, label, done, len(suite.cells), seconds, error)
-    summary["wall_time_s"] = time.perf_counter() - started + startup_seconds
-    summary["overhead"] = overhead(records, suite_seconds=summary["wall_time_s"])
-    write_json(out / SUITE_JSON, summary)
-    return summary
 
 
 def _run_cell(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from fl_mia.attacker.forwards import CandidateForwards
 from fl_mia.attacker.knowledge import AttackerKnowledge, CandidateSet
 from fl_mia.attacker.predictions.base import MembershipAttack, TargetView, make_attack
 from fl_mia.attacker.predictions.shadows import ShadowStore
@@ -76,7 +77,12 @@ class ServerAttacker:
         self.attacks: dict[str, MembershipAttack] = {
             name: make_attack(name, settings, seed=seed, classes=classes) for name in settings.prediction_attacks
         }
-        self.model = make_model()
+        self.model = make_model()  # scratch: whoever runs it sets the weights it needs first
+        # One forward pass per distinct model over the candidates, read by the update signals
+        # and the prediction attacks alike (round r's global model is round r + 1's sent model).
+        # It runs on the same scratch model (no second copy of a large one): views are used only
+        # while the round or the final step that made them runs.
+        self.forwards = CandidateForwards(self.model, candidates.images)
         self.fit_seconds: dict[str, float] = {}
         self.score_seconds: dict[str, float] = {name: 0.0 for name in self.attacks}
         self.round_scores: dict[str, dict[int, np.ndarray]] = {name: {} for name in settings.per_round_attacks}
@@ -91,6 +97,7 @@ class ServerAttacker:
                 total_rounds=total_rounds,
                 signals=tuple(settings.update_attacks),
                 every_candidate=settings.scores_every_candidate(num_hospitals),
+                forwards=self.forwards,
             )
 
     @property
@@ -114,12 +121,17 @@ class ServerAttacker:
             raise ValueError(f"attack {name} returned {scores.shape} scores for {len(self.candidates)} candidates")
         return scores
 
+    def _view(self, server_round: int | None, weights: list[np.ndarray]) -> TargetView:
+        set_weights(self.model, weights)
+        return target_view(
+            self.model, server_round, self.output, seed=self.seed, shared_logits=self.forwards.for_view(weights)
+        )
+
     def observe_round(self, server_round: int, weights: list[np.ndarray]) -> None:
         """Score the per-round attacks on this round's global model (0 = untrained)."""
         started = time.perf_counter()
         if self.round_scores:
-            set_weights(self.model, weights)
-            view = target_view(self.model, server_round, self.output, seed=self.seed)
+            view = self._view(server_round, weights)
             for name in self.round_scores:
                 self.round_scores[name][server_round] = self._score(name, view)
         per_round = time.perf_counter() - started
@@ -152,8 +164,7 @@ class ServerAttacker:
 
     def finish(self, final_weights: list[np.ndarray]) -> AttackScores:
         """Score every attack on the final model and collect the update attacks' scores."""
-        set_weights(self.model, final_weights)
-        view = target_view(self.model, None, self.output, seed=self.seed)
+        view = self._view(None, final_weights)
         final = {name: self._score(name, view) for name in self.attacks}
         outcome = AttackScores(
             final=final,

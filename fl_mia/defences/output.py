@@ -32,7 +32,6 @@ from fl_mia.target_view import TargetView
 from fl_mia.config import OutputConfig
 from fl_mia.seeding import torch_generator
 from fl_mia.segmentation_metrics import hard_predictions
-from fl_mia.training import predict_logits
 
 # Released probabilities are clamped to [floor, 1 − floor] before they become logits again, so
 # an argmax release (p ∈ {0, 1}) maps to finite logits ±log((1 − floor) / floor) ≈ ±13.8.
@@ -87,7 +86,7 @@ class HardenedTargetView(TargetView):
         self._generator = torch_generator(self.seed, "output-hardening", round_tag)
 
     def _release(self, images: np.ndarray) -> torch.Tensor:
-        probs = harden_probabilities(predict_logits(self.model, images), self.output, generator=self._generator)
+        probs = harden_probabilities(self.raw_logits(images), self.output, generator=self._generator)
         return released_logits(probs)
 
     def logits(self, images: np.ndarray) -> torch.Tensor:
@@ -102,8 +101,13 @@ class HardenedTargetView(TargetView):
         return hard_predictions(self._release(images))
 
 
-def target_view(model: nn.Module, server_round: int | None, output: OutputConfig, *, seed: int) -> TargetView:
-    """The view prediction attacks get: plain, or hardened when ``output.mode`` is not ``probabilities``."""
+def target_view(
+    model: nn.Module, server_round: int | None, output: OutputConfig, *, seed: int, shared_logits=None
+) -> TargetView:
+    """The view prediction attacks get: plain, or hardened when ``output.mode`` is not ``probabilities``.
+
+    ``shared_logits``: see :class:`~fl_mia.target_view.TargetView` (the model's raw outputs
+    computed once for everyone; hardening still applies on top)."""
     if output.mode == "probabilities":
-        return TargetView(model, server_round)
-    return HardenedTargetView(model, server_round, output=output, seed=seed)
+        return TargetView(model, server_round, shared_logits=shared_logits)
+    return HardenedTargetView(model, server_round, output=output, seed=seed, shared_logits=shared_logits)

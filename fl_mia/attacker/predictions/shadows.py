@@ -2,7 +2,10 @@
 
 A shadow is named by the attack that asks for it (``reference``, ``lira-0-of-4``, ...). It is
 saved with a fingerprint of its training data and recipe; a request with the same name and
-fingerprint loads the saved weights, so attacks in one run share shadows.
+fingerprint loads the saved weights, so attacks in one run share shadows. Inside a suite the
+cells also share them: a shadow is looked up in the suite's knowledge folder
+(:mod:`fl_mia.attacker.knowledge_cache`) under a key of its recipe and its training images
+before it is trained, and saved there once trained.
 
 How a shadow trains is ``attacker.shadows.mode`` (one trainer per mode in ``SHADOW_TRAINERS``):
 
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl_mia.attacker.knowledge_cache import content_key, locked
 from fl_mia.attacker.predictions.shadow_federation import train_federated_shadow
 from fl_mia.config import DpSgdConfig, FederationConfig, ModelConfig, OutputConfig, ShadowSettings, TrainingConfig
 from fl_mia.data import Split
@@ -139,10 +143,13 @@ class ShadowStore:
         folder: Path | None,
         make_model: Callable[[], nn.Module],
         train_dp: DpLocalTrainer | None = None,
+        shared_folder: Path | None = None,
     ) -> None:
         """``make_model()`` builds an untrained model of the target's architecture on the server's
-        device; ``train_dp`` runs one round of the target's DP-SGD (``as_target`` under DP-SGD)."""
+        device; ``train_dp`` runs one round of the target's DP-SGD (``as_target`` under DP-SGD);
+        ``shared_folder``: the suite's shadows, content-addressed (None: this run's only)."""
         self.seed = seed
+        self.shared_folder = Path(shared_folder) if shared_folder is not None else None
         self.recipe = recipe
         self.make_model = make_model
         self.train_dp = train_dp
@@ -185,18 +192,38 @@ class ShadowStore:
         saved = self._saved(name, fingerprint)
         if saved is not None:
             model.load_state_dict(saved)
+        elif self.shared_folder is None:
+            self._train(model, split, name)
         else:
-            started = time.perf_counter()
-            with torch_threads(self.recipe.threads_per_client):
-                SHADOW_TRAINERS[self.mode](self, model, split, name)
-            self.train_seconds[name] = time.perf_counter() - started
-            self.train_images[name] = len(split)
+            key = self._shared_key(name, fingerprint, split, model)
+            with locked(self.shared_folder, key):  # a cell training this shadow now is waited for
+                shared = self.shared_folder / f"{key}.pt"
+                if shared.is_file():
+                    model.load_state_dict(torch.load(shared, map_location="cpu", weights_only=True))
+                else:
+                    self._train(model, split, name)
+                    atomic_write_bytes(shared, _state_bytes(model))
+        if saved is None:
             self._save(name, fingerprint, model, len(split))
         if self.mode == "as_target" and self.recipe.output.mode != "probabilities":
             model = HardenedShadow(model, self.recipe.output, seed=self.seed, name=name)
         model.eval()
         self._loaded[name] = (fingerprint, model)
         return model
+
+    def _train(self, model: nn.Module, split: Split, name: str) -> None:
+        started = time.perf_counter()
+        with torch_threads(self.recipe.threads_per_client):
+            SHADOW_TRAINERS[self.mode](self, model, split, name)
+        self.train_seconds[name] = time.perf_counter() - started
+        self.train_images[name] = len(split)
+
+    def _shared_key(self, name: str, fingerprint: str, split: Split, model: nn.Module) -> str:
+        """What the shadow's weights depend on beyond the run's fingerprint: its training images'
+        bytes (the fingerprint has their ids only), the threads and the device it trains with."""
+        device = next(model.parameters()).device.type
+        recipe = f"{name}|{fingerprint}|threads={self.recipe.threads_per_client}|{device}"
+        return content_key(recipe, split.images, split.masks)
 
     def _saved(self, name: str, fingerprint: str) -> dict | None:
         if self.folder is None:
@@ -212,11 +239,15 @@ class ShadowStore:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        atomic_write_bytes(self.folder / f"{name}.pt", buffer.getvalue())
+        atomic_write_bytes(self.folder / f"{name}.pt", _state_bytes(model))
         write_json(
             self.folder / f"{name}.json",
             {"fingerprint": fingerprint, "images": images, "epochs": self.epochs,
              "train_seconds": self.train_seconds.get(name)},
         )
+
+
+def _state_bytes(model: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()

@@ -9,27 +9,27 @@ the server can also ask which hospital a scan came from; the cost then grows wit
 candidates × hospitals trained per round. Without it each update is scored only on the
 candidates asked about its own hospital, which is all the membership scores use: the cost
 per round stays proportional to the hospitals trained in it.
+
+The loss signals read the candidates' logits from :class:`~fl_mia.attacker.forwards.CandidateForwards`:
+each distinct model (the one sent to a group of hospitals, each one returned) runs over the
+candidates once, and a model the per-round attacks already ran (last round's global model is
+this round's sent model) is not run again.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import time
 
 import numpy as np
 from torch import nn
 
+from fl_mia.attacker.forwards import CandidateForwards, weights_fingerprint
 from fl_mia.attacker.knowledge import AttackerKnowledge
+from fl_mia.attacker.predictions.output_signals import per_image_loss
 from fl_mia.models import set_weights
 from fl_mia.attacker.updates.settings import LOSS_SIGNALS, UPDATE_SIGNALS
-from fl_mia.attacker.updates.signals import candidate_losses, gradient_alignment, loss_signals, update_vector
-
-
-def _fingerprint(weights: list[np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for array in weights:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+from fl_mia.attacker.updates.signals import gradient_alignment, loss_signals, update_vector
 
 
 class UpdateAttackRecorder:
@@ -48,13 +48,17 @@ class UpdateAttackRecorder:
         total_rounds: int,
         signals: tuple[str, ...] | None = None,
         every_candidate: bool = True,
+        forwards: CandidateForwards | None = None,
     ) -> None:
-        """``signals``: the registered update signals to score (default: all of them)."""
+        """``signals``: the registered update signals to score (default: all of them);
+        ``forwards``: the candidates' forward passes shared with the prediction attacks
+        (default: the recorder's own, on a copy of ``model``)."""
         self.model = model  # scratch: its weights are overwritten
         self.training = knowledge.training
         self.images = knowledge.candidates.images
         self.masks = knowledge.candidates.masks
         self.asked_about = knowledge.candidates.hospital
+        self.forwards = forwards or CandidateForwards(copy.deepcopy(model), self.images)
         signals = UPDATE_SIGNALS.names() if signals is None else tuple(UPDATE_SIGNALS.check(name) for name in signals)
         self.with_loss_signals = any(name in LOSS_SIGNALS for name in signals)
         self.with_gradient_alignment = "gradient_alignment" in signals
@@ -90,22 +94,21 @@ class UpdateAttackRecorder:
     def _candidates(self, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         return (self.images, self.masks) if rows is None else (self.images[rows], self.masks[rows])
 
-    def _losses(self, weights: list[np.ndarray], rows: np.ndarray | None) -> np.ndarray:
-        set_weights(self.model, weights)
-        images, masks = self._candidates(rows)
-        return candidate_losses(
-            self.model, images, masks, dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight
-        )
+    def _losses(self, weights: list[np.ndarray], rows: np.ndarray | None, fingerprint: str) -> np.ndarray:
+        logits = self.forwards.rows(weights, rows, fingerprint=fingerprint)
+        masks = self.masks if rows is None else self.masks[rows]
+        return per_image_loss(logits, masks, dice_weight=self.training.dice_weight, ce_weight=self.training.ce_weight)
 
     def _record_loss_signals(self, index: int, members: list, sent, union, own: dict, rows: dict, at: dict) -> None:
-        sent_losses = self._losses(sent, union)
+        sent_losses = self._losses(sent, union, weights_fingerprint(sent))
         # Under SecAgg+ every hospital's visible model is the same aggregate: score it once.
         returned_losses: dict[str, np.ndarray] = {}
         for reply in members:
             h = reply.hospital
-            key = _fingerprint(reply.weights) if self.every_candidate else str(h)
+            fingerprint = weights_fingerprint(reply.weights)
+            key = fingerprint if self.every_candidate else str(h)
             if key not in returned_losses:
-                returned_losses[key] = self._losses(reply.weights, own[h])
+                returned_losses[key] = self._losses(reply.weights, own[h], fingerprint)
             for name, values in loss_signals(sent_losses[at[h]], returned_losses[key]).items():
                 if name in self._listed:
                     self.scores[name][index, rows[h], h] = values
@@ -116,7 +119,7 @@ class UpdateAttackRecorder:
         # Hospitals that were sent the same model share its loss and gradient pass.
         groups: dict[str, list] = {}
         for reply in observed:
-            groups.setdefault(_fingerprint(reply.sent_weights), []).append(reply)
+            groups.setdefault(weights_fingerprint(reply.sent_weights), []).append(reply)
         index = server_round - 1
         for members in groups.values():
             sent = members[0].sent_weights
