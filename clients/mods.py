@@ -112,8 +112,9 @@ DETECTOR_MODEL_KEY, DETECTOR_MEMORY_KEY = "fl_mia.detector.previous_model", "fl_
 
 
 def make_detector_mod(thresholds: DetectorThresholds):
-    """Would this hospital notice? Compares the received model with the previous one and with its own
-    last reply, and its first-batch loss with last round's; the verdict goes into the reply's metrics.
+    """Would this hospital notice? Compares the received model with the last one it trusted (not flagged)
+    and with its own last reply, and its first-batch loss with that round's; the verdict goes into the
+    reply's metrics.
 
     What it keeps between rounds (the previous received model, its last reply's digest and
     first-batch loss) lives in the node's own ``context.state``, never on the server.
@@ -143,10 +144,15 @@ def make_detector_mod(thresholds: DetectorThresholds):
             detector_checks=",".join(fired),
             **{f"detector_{name}": value for name, value in evidence.items() if np.isfinite(value)},
         )
-        ctxt.state.array_records[DETECTOR_MODEL_KEY] = ArrayRecord(received)
+        # The reference is the last model the hospital trusted: a flagged round does not replace it,
+        # so a server that poisons several rounds in a row is compared with its last honest model.
         memory = {"returned_digest": weights_digest(parameters_to_ndarrays(fit_res.parameters))}
-        if "first_batch_loss" in fit_res.metrics:
+        if fired and kept is not None and "first_batch_loss" in kept:
+            memory["first_batch_loss"] = float(kept["first_batch_loss"])
+        elif "first_batch_loss" in fit_res.metrics:
             memory["first_batch_loss"] = float(fit_res.metrics["first_batch_loss"])
+        if not fired or previous is None:
+            ctxt.state.array_records[DETECTOR_MODEL_KEY] = ArrayRecord(received)
         ctxt.state.config_records[DETECTOR_MEMORY_KEY] = ConfigRecord(memory)
         out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
         return out

@@ -97,7 +97,7 @@ class DetectorConfig(Section):
         description="Flag when the first-batch training loss is more than this many times last round's (none: off).",
     )
     weight_change: float | None = Field(
-        0.5, gt=0.0,
+        1.5, gt=0.0,
         description="Flag when a layer (64+ values) moved by more than this fraction of its norm since the previous "
         "received model (none: off).",
     )

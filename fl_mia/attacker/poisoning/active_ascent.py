@@ -54,18 +54,23 @@ def per_record_ascent(
     layers: str,
     dice_weight: float,
     ce_weight: float,
+    held: tuple[np.ndarray, np.ndarray] | None = None,
+    contrast: float = 0.0,
     within_budget=None,
 ) -> int:
     """Ascend the mean of the records' own log-losses in place; returns the steps taken.
 
-    ``within_budget()`` (optional) is asked after every step; when it says no, that step is
-    undone and the ascent stops (the stealth budget).
+    ``held`` (images, masks) with ``contrast`` > 0: minus ``contrast`` × their mean log-loss,
+    so scans like the server's own are held where they are. ``within_budget()`` (optional)
+    is asked after every step; when it says no, that step is undone and the ascent stops
+    (the stealth budget).
     """
     prefixes = LAYER_PREFIXES[layers]
     params = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
     optimizer = torch.optim.Adam(params, lr=strength, maximize=True)
     device = model_device(model)
     images_t, masks_t = torch.as_tensor(images).to(device), torch.as_tensor(masks).to(device)
+    held_t = tuple(torch.as_tensor(a).to(device) for a in held) if held is not None else None
     model.eval()  # normalisation statistics stay those of the model the hospital receives
     taken = 0
     for _ in range(steps):
@@ -74,7 +79,13 @@ def per_record_ascent(
         losses = segmentation_loss(
             model(images_t), masks_t, dice_weight=dice_weight, ce_weight=ce_weight, reduction="none"
         )
-        torch.log(losses + _EPS).mean().backward()
+        objective = torch.log(losses + _EPS).mean()
+        if held is not None and contrast > 0:
+            held_losses = segmentation_loss(
+                model(held_t[0]), held_t[1], dice_weight=dice_weight, ce_weight=ce_weight, reduction="none"
+            )
+            objective = objective - contrast * torch.log(held_losses + _EPS).mean()
+        objective.backward()
         optimizer.step()
         if within_budget is not None and not within_budget():
             with torch.no_grad():
@@ -134,6 +145,7 @@ class ActiveAscentPoisoner(Poisoner):
     def describe(self) -> str:
         s = self.settings
         budget = f", population loss kept under {s.stealth_loss_ratio:g}×" if s.stealth_loss_ratio else ""
+        budget += f", its own scans held (contrast {s.contrast:g})" if s.contrast else ""
         return (
             f"before sending to hospitals {sorted(self.targets)} in attack rounds, ascends the {s.layers} layers on "
             f"the mean log-loss of each candidate asked about them ({s.steps} Adam steps of {s.strength:g}{budget}); "
@@ -169,7 +181,8 @@ class ActiveAscentPoisoner(Poisoner):
             def budget() -> bool:
                 return float(candidate_losses(model, *probe, **weights).mean()) <= s.stealth_loss_ratio * probe_before
         steps = per_record_ascent(
-            model, images, masks, strength=s.strength, steps=s.steps, layers=s.layers, within_budget=budget, **weights
+            model, images, masks, strength=s.strength, steps=s.steps, layers=s.layers, held=probe, contrast=s.contrast,
+            within_budget=budget, **weights,
         )
         poisoned = get_weights(model)
         sent = candidate_losses(model, images, masks, **weights)

@@ -34,13 +34,18 @@ class ActiveAscentSettings(PluginSettings):
     """``[threat.active_ascent]``: the per-record ascent (how hard, how long, where) and its calibration shadows."""
 
     strength: float = Field(
-        0.003, gt=0.0, le=1.0,
+        0.001, gt=0.0, le=1.0,
         description="Adam step size of the ascent on the mean of the candidates' log-losses (each record counts alike).",
     )
     steps: int = Field(
-        10, ge=0, le=10_000, description="Ascent steps per attack round and target (0: no ascent, calibration only)."
+        3, ge=0, le=10_000, description="Ascent steps per attack round and target (0: no ascent, calibration only)."
     )
     layers: Literal["all", "decoder", "head"] = Field("decoder", description="Which layers the ascent may change.")
+    contrast: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="Hold the server's own scans: the ascent maximises the candidates' mean log-loss minus this "
+        "times the population's, so it raises what is particular to the candidates rather than 'segment worse'.",
+    )
     shadows: int = Field(
         8, ge=2, le=256,
         description="Shadow hospitals the server trains from the poisoned model on its own population, per attack "
