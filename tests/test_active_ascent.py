@@ -148,3 +148,12 @@ def test_state_round_trips():
     q.load_state_dict(p.state_dict())
     assert q.training_sizes == {0: 7} and q.poisoned_pairs() == {(3, 0)} and q.history == p.history
     assert np.array_equal(q.references[(3, 0)]["shadows"], p.references[(3, 0)]["shadows"])
+
+
+@pytest.mark.parametrize("rounds", [None, [1, 2]])
+def test_attack_rounds_must_come_after_ordinary_training(rounds):
+    from fl_mia.config import ThreatConfig
+
+    with pytest.raises(ValueError, match="threat.poison_rounds: active_ascent"):
+        ThreatConfig(poisoning="active_ascent", poison_rounds=rounds)
+    assert ThreatConfig(poisoning="active_ascent", poison_rounds=[8, 9]).poison_rounds == [8, 9]
