@@ -112,9 +112,9 @@ DETECTOR_MODEL_KEY, DETECTOR_MEMORY_KEY = "fl_mia.detector.previous_model", "fl_
 
 
 def make_detector_mod(thresholds: DetectorThresholds):
-    """Would this hospital notice? Compares the received model with the last one it trusted (not flagged)
-    and with its own last reply, and its first-batch loss with that round's; the verdict goes into the
-    reply's metrics.
+    """Would this hospital notice? Compares the received model with the previous one (a flagged one
+    skipped once) and with its own last reply, and its first-batch loss with the last unflagged
+    round's; the verdict goes into the reply's metrics.
 
     What it keeps between rounds (the previous received model, its last reply's digest and
     first-batch loss) lives in the node's own ``context.state``, never on the server.
@@ -144,14 +144,17 @@ def make_detector_mod(thresholds: DetectorThresholds):
             detector_checks=",".join(fired),
             **{f"detector_{name}": value for name, value in evidence.items() if np.isfinite(value)},
         )
-        # The reference is the last model the hospital trusted: a flagged round does not replace it,
-        # so a server that poisons several rounds in a row is compared with its last honest model.
-        memory = {"returned_digest": weights_digest(parameters_to_ndarrays(fit_res.parameters))}
+        # A flagged round's loss never becomes the reference (honest losses fall, so this never locks
+        # in); a flagged model is skipped as reference once, not for ever: weights drift in honest
+        # training, and a reference many rounds old would flag every later round.
+        memory = {"returned_digest": weights_digest(parameters_to_ndarrays(fit_res.parameters)), "skipped": 0}
         if fired and kept is not None and "first_batch_loss" in kept:
             memory["first_batch_loss"] = float(kept["first_batch_loss"])
         elif "first_batch_loss" in fit_res.metrics:
             memory["first_batch_loss"] = float(fit_res.metrics["first_batch_loss"])
-        if not fired or previous is None:
+        if fired and previous is not None and not (kept is not None and kept.get("skipped")):
+            memory["skipped"] = 1
+        else:
             ctxt.state.array_records[DETECTOR_MODEL_KEY] = ArrayRecord(received)
         ctxt.state.config_records[DETECTOR_MEMORY_KEY] = ConfigRecord(memory)
         out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)

@@ -103,7 +103,7 @@ def test_honest_fedavg_raises_no_flag(history):
 def test_each_poisoner_is_flagged_by_what_it_leaves(history, poisoning, hospital, expected):
     previous, current, last_reply = history
     table = {"active_ascent": {"active_ascent": {"strength": 0.003, "steps": 10}}}.get(poisoning, {})
-    threat = ThreatConfig(poisoning=poisoning, target_hospitals=[0], **table)
+    threat = ThreatConfig(poisoning=poisoning, target_hospitals=[0], poison_rounds=[3], **table)
     poisoner = make_poisoner(threat, knowledge(), tiny_model())
     poisoner.observe_reply(server_round=2, hospital=0, returned=last_reply)
     poisoned = poisoner.poison(server_round=3, hospital=hospital, global_weights=current)
@@ -169,3 +169,37 @@ def test_the_mod_keeps_its_memory_in_the_node_state_and_flags_an_isolated_hospit
     metrics = {(r, reply.hospital): reply.metrics for r, replies, _ in recorder.calls for reply in replies}
     assert metrics[(2, 1)]["detector_checks"] == "echo" and metrics[(3, 1)]["detector_flag"] == 1
     assert not metrics[(2, 0)]["detector_flag"] and not metrics[(3, 2)]["detector_flag"]
+
+
+def test_a_flagged_model_is_skipped_as_reference_once_and_not_for_ever():
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+    from unittest.mock import MagicMock
+
+    from clients.mods import make_detector_mod
+
+    mod = make_detector_mod(DetectorThresholds(loss_jump=None, weight_change=0.5, dead_units=False, echo=False))
+    ctxt = MagicMock(spec=Context)
+    ctxt.state = RecordDict()
+
+    def send(weights):
+        msg = MagicMock(spec=Message)
+        msg.metadata.message_type = MessageType.TRAIN
+        msg.content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(weights), {}), keep_input=True)
+        reply = MagicMock(spec=Message)
+        reply.has_error.return_value = False
+        reply.content = compat.fitres_to_recorddict(
+            FitRes(Status(Code.OK, ""), ndarrays_to_parameters([w + 0.01 for w in weights]), 4, {}), keep_input=True
+        )
+        out = mod(msg, ctxt, lambda m, c: reply)
+        return compat.recorddict_to_fitres(out.content, keep_input=True).metrics["detector_flag"]
+
+    base = [np.ones(100, np.float32)]
+    drift = [[b * (1 + 0.3 * i) for b in base] for i in range(5)]  # 30% a round: each step below 0.5
+    assert [send(w) for w in drift[:2]] == [0, 0]
+    assert send([b * 10 for b in base]) == 1  # poisoned: flagged, not the next round's reference
+    assert send(drift[2]) == 0  # compared with drift[1], not with the poisoned model
+    assert send([b * 10 for b in base]) == 1
+    assert send([b * 10 for b in base]) == 1  # still far from drift[2]; now it becomes the reference
+    assert send([b * 10 for b in base]) == 0  # a flagged model is skipped once only: no lock-in

@@ -1,8 +1,8 @@
 """Would a hospital notice? A check on the model it receives, from what the hospital alone can see.
 
-Each round a hospital holds the model it received, the last model it received and trusted
-(a flagged round does not replace it, so consecutive poisoned rounds are each compared with the
-last honest-looking model), the model it returned last round and its own training loss. From these, four pieces of
+Each round a hospital holds the model it received, the previous one (a flagged model is
+skipped once as reference, so a poisoned round is not the yardstick of the next), the model it
+returned last round and its own training loss (the last unflagged round's is the reference). From these, four pieces of
 evidence (each poisoner leaves at least one):
 
 - ``loss_jump``: its first-batch training loss on the received model over the same figure a
