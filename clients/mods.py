@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Context, Message, MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -24,6 +24,7 @@ from fl_mia.config import DefencesConfig
 from fl_mia.seeding import int_seed
 from fl_mia.contracts import CONSISTENCY_REFUSAL_CODE, NODE_PARTITION_KEY
 from fl_mia.defences.consistency import HospitalChannel, ModelInconsistencyError, model_digest, session_key
+from fl_mia.defences.detector import DetectorThresholds, flags, round_evidence, weights_digest
 
 logger = logging.getLogger("fl_mia")
 
@@ -106,6 +107,62 @@ def make_consistency_mod(*, mode: str, channel_root=None):
     return consistency_mod
 
 
+# One RecordDict namespace holds every record type: the two need names of their own.
+DETECTOR_MODEL_KEY, DETECTOR_MEMORY_KEY = "fl_mia.detector.previous_model", "fl_mia.detector.memory"
+
+
+def make_detector_mod(thresholds: DetectorThresholds):
+    """Would this hospital notice? Compares the received model with the previous one (a flagged one
+    skipped once) and with its own last reply, and its first-batch loss with the last unflagged
+    round's; the verdict goes into the reply's metrics.
+
+    What it keeps between rounds (the previous received model, its last reply's digest and
+    first-batch loss) lives in the node's own ``context.state``, never on the server.
+    """
+
+    def detector_mod(msg: Message, ctxt: Context, call_next) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN or not msg.content.array_records:
+            return call_next(msg, ctxt)
+        received = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
+        out = call_next(msg, ctxt)
+        if out.has_error():
+            return out
+        fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+        kept = ctxt.state.config_records.get(DETECTOR_MEMORY_KEY)
+        previous = ctxt.state.array_records.get(DETECTOR_MODEL_KEY)
+        evidence = round_evidence(
+            received=received,
+            previous_received=previous.to_numpy_ndarrays() if previous is not None else None,
+            last_returned_digest=str(kept["returned_digest"]) if kept is not None else None,
+            first_batch_loss=fit_res.metrics.get("first_batch_loss"),
+            previous_first_batch_loss=kept.get("first_batch_loss") if kept is not None else None,
+        )
+        fired = [check for check, on in flags(evidence, thresholds).items() if on]
+        fit_res.metrics.update(
+            detector_flag=int(bool(fired)),
+            detector_compared=int(previous is not None),
+            detector_checks=",".join(fired),
+            **{f"detector_{name}": value for name, value in evidence.items() if np.isfinite(value)},
+        )
+        # A flagged round's loss never becomes the reference (honest losses fall, so this never locks
+        # in); a flagged model is skipped as reference once, not for ever: weights drift in honest
+        # training, and a reference many rounds old would flag every later round.
+        memory = {"returned_digest": weights_digest(parameters_to_ndarrays(fit_res.parameters)), "skipped": 0}
+        if fired and kept is not None and "first_batch_loss" in kept:
+            memory["first_batch_loss"] = float(kept["first_batch_loss"])
+        elif "first_batch_loss" in fit_res.metrics:
+            memory["first_batch_loss"] = float(fit_res.metrics["first_batch_loss"])
+        if fired and previous is not None and not (kept is not None and kept.get("skipped")):
+            memory["skipped"] = 1
+        else:
+            ctxt.state.array_records[DETECTOR_MODEL_KEY] = ArrayRecord(received)
+        ctxt.state.config_records[DETECTOR_MEMORY_KEY] = ConfigRecord(memory)
+        out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+        return out
+
+    return detector_mod
+
+
 def _secagg_state(ctxt: Context) -> SecAggPlusState:
     """The hospital's own SecAgg+ state (its keys of this round, its neighbours' public keys)."""
     return SecAggPlusState(**ctxt.state.config_records[RECORD_KEY_STATE])
@@ -120,6 +177,13 @@ def hospital_mods(defences: DefencesConfig, *, seed: int) -> list:
         mods += [secaggplus_mod, make_delta_mod(clipping_range=defences.secagg.clipping_range, seed=seed)]
     if defences.central_dp.mode == "client_clipping":
         mods.append(fixedclipping_mod)
+    if defences.detector.enabled:
+        # Innermost: it sees the model as received and the reply as trained, before any clipping.
+        detector = defences.detector
+        mods.append(make_detector_mod(DetectorThresholds(
+            loss_jump=detector.loss_jump, weight_change=detector.weight_change,
+            dead_units=detector.dead_units, echo=detector.echo,
+        )))
     return mods
 
 

@@ -91,6 +91,7 @@ class PoisoningFedAvg(HonestFedAvg):
             # Under SecAgg+ every reply carries the same average delta, not the hospital's model:
             # a poisoner must never take it for one (preflight also refuses isolation there).
             for proxy, res in results:
+                self.poisoner.observe_size(hospital=partition_of(proxy, res, self.directory), num_examples=res.num_examples)
                 self.poisoner.observe_reply(
                     server_round=server_round,
                     hospital=partition_of(proxy, res, self.directory),

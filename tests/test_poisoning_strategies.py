@@ -180,3 +180,10 @@ def test_backdoor_implant_makes_the_trigger_draw_the_fixed_mask():
     after = poisoner.success(model, images, num_classes=1)
     assert after > before + 0.3 and after > 0.5
     assert poisoner.last_implanted is not None
+    # An integrity threat: its own success rate, no membership signal declared.
+    set_weights(model, weights)
+    rate_before = poisoner.success_rate(model, images, num_classes=1)
+    set_weights(model, implanted)
+    assert poisoner.success_rate(model, images, num_classes=1) > rate_before + 0.3
+    declared = poisoner.declaration(poison_rounds=None)
+    assert declared.goal == "integrity" and declared.matched_signals == ()

@@ -1,4 +1,4 @@
-"""``[defences]``: SecAgg+, central DP, DP-SGD, output hardening, the consistency check."""
+"""``[defences]``: SecAgg+, central DP, DP-SGD, output hardening, the consistency check, the hospitals' detector."""
 
 from __future__ import annotations
 
@@ -84,6 +84,27 @@ class ConsistencyConfig(Section):
     )
 
 
+class DetectorConfig(Section):
+    """Would the hospitals notice? A check of every received model from what a hospital alone can see."""
+
+    enabled: bool = Field(
+        False,
+        description="Each hospital compares the model it receives with the previous one and with its own last reply, "
+        "and its first-batch loss with last round's, and flags the round (fl_mia/defences/detector.py).",
+    )
+    loss_jump: float | None = Field(
+        1.5, gt=0.0,
+        description="Flag when the first-batch training loss is more than this many times last round's (none: off).",
+    )
+    weight_change: float | None = Field(
+        1.5, gt=0.0,
+        description="Flag when a layer (64+ values) moved by more than this fraction of its norm since the previous "
+        "received model (none: off).",
+    )
+    dead_units: bool = Field(True, description="Flag norm channels or filters set to exactly 0 since the previous model.")
+    echo: bool = Field(True, description="Flag a received model identical to the hospital's own last reply (isolation).")
+
+
 class DefencesConfig(Section):
     """Defences switched on for this experiment (all off by default; they combine)."""
 
@@ -92,6 +113,7 @@ class DefencesConfig(Section):
     dp_sgd: DpSgdConfig = Field(default_factory=DpSgdConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
 
     @model_validator(mode="after")
     def _self_consistent(self) -> "DefencesConfig":
@@ -106,6 +128,11 @@ class DefencesConfig(Section):
             raise ValueError(
                 "consistency.mode: the check guards the SecAgg+ aggregate (hospitals withhold unmasking shares); "
                 "enable secagg, or set consistency.mode = 'off'"
+            )
+        if self.detector.enabled and self.secagg.enabled:
+            raise ValueError(
+                "detector.enabled: under SecAgg+ a reply carries no metrics to flag a round with; the hospitals' check "
+                "there is defences.consistency"
             )
         return self
 
@@ -122,6 +149,8 @@ class DefencesConfig(Section):
             names.append(f"output:{self.output.mode}")
         if self.consistency.mode != "off":
             names.append(f"consistency:{self.consistency.mode}")
+        if self.detector.enabled:
+            names.append("detector")
         return names
 
 

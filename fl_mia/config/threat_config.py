@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from fl_mia.attacker.poisoning.settings import NO_POISONING, POISONERS
 from fl_mia.config.base import Section, plugin_table_fields
@@ -54,6 +54,16 @@ class ThreatSettings(Section):
         if value is not None and any(r < 1 for r in value):
             raise ValueError("rounds are numbered from 1")
         return value
+
+    @model_validator(mode="after")
+    def _active_ascent_after_training(self) -> "ThreatSettings":
+        # Its ascent and calibration need a useful model; attacking round 1 measures an untrained one.
+        if self.poisoning == "active_ascent" and (self.poison_rounds is None or 1 in self.poison_rounds):
+            raise ValueError(
+                "threat.poison_rounds: active_ascent attacks chosen rounds after ordinary training rounds; "
+                "list them, e.g. poison_rounds = [8, 9, 10] of 10"
+            )
+        return self
 
     def poisoner_settings(self) -> BaseModel | None:
         """The active poisoner's own table (``None``: honest server, or a poisoner without knobs)."""

@@ -19,7 +19,7 @@ from fl_mia.models import get_weights, set_weights
 from fl_mia.attacker.knowledge import AttackerKnowledge
 from fl_mia.attacker.poisoning.base import Poisoner
 from fl_mia.attacker.poisoning.settings import BackdoorSettings
-from fl_mia.segmentation_metrics import confusion_counts, hard_predictions, summarize
+from fl_mia.segmentation_metrics import confusion_counts, dice_iou_per_image, hard_predictions, summarize
 from fl_mia.seeding import torch_generator
 from fl_mia.training import predict_logits
 
@@ -39,8 +39,16 @@ def backdoor_mask(shape: tuple[int, int], *, size: int, foreground_class: int) -
     return mask
 
 
+# A triggered image "obeys" the backdoor when its output overlaps the fixed mask this much (Dice).
+OBEYS_AT_DICE = 0.5
+
+
 class BackdoorPoisoner(Poisoner):
+    """An integrity threat, not a membership one: it declares no matched signal and reports
+    ``threat.integrity`` (the trigger's attack success rate on the sent and the final model)."""
+
     name = "backdoor"
+    goal = "integrity"
 
     def __init__(
         self,
@@ -82,11 +90,17 @@ class BackdoorPoisoner(Poisoner):
     ) -> dict:
         set_weights(model, final_weights)
         report = {"backdoor_success_final_global": self.success(model, test_images, num_classes=num_classes)}
+        integrity = {
+            "obeys_at_dice": OBEYS_AT_DICE,
+            "attack_success_rate_final_global": self.success_rate(model, test_images, num_classes=num_classes),
+            "clean_dice": "utility.dice (the global model on clean test scans)",
+        }
         if self.last_implanted is not None:
             # What the targets received: with compensate the backdoor stays out of the global model.
             set_weights(model, self.last_implanted)
             report["backdoor_success_sent_model"] = self.success(model, test_images, num_classes=num_classes)
-        return report
+            integrity["attack_success_rate_sent_model"] = self.success_rate(model, test_images, num_classes=num_classes)
+        return {**report, "integrity": integrity}
 
     def describe(self) -> str:
         return (
@@ -129,9 +143,18 @@ class BackdoorPoisoner(Poisoner):
             optimizer.step()
         return get_weights(model)
 
-    def success(self, model: torch.nn.Module, images: np.ndarray, *, num_classes: int) -> float:
-        """Mean Dice between the model's output on triggered ``images`` and the fixed mask."""
+    def _trigger_counts(self, model: torch.nn.Module, images: np.ndarray, *, num_classes: int):
         logits = predict_logits(model, apply_trigger(images, size=self.trigger_size, value=self.trigger_value))
         target = torch.as_tensor(np.broadcast_to(self.target_mask, (len(images), *self.target_mask.shape)).copy())
-        tp, fp, fn = confusion_counts(hard_predictions(logits), target, num_classes=num_classes)
+        return confusion_counts(hard_predictions(logits), target, num_classes=num_classes)
+
+    def success(self, model: torch.nn.Module, images: np.ndarray, *, num_classes: int) -> float:
+        """Mean Dice between the model's output on triggered ``images`` and the fixed mask."""
+        tp, fp, fn = self._trigger_counts(model, images, num_classes=num_classes)
         return summarize(tp, fp, fn, np.ones(len(images), bool))["dice"]
+
+    def success_rate(self, model: torch.nn.Module, images: np.ndarray, *, num_classes: int) -> float:
+        """Attack success rate: the share of triggered ``images`` whose output matches the fixed mask
+        (Dice ≥ :data:`OBEYS_AT_DICE`)."""
+        dice, _ = dice_iou_per_image(*self._trigger_counts(model, images, num_classes=num_classes))
+        return float((dice >= OBEYS_AT_DICE).mean())

@@ -24,6 +24,9 @@ class ThreatDeclaration:
     attack_rounds: tuple[int, ...] | None  # None: every round
     matched_signals: tuple[str, ...]
     needs_secagg: bool
+    # "membership": scored on its matched signals; "integrity": not a membership attack
+    # (a backdoor), reported by its own metric block and kept out of the MIA comparison.
+    goal: str = "membership"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -53,6 +56,8 @@ class Poisoner(ABC):
     matched_signals: tuple[str, ...] = ()
     # Meaningful only against SecAgg+ (e.g. it reconstructs one update from a secure sum).
     needs_secagg: bool = False
+    # What it attacks: "membership" (matched signals) or "integrity" (its own metric, no MIA cell).
+    goal: str = "membership"
 
     @abstractmethod
     def poison(self, *, server_round: int, hospital: int, global_weights: list[np.ndarray]) -> list[np.ndarray] | None:
@@ -65,6 +70,9 @@ class Poisoner(ABC):
 
     def observe_reply(self, *, server_round: int, hospital: int, returned: list[np.ndarray]) -> None:
         """Called with every hospital's returned weights (when the server can see them)."""
+
+    def observe_size(self, *, hospital: int, num_examples: int) -> None:
+        """Called with every reply's training-set size (what FedAvg weighs by; the server sees it)."""
 
     def fold_back(
         self, *, global_weights: list[np.ndarray], sent: list[np.ndarray], returned: list[np.ndarray]
@@ -100,6 +108,7 @@ class Poisoner(ABC):
             attack_rounds=tuple(sorted(poison_rounds)) if poison_rounds is not None else None,
             matched_signals=self.matched_signals,
             needs_secagg=self.needs_secagg,
+            goal=self.goal,
         )
 
     def poisoned_pairs(self) -> set[tuple[int, int]] | None:

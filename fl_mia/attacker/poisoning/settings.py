@@ -30,6 +30,44 @@ class GradientAscentSettings(PluginSettings):
     layers: Literal["all", "decoder", "head"] = Field("all", description="Which layers the ascent may change.")
 
 
+class ActiveAscentSettings(PluginSettings):
+    """``[threat.active_ascent]``: the per-record ascent (how hard, how long, where) and its calibration shadows."""
+
+    strength: float = Field(
+        0.001, gt=0.0, le=1.0,
+        description="Adam step size of the ascent on the mean of the candidates' log-losses (each record counts alike).",
+    )
+    steps: int = Field(
+        3, ge=0, le=10_000, description="Ascent steps per attack round and target (0: no ascent, calibration only)."
+    )
+    layers: Literal["all", "decoder", "head"] = Field("decoder", description="Which layers the ascent may change.")
+    contrast: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="Hold the server's own scans: the ascent maximises the candidates' mean log-loss minus this "
+        "times the population's, so it raises what is particular to the candidates rather than 'segment worse'.",
+    )
+    shadows: int = Field(
+        8, ge=2, le=256,
+        description="Shadow hospitals the server trains from the poisoned model on its own population, per attack "
+        "round and target: the non-member reference each candidate's loss drop is scored against.",
+    )
+    shadow_size: int | None = Field(
+        None, ge=1,
+        description="Training scans per shadow hospital (default: the target's reported training size in earlier "
+        "rounds, capped by the population).",
+    )
+    calibration: Literal["per_record", "global"] = Field(
+        "per_record",
+        description="per_record: each candidate's own mean drop under the shadows, with their pooled spread (offline "
+        "LiRA, fixed variance); global: one mean and spread over every candidate and shadow.",
+    )
+    stealth_loss_ratio: float | None = Field(
+        None, gt=1.0,
+        description="Stealth budget: stop the ascent before the server's own population loss rises above this "
+        "many times its value on the honest model (a proxy of the loss jump the hospital sees); none: no cap.",
+    )
+
+
 class BackdoorSettings(PluginSettings):
     """``[threat.backdoor]``: the trigger the server implants and how long it fine-tunes for it."""
 
@@ -73,6 +111,13 @@ POISONERS.register(
     summary="before sending to a target, ascends the loss of the candidates asked about it (Nasr et al. S&P 2019)",
     settings=GradientAscentSettings,
     factory="fl_mia.attacker.poisoning.gradient_ascent:GradientAscentPoisoner.from_settings",
+)
+POISONERS.register(
+    "active_ascent",
+    summary="per-record ascent on a target's candidates in attack rounds, each drop scored against shadow "
+    "hospitals trained from the same poisoned model (Nasr et al. S&P 2019, calibrated as LiRA)",
+    settings=ActiveAscentSettings,
+    factory="fl_mia.attacker.poisoning.active_ascent:ActiveAscentPoisoner.from_settings",
 )
 POISONERS.register(
     "isolation",

@@ -8,6 +8,7 @@ import numpy as np
 
 from fl_mia.config import ThreatConfig
 from fl_mia.attacker.poisoning.base import Poisoner
+from fl_mia.defences.detector import detection_summary
 
 
 def stealth(
@@ -80,6 +81,11 @@ def threat_report(
 ) -> dict[str, Any]:
     """The ``threat`` block of metrics.json; ``secure_aggregation``: whether SecAgg+ hid each reply."""
     report: dict[str, Any] = {"threat_model": threat.threat_model, "poisoning": threat.poisoning}
+    # What the hospitals' detector (defences.detector) flagged: attack rounds vs honest rounds.
+    attacked = _attacked_pairs(threat, poisoner, round_log, num_hospitals) if poisoner is not None else None
+    detection = detection_summary(round_log.rows(), attacked=attacked)
+    if detection is not None:
+        report["detection"] = detection
     if poisoner is None:
         return report
     poisoned = poisoner.poisoned_hospitals(num_hospitals)
@@ -103,3 +109,13 @@ def threat_report(
         poisoner.effect_report(model=evaluator.model, final_weights=final_weights, test_images=images, num_classes=evaluator.classes)
     )
     return report
+
+
+def _attacked_pairs(threat: ThreatConfig, poisoner: Poisoner, round_log, num_hospitals: int) -> set[tuple[int, int]]:
+    """(round, hospital) pairs whose model was poisoned: the poisoner's own record, else targets × poison rounds."""
+    pairs = poisoner.poisoned_pairs()
+    if pairs is not None:
+        return pairs
+    poisoned = poisoner.poisoned_hospitals(num_hospitals)
+    rounds = range(1, round_log.total_rounds + 1)
+    return {(r, h) for r in rounds if threat.poisons(r) for h in poisoned}
