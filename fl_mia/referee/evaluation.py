@@ -108,7 +108,11 @@ class Referee:
         is_member = self._patients.is_member
         overall = membership_metrics(patient_scores, is_member, decision_threshold=threshold)
         overall["ci"] = bootstrap_intervals(patient_scores, is_member, seed=self._bootstrap_seed)
-        return {"aggregation": "mean of the patient's candidate slice scores", "overall": overall}
+        return {
+            "aggregation": "mean of the patient's candidate slice scores", "overall": overall,
+            # One trial per patient: the audit that patient-level DP's ε is compared with.
+            "empirical_epsilon": empirical_epsilon(patient_scores, is_member, delta=REFERENCE_DELTA),
+        }
 
     def _source_inference(self, guess: np.ndarray) -> dict[str, Any]:
         """Which hospital holds each member: the update attack's guess against the ledger."""
