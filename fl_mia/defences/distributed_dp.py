@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.supercore.differential_privacy import compute_clip_model_update
 
 
 def noise_share_std(*, noise_multiplier: float, clipping_norm: float, sampled: int) -> float:
@@ -34,14 +33,18 @@ def clipped_noisy_update(
 ) -> list[np.ndarray]:
     """``received`` + (returned − received clipped to ``clipping_norm``) + N(0, share_std²).
 
-    Clipping is Flower's own (``compute_clip_model_update``, the function behind its
-    ``fixedclipping_mod``); the noise comes from ``rng``, which the hospital seeds with its
-    own secret so that the server cannot regenerate and subtract it.
+    Clipping is Flower's FlatClip (what its ``fixedclipping_mod`` does, one L2 norm over every
+    array), written out because Flower's divides by zero on an unchanged model. The noise comes
+    from ``rng``, which the hospital seeds with its own secret so that the server cannot
+    regenerate and subtract it.
     """
-    weights = [np.array(r, dtype=np.float64, copy=True) for r in returned]
-    compute_clip_model_update(weights, [np.asarray(s, dtype=np.float64) for s in received], clipping_norm)
+    base = [np.asarray(s, dtype=np.float64) for s in received]
+    deltas = [np.asarray(r, dtype=np.float64) - s for r, s in zip(returned, base)]
+    norm = float(np.sqrt(sum(float((d**2).sum()) for d in deltas)))
+    scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
     out = []
-    for value, original in zip(weights, returned):
+    for start, delta, original in zip(base, deltas, returned):
+        value = start + scale * delta
         if np.issubdtype(np.asarray(original).dtype, np.floating):
             value = value + rng.normal(0.0, share_std, size=value.shape)
         out.append(value.astype(np.asarray(original).dtype))
