@@ -147,3 +147,49 @@ def test_slice_unit_reports_the_patient_epsilon_group_privacy_implies():
     epsilon, delta = group_privacy(2.0, 1e-6, group_size=3)
     assert epsilon == 6.0 and delta == pytest.approx(3 * math.exp(4.0) * 1e-6)
     assert group_privacy(8.0, 1e-5, group_size=4) == (32.0, 1.0)  # δ beyond 1: no guarantee at all
+
+
+def summary_metrics(defence_report: dict) -> dict:
+    zeros = {key: 0.0 for key in ("dice", "iou", "dice_pooled", "dice_lesion_images", "loss")}
+    return {
+        "experiment": "tiny", "seed": 0, "rounds_completed": 1, "wall_time_s": 1.0, "cost": {"model_parameters": 1},
+        "utility": {**zeros, "initial": None, "per_hospital": {}}, "defence_report": defence_report,
+    }
+
+
+def test_show_and_report_name_each_epsilons_unit():
+    from fl_mia.console_summary import render_summary
+    from fl_mia.report.collect import RunRecord, epsilon_of
+    from server.defences import RunShape, privacy_section
+
+    cfg = build_config(tiny_raw(defences={
+        "dp_sgd": {"enabled": True, "unit": "slice"}, "secagg": {"enabled": True}, "central_dp": {"mode": "distributed"},
+    }))  # fmt: skip
+    fits = {(2, 0): {
+        "dp_unit": "slice", "dp_epsilon": 3.0, "dp_delta": 1e-6, "dp_epsilon_at_reference_delta": 2.5,
+        "dp_max_slices_per_patient": 2, "dp_patient_epsilon_by_group_privacy": 5.0, "dp_patient_delta_by_group_privacy": 0.3,
+    }}  # fmt: skip
+    shape = RunShape(num_hospitals=2, sampled_per_round=2, rounds=2, secagg_max_weight=1.0)
+    report = privacy_section(cfg.defences, shape, fits)
+    assert report["dp_sgd"]["epsilon"]["unit"] == "slice" and report["central_dp"]["epsilon"]["unit"] == "hospital"
+    text = render_summary(summary_metrics(report))
+    assert "DP-SGD: ε = 3.00 per slice at δ = 1e-06 (2.50 at δ = 1e-05)" in text
+    assert "a patient (2 slices) by group privacy: ε ≤ 5.00 at δ = 0.3" in text
+    assert "hospital-level DP (distributed): ε = " in text and "per hospital" in text
+    run = RunRecord(name="r", axes={}, seed=0, run_dir=None, metrics={"defence_report": report}, config={})
+    labels = set(epsilon_of(run))
+    assert labels == {"DP-SGD (ε per slice)", "DP-SGD (ε per patient by group privacy over slices)", "distributed DP (ε per hospital)"}
+
+
+def test_audit_compares_the_patient_level_empirical_epsilon_with_the_accountants():
+    from fl_mia.referee.dp_audit import audit_against_accountant
+
+    privacy = {
+        "trap": {"overall": {}, "empirical_epsilon": {"epsilon_lower_bound": 9.0}, "patient": {"empirical_epsilon": {"epsilon_lower_bound": 2.5}}},
+        "loss": {"overall": {}, "empirical_epsilon": {"epsilon_lower_bound": 0.4}, "patient": {"empirical_epsilon": {"epsilon_lower_bound": 0.1}}},
+        "candidate_set": {"members": 4},
+    }
+    patient = audit_against_accountant(privacy, accountant_epsilon=8.0, unit="patient")
+    assert (patient["largest_empirical_epsilon"], patient["attack"], patient["empirical_below_accountant"]) == (2.5, "trap", True)
+    slice_level = audit_against_accountant(privacy, accountant_epsilon=8.0, unit="slice")
+    assert slice_level["largest_empirical_epsilon"] == 9.0 and slice_level["empirical_below_accountant"] is False
