@@ -219,6 +219,10 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
         entry["empirical_epsilon"] = mean_interval(
             [(p.get("empirical_epsilon") or {}).get("epsilon_lower_bound") for p in per_seed if p], bounds=(0.0, float("inf"))
         )
+        entry["patient_empirical_epsilon"] = mean_interval(  # one trial per patient: beside a per-patient ε
+            [((p.get("patient") or {}).get("empirical_epsilon") or {}).get("epsilon_lower_bound") for p in per_seed if p],
+            bounds=(0.0, float("inf")),
+        )
         pooled = _pooled(group, attack, seed)
         if pooled is not None:
             scores, is_member, units = pooled
