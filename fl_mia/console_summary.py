@@ -115,6 +115,13 @@ def privacy_budget_lines(metrics: dict[str, Any]) -> list[str]:
                 f"  a patient ({group['max_slices_per_patient']} slices) by group privacy: ε ≤ {_number(group['epsilon'])} "
                 f"at δ = {group['delta']:.2g}" + (" — no guarantee" if group["delta"] >= 1 else "")
             )
+    audit = (metrics.get("privacy") or {}).get("dp_audit")
+    if audit and audit.get("largest_empirical_epsilon") is not None:
+        lines.append(
+            f"DP audit ({audit['unit']} as trial): largest empirical ε {audit['largest_empirical_epsilon']:.2f} "
+            f"({audit['attack']}, 95% lower bound) vs accountant's {_number(audit['accountant_epsilon'])}"
+            + ("" if audit["empirical_below_accountant"] else " — ABOVE the accountant: DP broken?")
+        )
     return lines
 
 

@@ -176,6 +176,11 @@ def test_show_and_report_name_each_epsilons_unit():
     assert "DP-SGD: ε = 3.00 per slice at δ = 1e-06 (2.50 at δ = 1e-05)" in text
     assert "a patient (2 slices) by group privacy: ε ≤ 5.00 at δ = 0.3" in text
     assert "hospital-level DP (distributed): ε = " in text and "per hospital" in text
+    audited = summary_metrics(report)
+    audited["privacy"] = {"dp_audit": {
+        "unit": "patient", "largest_empirical_epsilon": 0.5, "attack": "trap", "accountant_epsilon": 8.0, "empirical_below_accountant": True,
+    }}  # fmt: skip
+    assert "DP audit (patient as trial): largest empirical ε 0.50 (trap, 95% lower bound) vs accountant's 8.00" in render_summary(audited)
     run = RunRecord(name="r", axes={}, seed=0, run_dir=None, metrics={"defence_report": report}, config={})
     labels = set(epsilon_of(run))
     assert labels == {"DP-SGD (ε per slice)", "DP-SGD (ε per patient by group privacy over slices)", "distributed DP (ε per hospital)"}

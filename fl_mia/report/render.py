@@ -186,7 +186,7 @@ def epsilon_rows(data: dict[str, Any]) -> list[list[str]]:
 
 def audit_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Every attack of every cell against the AUC bar, with its empirical ε lower bound (a DP audit)."""
-    header = ["attack", "cell", "AUC (pooled)", f"AUC ≤ {AUC_BAR}?", "empirical ε per slice (seed mean)", "per patient"]
+    header = ["attack", "cell", "AUC (pooled)", f"AUC ≤ {AUC_BAR}?", "empirical ε (seed mean)"]
     rows = []
     for attack, group, entry in _attack_entries(data):
         pooled = entry.get("pooled") or {}
@@ -200,10 +200,8 @@ def audit_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         else:
             verdict = ("yes" if auc <= AUC_BAR else "no") + f" (interval spans {AUC_BAR})"
         audit = entry.get("empirical_epsilon") or {}
-        patient = entry.get("patient_empirical_epsilon") or {}
         rows.append([attack, group["label"], _pooled_cell(entry, "auc"), verdict,
-                     "—" if audit.get("mean") is None else _cell(audit["mean"], audit["ci"]),
-                     "—" if patient.get("mean") is None else _cell(patient["mean"], patient["ci"])])  # fmt: skip
+                     "—" if audit.get("mean") is None else _cell(audit["mean"], audit["ci"])])  # fmt: skip
     return header, rows
 
 
