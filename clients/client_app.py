@@ -67,9 +67,9 @@ def make_client_app(cfg: ExperimentConfig | None = None) -> ClientApp:
         partition_id = int(context.node_config[NODE_PARTITION_KEY])
         return hospital_client(experiment(context), partition_id, context.state, context.node_config).to_client()
 
-    def defences_of(context: Context) -> tuple[DefencesConfig, int]:
+    def defences_of(context: Context) -> tuple[DefencesConfig, int, int]:
         chosen = experiment(context)
-        return chosen.defences, chosen.seed
+        return chosen.defences, chosen.seed, chosen.sampled_per_round()
 
     return ClientApp(client_fn=client_fn, mods=[defences_mod(defences_of)])
 

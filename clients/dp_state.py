@@ -20,13 +20,15 @@ import hashlib
 import os
 import secrets
 
+import numpy as np
+
 from flwr.app import ConfigRecord, RecordDict
 
 from fl_mia.config import DpSgdConfig, TrainingConfig
 from fl_mia.contracts import DP_ACCOUNTANT_STATE_KEY, DP_NOISE_SECRET_STATE_KEY
 from fl_mia.data import Split
 from fl_mia.defences.accounting import REFERENCE_DELTA, epsilon_of
-from fl_mia.defences.dp_sgd import history_from_record, history_to_record, plan_for, train_local_dp
+from fl_mia.defences.dp_sgd import group_privacy, history_from_record, history_to_record, plan_for_split, train_local_dp
 from fl_mia.seeding import int_seed
 from fl_mia.training import TrainResult
 
@@ -80,12 +82,22 @@ def train_dp_sgd(
     if not history and prior_steps > 0:
         # A resumed run starts with fresh nodes; the server checkpointed how many DP steps this
         # hospital took. Noise and sample rate are fixed by the config, so that rebuilds the history.
-        plan = plan_for(dp, training, rounds=rounds, num_train=len(split))
+        plan = plan_for_split(dp, training, rounds=rounds, split=split)
         history = [(plan.noise_multiplier, plan.sample_rate, prior_steps)]
     secret = hospital_secret(node_state, node_config or {}, partition_id)
     outcome = train_local_dp(model, split, dp, training, rounds=rounds, history=history, secret=secret, tags=tags)
     node_state.config_records[DP_ACCOUNTANT_STATE_KEY] = ConfigRecord(history_to_record(outcome.history))
-    return outcome.result, {
+    return outcome.result, {**privacy_metrics(outcome, split), "dp_empty_batches": outcome.empty_batches}
+
+
+def privacy_metrics(outcome, split: Split) -> dict:
+    """What a hospital tells the server about its DP-SGD spend: ε with its unit and δ.
+
+    At slice level it adds the per-patient ε that group privacy over its most-sliced patient
+    implies (and that bound's δ, which may be vacuous): membership is asked by patient.
+    """
+    metrics = {
+        "dp_unit": outcome.plan.unit,
         "dp_epsilon": outcome.epsilon,
         "dp_delta": outcome.plan.delta,
         # The same spend at δ = 1e-5, comparable across runs whatever δ each configured.
@@ -93,5 +105,12 @@ def train_dp_sgd(
         "dp_noise_multiplier": outcome.plan.noise_multiplier,
         "dp_sample_rate": outcome.plan.sample_rate,
         "dp_steps_total": sum(steps for _, _, steps in outcome.history),
-        "dp_empty_batches": outcome.empty_batches,
     }
+    if outcome.plan.unit == "slice":
+        slices = int(np.unique(split.patient_ids, return_counts=True)[1].max()) if len(split) else 1
+        at_reference = metrics["dp_epsilon_at_reference_delta"]
+        metrics["dp_max_slices_per_patient"] = slices
+        metrics["dp_patient_epsilon_by_group_privacy"], metrics["dp_patient_delta_by_group_privacy"] = group_privacy(
+            at_reference, REFERENCE_DELTA, group_size=slices
+        )
+    return metrics

@@ -1,7 +1,8 @@
 """Flower client mods of the defences, and the order in which a hospital stacks them.
 
 Mods run outermost first. A training reply flows from the hospital outwards:
-``fixedclipping_mod`` (clip the update) → ``delta_mod`` (send returned − received) →
+``fixedclipping_mod`` (clip the update; or ``distributed_dp_mod``: clip and add this hospital's
+noise share) → ``delta_mod`` (send returned − received) →
 ``secaggplus_mod`` (mask and quantise) → ``consistency_mod`` (compare received models
 before unmasking). They are attached to training only: an app-level mod that also runs on
 evaluate replies can hang the run (see REFERENCES.md), so each passes other messages by.
@@ -25,6 +26,7 @@ from fl_mia.seeding import int_seed
 from fl_mia.contracts import CONSISTENCY_REFUSAL_CODE, NODE_PARTITION_KEY
 from fl_mia.defences.consistency import HospitalChannel, ModelInconsistencyError, model_digest, session_key
 from fl_mia.defences.detector import DetectorThresholds, flags, round_evidence, weights_digest
+from fl_mia.defences.distributed_dp import clipped_noisy_update, noise_share_std
 
 logger = logging.getLogger("fl_mia")
 
@@ -168,15 +170,53 @@ def _secagg_state(ctxt: Context) -> SecAggPlusState:
     return SecAggPlusState(**ctxt.state.config_records[RECORD_KEY_STATE])
 
 
-def hospital_mods(defences: DefencesConfig, *, seed: int) -> list:
+def make_distributed_dp_mod(*, noise_multiplier: float, clipping_norm: float, sampled: int):
+    """Clip this hospital's update and add its share of the noise (std σ·C/√sampled), weight 1.
+
+    The norm and the share come from the hospital's own config, not from the server's
+    message (a dishonest server could otherwise ask for no clipping). The noise is seeded by
+    the hospital's DP secret (:func:`clients.dp_state.hospital_secret`), never by anything the
+    server holds. ``num_examples`` is reported as 1: every hospital weighs the same in the
+    secure sum, so its sensitivity is the clipping norm (see fl_mia/defences/distributed_dp.py).
+    """
+    from clients.dp_state import hospital_secret
+
+    share_std = noise_share_std(noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, sampled=sampled)
+
+    def distributed_dp_mod(msg: Message, ctxt: Context, call_next) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN or not msg.content.array_records:
+            return call_next(msg, ctxt)
+        received = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
+        out = call_next(msg, ctxt)
+        if out.has_error():
+            return out
+        fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+        partition_id = int(ctxt.node_config.get(NODE_PARTITION_KEY, 0))
+        secret = hospital_secret(ctxt.state, ctxt.node_config, partition_id)
+        rng = np.random.default_rng(int_seed(secret, "distributed-dp", msg.metadata.group_id))
+        noisy = clipped_noisy_update(
+            parameters_to_ndarrays(fit_res.parameters), received, clipping_norm=clipping_norm, share_std=share_std, rng=rng
+        )
+        fit_res.parameters = ndarrays_to_parameters(noisy)
+        fit_res.num_examples = 1
+        out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+        return out
+
+    return distributed_dp_mod
+
+
+def hospital_mods(defences: DefencesConfig, *, seed: int, sampled: int = 1) -> list:
     """The mods of every hospital for this experiment's defences (outermost first)."""
     mods = []
     if defences.secagg.enabled:
         if defences.consistency.mode != "off":
             mods.append(make_consistency_mod(mode=defences.consistency.mode))
         mods += [secaggplus_mod, make_delta_mod(clipping_range=defences.secagg.clipping_range, seed=seed)]
-    if defences.central_dp.mode == "client_clipping":
+    dp = defences.central_dp
+    if dp.mode == "client_clipping":
         mods.append(fixedclipping_mod)
+    elif dp.mode == "distributed":
+        mods.append(make_distributed_dp_mod(noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm, sampled=sampled))
     if defences.detector.enabled:
         # Innermost: it sees the model as received and the reply as trained, before any clipping.
         detector = defences.detector
@@ -187,17 +227,18 @@ def hospital_mods(defences: DefencesConfig, *, seed: int) -> list:
     return mods
 
 
-def defences_mod(defences_of: Callable[[Context], tuple[DefencesConfig, int]]):
+def defences_mod(defences_of: Callable[[Context], tuple[DefencesConfig, int, int]]):
     """One app-level mod that runs this experiment's defence mods in order.
 
-    ``defences_of(context)`` gives the experiment's defences and seed: under ``flwr run`` the
+    ``defences_of(context)`` gives the experiment's defences, seed and hospitals sampled per
+    round (what a distributed-DP noise share is sized by): under ``flwr run`` the
     ClientApp object is built before any config exists, so they come from each message's
     run config (read once per run by :mod:`clients.client_app`).
     """
 
     def mod(msg: Message, ctxt: Context, call_next) -> Message:
-        defences, seed = defences_of(ctxt)
-        return _chain(hospital_mods(defences, seed=seed), call_next)(msg, ctxt)
+        defences, seed, sampled = defences_of(ctxt)
+        return _chain(hospital_mods(defences, seed=seed, sampled=sampled), call_next)(msg, ctxt)
 
     return mod
 

@@ -103,12 +103,47 @@ def privacy_table(metrics: dict[str, Any]) -> Table | None:
     return table
 
 
+def privacy_budget_lines(metrics: dict[str, Any]) -> list[str]:
+    """Each DP mechanism's ε with its unit and δ: "ε per patient" is not "ε per slice"."""
+    report = metrics.get("defence_report") or {}
+    lines = []
+    for name, label in (("dp_sgd", "DP-SGD"), ("central_dp", "hospital-level DP")):
+        epsilon = (report.get(name) or {}).get("epsilon")
+        if not isinstance(epsilon, dict) or epsilon.get("value") is None:
+            continue
+        mode = (report[name].get("mode") or "").replace("_", " ")
+        line = f"{label}{f' ({mode})' if mode else ''}: ε = {_number(epsilon['value'])} per {epsilon['unit']} at δ = {epsilon['delta']:.2g}"
+        if epsilon.get("value_at_reference_delta") is not None and epsilon["delta"] != epsilon["reference_delta"]:
+            line += f" ({_number(epsilon['value_at_reference_delta'])} at δ = {epsilon['reference_delta']:g})"
+        lines.append(line)
+        group = report[name].get("patient_by_group_privacy")
+        if group:
+            lines.append(
+                f"  a patient ({group['max_slices_per_patient']} slices) by group privacy: ε ≤ {_number(group['epsilon'])} "
+                f"at δ = {group['delta']:.2g}" + (" — no guarantee" if group["delta"] >= 1 else "")
+            )
+    audit = (metrics.get("privacy") or {}).get("dp_audit")
+    if audit and audit.get("largest_empirical_epsilon") is not None:
+        lines.append(
+            f"DP audit ({audit['unit']} as trial): largest empirical ε {audit['largest_empirical_epsilon']:.2f} "
+            f"({audit['attack']}, 95% lower bound) vs accountant's {_number(audit['accountant_epsilon'])}"
+            + ("" if audit["empirical_below_accountant"] else " — ABOVE the accountant: DP broken?")
+        )
+    return lines
+
+
+def _number(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
+
+
 def render_summary(metrics: dict[str, Any]) -> str:
     console = Console(width=110, record=True, file=io.StringIO())
     console.print(summary_table(metrics))
     privacy = privacy_table(metrics)
     if privacy is not None:
         console.print(privacy)
+    for line in privacy_budget_lines(metrics):
+        console.print(line, highlight=False)
     verdict = verdict_line((metrics.get("privacy") or {}).get("verdict"))
     if verdict is not None:
         console.print(verdict)

@@ -32,7 +32,7 @@ from flwr.server.strategy import (
 )
 from flwr.server.workflow import SecAggPlusWorkflow
 
-from fl_mia.config import DefencesConfig, SecAggConfig
+from fl_mia.config import CentralDpConfig, DefencesConfig, DpSgdConfig, SecAggConfig
 from fl_mia.defences.accounting import REFERENCE_DELTA, central_dp_epsilon
 
 
@@ -145,45 +145,10 @@ def privacy_section(
             "server_sees": "the sum of the hospitals' deltas and each hospital's metrics and num_examples",
             "max_abs_delta": max((float(m.get("max_abs_delta", 0.0)) for m in fit_metrics.values()), default=None),
         }
-    dp = defences.central_dp
-    if dp.mode != "off":
-        rate = shape.sampled_per_round / shape.num_hospitals
-        section["central_dp"] = {
-            "mode": dp.mode,
-            "noise_multiplier": dp.noise_multiplier,
-            "clipping_norm": dp.clipping_norm,
-            "sample_rate": rate,
-            "rounds": shape.rounds,
-            "delta": dp.delta,
-            "accountant": "rdp (opacus RDPAccountant: subsampled Gaussian, steps = rounds)",
-            "epsilon": _finite(central_dp_epsilon(noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=shape.rounds, delta=dp.delta)),
-            "reference_delta": REFERENCE_DELTA,
-            "epsilon_at_reference_delta": _finite(central_dp_epsilon(
-                noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=shape.rounds, delta=REFERENCE_DELTA
-            )),
-            "protects_against": "whoever sees the released global models; NOT the server, which adds the noise "
-            + ("and sees every clipped update" if dp.mode == "server_clipping" else "(and, without SecAgg+, sees every clipped update)"),
-        }
+    if defences.central_dp.mode != "off":
+        section["central_dp"] = hospital_dp_block(defences.central_dp, shape)
     if defences.dp_sgd.enabled:
-        per_hospital: dict[str, float] = {}
-        at_reference: dict[str, float] = {}
-        for (_, hospital), metrics in sorted(fit_metrics.items()):
-            if "dp_epsilon" in metrics:
-                per_hospital[str(hospital)] = float(metrics["dp_epsilon"])  # later rounds overwrite: ε after all rounds
-            if "dp_epsilon_at_reference_delta" in metrics:
-                at_reference[str(hospital)] = float(metrics["dp_epsilon_at_reference_delta"])
-        section["dp_sgd"] = {
-            "epsilon_per_hospital": per_hospital,
-            "epsilon_max": max(per_hospital.values(), default=None),
-            "delta_per_hospital": {str(h): float(m["dp_delta"]) for (_, h), m in sorted(fit_metrics.items()) if "dp_delta" in m},
-            "reference_delta": REFERENCE_DELTA,
-            "epsilon_per_hospital_at_reference_delta": at_reference,
-            "epsilon_max_at_reference_delta": max(at_reference.values(), default=None),
-            "noise_multiplier": next((float(m["dp_noise_multiplier"]) for m in fit_metrics.values() if "dp_noise_multiplier" in m), None),
-            "max_grad_norm": defences.dp_sgd.max_grad_norm,
-            "accountant": defences.dp_sgd.accountant,
-            "protects_against": "everyone, the server included: each hospital adds its own noise before anything leaves it",
-        }
+        section["dp_sgd"] = dp_sgd_block(defences.dp_sgd, fit_metrics)
     if defences.output.mode != "probabilities":
         section["output"] = {
             "mode": defences.output.mode,
@@ -194,6 +159,95 @@ def privacy_section(
     if defences.consistency.mode != "off":
         section["consistency"] = {"mode": defences.consistency.mode, "verdicts": consistency or {}}
     return section
+
+
+PROTECTS = {
+    "patient": "one patient: all of its slices at a hospital together (patient-level DP-SGD)",
+    "slice": "one slice (scan); NOT a patient with several slices (see patient_by_group_privacy)",
+    "hospital": "one hospital: its whole update in every round it is sampled (DP-FedAvg)",
+}
+
+
+def epsilon_entry(value: float | None, *, unit: str, delta: float, at_reference_delta: float | None) -> dict:
+    """metrics.json's ``…epsilon``: the value with its unit (what one neighbouring record is) and δ."""
+    return {
+        "value": _finite(value) if value is not None else None,
+        "unit": unit,
+        "delta": delta,
+        "value_at_reference_delta": _finite(at_reference_delta) if at_reference_delta is not None else None,
+        "reference_delta": REFERENCE_DELTA,
+        "protects": PROTECTS[unit],
+    }
+
+
+def hospital_dp_block(dp: CentralDpConfig, shape: RunShape) -> dict:
+    """Hospital-level DP (server noise, or hospitals' noise shares under SecAgg+): settings and ε per hospital."""
+    rate = shape.sampled_per_round / shape.num_hospitals
+    epsilon = central_dp_epsilon(noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=shape.rounds, delta=dp.delta)
+    at_reference = central_dp_epsilon(
+        noise_multiplier=dp.noise_multiplier, sample_rate=rate, rounds=shape.rounds, delta=REFERENCE_DELTA
+    )
+    if dp.mode == "distributed":
+        protects = ("everyone, the server included, as long as SecAgg+ hides each update: each hospital clips and adds "
+                    "its share of the noise (std σ·C/√n), so the sum the server opens carries σ·C")
+    else:
+        protects = "whoever sees the released global models; NOT the server, which adds the noise " + (
+            "and sees every clipped update" if dp.mode == "server_clipping" else "(and, without SecAgg+, sees every clipped update)"
+        )
+    return {
+        "mode": dp.mode,
+        "noise_multiplier": dp.noise_multiplier,
+        "clipping_norm": dp.clipping_norm,
+        "sample_rate": rate,
+        "rounds": shape.rounds,
+        "delta": dp.delta,
+        "accountant": "rdp (opacus RDPAccountant: subsampled Gaussian, steps = rounds)",
+        "epsilon": epsilon_entry(epsilon, unit="hospital", delta=dp.delta, at_reference_delta=at_reference),
+        "reference_delta": REFERENCE_DELTA,
+        "epsilon_at_reference_delta": _finite(at_reference),
+        "protects_against": protects,
+    }
+
+
+def dp_sgd_block(dp: DpSgdConfig, fit_metrics: dict[tuple[int, int], dict]) -> dict:
+    """DP-SGD's ε per hospital after all rounds (later rounds overwrite), with its unit."""
+    last: dict[str, dict] = {}
+    for (_, hospital), metrics in sorted(fit_metrics.items()):
+        if "dp_epsilon" in metrics or "dp_epsilon_at_reference_delta" in metrics:
+            last[str(hospital)] = {**last.get(str(hospital), {}), **metrics}
+    per_hospital = {h: float(m["dp_epsilon"]) for h, m in last.items() if "dp_epsilon" in m}
+    at_reference = {h: float(m["dp_epsilon_at_reference_delta"]) for h, m in last.items() if "dp_epsilon_at_reference_delta" in m}
+    deltas = {h: float(m["dp_delta"]) for h, m in last.items() if "dp_delta" in m}
+    worst = max(per_hospital, key=per_hospital.get) if per_hospital else None
+    block = {
+        "unit": dp.unit,
+        "epsilon": epsilon_entry(
+            per_hospital.get(worst), unit=dp.unit, delta=deltas.get(worst, REFERENCE_DELTA),
+            at_reference_delta=max(at_reference.values(), default=None),
+        ),
+        "epsilon_per_hospital": per_hospital,
+        "epsilon_max": max(per_hospital.values(), default=None),
+        "delta_per_hospital": deltas,
+        "reference_delta": REFERENCE_DELTA,
+        "epsilon_per_hospital_at_reference_delta": at_reference,
+        "epsilon_max_at_reference_delta": max(at_reference.values(), default=None),
+        "noise_multiplier": next((float(m["dp_noise_multiplier"]) for m in last.values() if "dp_noise_multiplier" in m), None),
+        "max_grad_norm": dp.max_grad_norm,
+        "accountant": dp.accountant,
+        "protects_against": "everyone, the server included: each hospital adds its own noise before anything leaves it",
+    }
+    group = {h: m for h, m in last.items() if "dp_patient_epsilon_by_group_privacy" in m}
+    if group:
+        h = max(group, key=lambda k: group[k]["dp_patient_epsilon_by_group_privacy"])
+        block["patient_by_group_privacy"] = {
+            "epsilon": _finite(float(group[h]["dp_patient_epsilon_by_group_privacy"])),
+            "delta": float(group[h]["dp_patient_delta_by_group_privacy"]),
+            "max_slices_per_patient": int(group[h]["dp_max_slices_per_patient"]),
+            "from": "group privacy over a patient's slices of the slice-level ε at δ = 1e-5 (k·ε, k·e^((k−1)ε)·δ); "
+            "a δ of 1 means no per-patient guarantee at all",
+            "hospital": h,
+        }
+    return block
 
 
 def _finite(value: float) -> float | str:

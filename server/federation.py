@@ -112,6 +112,8 @@ def secagg_max_weight(cfg: ExperimentConfig) -> float | None:
     """An upper bound on any hospital's num_examples (SecAgg+ scales updates by n / max_weight ≤ 1); None without SecAgg+."""
     if not cfg.defences.secagg.enabled:
         return None
+    if cfg.defences.central_dp.mode == "distributed":
+        return 1.0  # every hospital reports weight 1 (uniform DP-FedAvg, clients/mods.py)
     if cfg.data.source != "phantom":
         from fl_mia.data import build_hospital
 
@@ -237,6 +239,12 @@ def judge_the_attacker(
         dp_epsilon=max(dp_epsilons.values()) if dp_epsilons else None,
     )
     section["candidate_set"]["finish_seconds"] = time.perf_counter() - finishing
+    if dp_epsilons:
+        from fl_mia.referee.dp_audit import audit_against_accountant
+
+        section["dp_audit"] = audit_against_accountant(
+            section, accountant_epsilon=max(dp_epsilons.values()), unit=cfg.defences.dp_sgd.unit
+        )
     return section
 
 

@@ -46,7 +46,7 @@ def known_update_app(cfg, sizes: list[int]) -> ClientApp:
         k = int(context.node_config["partition-id"])
         return KnownUpdateClient(k, sizes[k]).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[defences_mod(lambda _context: (cfg.defences, cfg.seed))])
+    return ClientApp(client_fn=client_fn, mods=[defences_mod(lambda _context: (cfg.defences, cfg.seed, cfg.sampled_per_round()))])
 
 
 class Recorder:

@@ -37,7 +37,8 @@ def test_secagg_with_consistency_check_and_client_dp_end_to_end(tmp_path):
     assert metrics["defences"] == ["secagg+", "central_dp:client_clipping", "consistency:refuse"]
     report = metrics["defence_report"]
     assert 0 < report["secagg"]["max_abs_delta"] <= 1.0
-    assert report["central_dp"]["epsilon"] > 0 and "NOT the server" in report["central_dp"]["protects_against"]
+    assert report["central_dp"]["epsilon"]["value"] > 0 and report["central_dp"]["epsilon"]["unit"] == "hospital"
+    assert "NOT the server" in report["central_dp"]["protects_against"]
     verdicts = report["consistency"]["verdicts"]
     assert set(verdicts) == {"1", "2"} and all(v["consistent"] for r in verdicts.values() for v in r.values())
     with open(next(tmp_path.glob("*/rounds.csv"))) as handle:
@@ -50,15 +51,16 @@ def test_dp_sgd_end_to_end_reports_epsilon_over_all_rounds(tmp_path):
     cfg = build_config(tiny_raw(defences={"dp_sgd": {"enabled": True, "noise_multiplier": 1.0}}))
     metrics = run_experiment(cfg, runs_root=tmp_path).metrics
     report = metrics["defence_report"]["dp_sgd"]
+    assert report["epsilon"]["unit"] == "patient" and report["epsilon"]["value"] == report["epsilon_max"]
     assert set(report["epsilon_per_hospital"]) == {"0", "1"}
     from fl_mia.data import build_hospital
     from fl_mia.defences.accounting import epsilon_of
-    from fl_mia.defences.dp_sgd import plan_for
+    from fl_mia.defences.dp_sgd import plan_for_split
 
     for hospital, epsilon in report["epsilon_per_hospital"].items():
-        plan = plan_for(
+        plan = plan_for_split(
             cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds,
-            num_train=len(build_hospital(cfg.data, cfg.federation, int(hospital), seed=cfg.seed).train),
+            split=build_hospital(cfg.data, cfg.federation, int(hospital), seed=cfg.seed).train,
         )
         expected = epsilon_of([(1.0, plan.sample_rate, 2 * plan.steps_per_round)], delta=plan.delta)
         assert epsilon == pytest.approx(expected, rel=1e-9)  # both rounds, kept in the node's state

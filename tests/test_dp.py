@@ -19,7 +19,8 @@ from tests.conftest import tiny_raw
 
 
 def dp_cfg(**dp):
-    return build_config(tiny_raw(defences={"dp_sgd": {"enabled": True, **dp}}))
+    # The slice path (Opacus's make_private); the patient path is tests/test_patient_dp.py.
+    return build_config(tiny_raw(defences={"dp_sgd": {"enabled": True, "unit": "slice", **dp}}))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_parameters_leave_without_the_opacus_prefix_and_change(hospital):
 
 def test_poisson_batches_include_empty_ones_and_still_step(hospital):
     # 2 images, batch size 1: sample rate 1/2, so about a quarter of the batches are empty.
-    cfg = build_config(tiny_raw(training={"batch_size": 1, "local_epochs": 6}, defences={"dp_sgd": {"enabled": True}}))
+    cfg = build_config(tiny_raw(training={"batch_size": 1, "local_epochs": 6}, defences={"dp_sgd": {"enabled": True, "unit": "slice"}}))
     split = hospital.train.subset(np.arange(2))
     outcome = train_local_dp(fresh_model(cfg), split, cfg.defences.dp_sgd, cfg.training, rounds=cfg.federation.rounds, history=[], secret=3, tags=(1, 0))
     assert outcome.result.steps == 12  # every step is accounted, empty or not
@@ -112,13 +113,15 @@ def test_defence_report_takes_each_hospitals_last_epsilon_and_says_whom_it_prote
     }
     shape = RunShape(num_hospitals=cfg.federation.num_hospitals, sampled_per_round=cfg.sampled_per_round(), rounds=cfg.federation.rounds)
     section = privacy_section(cfg.defences, shape, fits)
-    assert section["active"] == ["central_dp:client_clipping", "dp_sgd"]
+    assert section["active"] == ["central_dp:client_clipping", "dp_sgd:patient"]
     assert section["dp_sgd"]["epsilon_per_hospital"] == {"0": 1.5, "1": 2.0}
     assert section["dp_sgd"]["epsilon_max"] == 2.0
     assert "NOT the server" in section["central_dp"]["protects_against"]
-    assert section["central_dp"]["epsilon"] == pytest.approx(
+    assert section["central_dp"]["epsilon"]["value"] == pytest.approx(
         central_dp_epsilon(noise_multiplier=0.5, sample_rate=1.0, rounds=2, delta=1e-3)
     )
+    assert section["central_dp"]["epsilon"]["unit"] == "hospital" and section["dp_sgd"]["epsilon"]["unit"] == "patient"
+    assert section["dp_sgd"]["epsilon"]["value"] == 2.0 and section["dp_sgd"]["epsilon"]["delta"] == 0.2
 
 
 def test_resumed_hospital_rebuilds_its_accountant_from_the_checkpointed_steps(hospital):
@@ -165,4 +168,4 @@ def test_defence_report_gives_epsilon_at_the_reference_delta():
     assert section["central_dp"]["epsilon_at_reference_delta"] == pytest.approx(
         central_dp_epsilon(noise_multiplier=0.5, sample_rate=1.0, rounds=2, delta=1e-5)
     )
-    assert section["central_dp"]["epsilon_at_reference_delta"] > section["central_dp"]["epsilon"]
+    assert section["central_dp"]["epsilon_at_reference_delta"] > section["central_dp"]["epsilon"]["value"]

@@ -36,7 +36,7 @@ SWEEP_PLOT = "privacy_utility.png"
 FIXED_COLUMNS = [
     "series", "config", "param", "value", "state",
     "dice", "dice_pooled",
-    "epsilon_dp_sgd", "epsilon_dp_sgd_at_1e-5", "noise_dp_sgd", "epsilon_central_dp", "noise_central_dp",
+    "epsilon_dp_sgd", "epsilon_dp_sgd_at_1e-5", "epsilon_dp_sgd_unit", "noise_dp_sgd", "epsilon_central_dp", "noise_central_dp",
     "strongest_attack", "strongest_auc", "strongest_tpr_at_1pct_fpr", "largest_empirical_epsilon",
     "wall_time_s", "run_dir",
 ]  # fmt: skip
@@ -116,11 +116,12 @@ def sweep_row(metrics: dict[str, Any] | None, *, series: str, config: str, param
         dice_pooled=utility.get("dice_pooled"),
         epsilon_dp_sgd=report.get("dp_sgd", {}).get("epsilon_max"),
         noise_dp_sgd=report.get("dp_sgd", {}).get("noise_multiplier"),
-        epsilon_central_dp=report.get("central_dp", {}).get("epsilon"),
+        epsilon_central_dp=(report.get("central_dp", {}).get("epsilon") or {}).get("value"),
         noise_central_dp=report.get("central_dp", {}).get("noise_multiplier"),
         wall_time_s=metrics.get("wall_time_s"),
     )
     row["epsilon_dp_sgd_at_1e-5"] = report.get("dp_sgd", {}).get("epsilon_max_at_reference_delta")
+    row["epsilon_dp_sgd_unit"] = (report.get("dp_sgd", {}).get("epsilon") or {}).get("unit")
     verdict = metrics.get("privacy", {}).get("verdict")
     if verdict:  # every attack counted, update attacks (accumulated included) as much as prediction ones
         row.update(

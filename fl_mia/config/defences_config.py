@@ -32,12 +32,15 @@ class SecAggConfig(Section):
 
 
 class CentralDpConfig(Section):
-    """Client-level central DP with Flower's fixed-clipping wrappers."""
+    """Hospital-level DP (DP-FedAvg): Flower's fixed-clipping wrappers, or distributed noise under SecAgg+."""
 
-    mode: Literal["off", "client_clipping", "server_clipping"] = Field(
+    mode: Literal["off", "client_clipping", "server_clipping", "distributed"] = Field(
         "off",
         description="'client_clipping': hospitals clip their update (fixedclipping_mod), the server adds noise; "
-        "'server_clipping': the server clips every update and adds noise. Server noise does not protect against the server.",
+        "'server_clipping': the server clips every update and adds noise. Server noise does not protect against the server. "
+        "'distributed' (needs secagg): each hospital clips its update and adds its share of the noise "
+        "(std noise_multiplier·clipping_norm/√sampled), so the secure sum carries the full noise and the server never "
+        "sees an update without it. ε is per hospital in every mode.",
     )
     noise_multiplier: float = Field(0.5, ge=0.0, description="Gaussian noise std as a multiple of clipping_norm (on the sum of updates).")
     clipping_norm: float = Field(1.0, gt=0.0, description="L2 bound on each hospital's update (returned − received weights).")
@@ -45,22 +48,35 @@ class CentralDpConfig(Section):
 
 
 class DpSgdConfig(Section):
-    """Sample-level DP-SGD on every hospital with Opacus."""
+    """DP-SGD on every hospital with Opacus: per patient (default) or per slice."""
 
-    enabled: bool = Field(False, description="Train each hospital with Opacus DP-SGD (per-image clipping, Poisson batches, noise).")
+    enabled: bool = Field(False, description="Train each hospital with Opacus DP-SGD (clipping, Poisson sampling, noise).")
+    unit: Literal["patient", "slice"] = Field(
+        "patient",
+        description="What one clipped gradient is, and so what ε protects. 'patient': Poisson-sample patients, clip the "
+        "gradient of each sampled patient's slices together, ε per patient (membership is asked by patient). "
+        "'slice': Poisson-sample slices, clip each slice's gradient, ε per slice (a patient's ε is then only bounded by "
+        "group privacy over its slices, also reported).",
+    )
+    patients_per_step: int | None = Field(
+        None,
+        ge=1,
+        description="unit 'patient': expected patients per step (Poisson rate = this / the hospital's patients); "
+        "default: as many patients as training.batch_size slices hold on average.",
+    )
     noise_multiplier: float | None = Field(
         1.0, ge=0.0, description="Noise std as a multiple of max_grad_norm; ignored when target_epsilon is set."
     )
     target_epsilon: float | None = Field(
         None, gt=0.0, description="Aim for this ε after all rounds (make_private_with_epsilon over every local step of the run)."
     )
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Per-image gradient clipping bound.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Clipping bound on each unit's gradient (a patient's or a slice's).")
     delta: float | None = Field(
         None,
         gt=0.0,
         lt=1.0,
-        description="δ per hospital; default min(1e-5, 1/(10·n)) for n training images of the hospital "
-        "(well below 1/n). ε is also always reported at δ = 1e-5.",
+        description="δ per hospital; default min(1e-5, 1/(10·n)) for n training units (patients or slices) of the "
+        "hospital (well below 1/n). ε is also always reported at δ = 1e-5.",
     )
     accountant: Literal["rdp", "prv", "gdp"] = Field("rdp", description="Opacus privacy accountant used for ε.")
 
@@ -124,6 +140,11 @@ class DefencesConfig(Section):
                 "central_dp.mode: 'server_clipping' needs every hospital's update, which SecAgg+ hides; "
                 "use 'client_clipping' with secagg"
             )
+        if self.central_dp.mode == "distributed" and not self.secagg.enabled:
+            raise ValueError(
+                "central_dp.mode: 'distributed' noise protects only a sum (each hospital adds a share too small alone); "
+                "enable secagg, or use 'client_clipping'"
+            )
         if self.consistency.mode != "off" and not self.secagg.enabled:
             raise ValueError(
                 "consistency.mode: the check guards the SecAgg+ aggregate (hospitals withhold unmasking shares); "
@@ -144,7 +165,7 @@ class DefencesConfig(Section):
         if self.central_dp.mode != "off":
             names.append(f"central_dp:{self.central_dp.mode}")
         if self.dp_sgd.enabled:
-            names.append("dp_sgd")
+            names.append(f"dp_sgd:{self.dp_sgd.unit}")
         if self.output.mode != "probabilities":
             names.append(f"output:{self.output.mode}")
         if self.consistency.mode != "off":

@@ -1,4 +1,9 @@
-"""Sample-level DP-SGD on one hospital with Opacus, accounted over every round.
+"""DP-SGD on one hospital with Opacus, per patient or per slice, accounted over every round.
+
+The unit (``defences.dp_sgd.unit``) is what one clipped gradient is and so what ε protects:
+'patient' (default; :mod:`fl_mia.defences.patient_dp_sgd`) samples and clips whole patients,
+'slice' samples and clips single slices (Opacus's ``make_private``; a patient's ε is then only
+bounded by group privacy over its slices, :func:`group_privacy`). Both paths share:
 
 * GroupNorm instead of BatchNorm (``model.norm = "groupnorm"``, ``ModuleValidator.fix``);
 * per-image losses (:func:`fl_mia.losses.segmentation_loss` computes Dice per image, unlike
@@ -37,34 +42,72 @@ from fl_mia.training import TrainResult, make_optimizer
 class DpSgdPlan:
     """What one hospital's DP-SGD does each round, fixed for the whole run."""
 
-    sample_rate: float
+    sample_rate: float  # Poisson rate of one unit (patient or slice) per step
     steps_per_round: int
     total_steps: int
     noise_multiplier: float
     max_grad_norm: float
     delta: float
     accountant: str
+    unit: str = "slice"  # what ε protects: "patient" or "slice"
+    units: int = 0  # patients (or slices) the hospital trains on
+    expected_batch: float = 0.0  # expected units per step: the noisy sum is divided by it
 
 
-def plan_for(dp: DpSgdConfig, training: TrainingConfig, *, rounds: int, num_train: int) -> DpSgdPlan:
-    """Sample rate, steps and noise of a hospital with ``num_train`` training images.
+def plan_for(
+    dp: DpSgdConfig, training: TrainingConfig, *, rounds: int, num_train: int, num_patients: int | None = None
+) -> DpSgdPlan:
+    """Sample rate, steps and noise of a hospital with ``num_train`` slices of ``num_patients`` patients.
 
+    Slice unit: Opacus's batches (rate 1 / batches). Patient unit: rate = expected patients per
+    step / patients (``dp.patients_per_step``, default the patients that ``training.batch_size``
+    slices hold on average), with as many steps per epoch as it takes to expect every patient once.
     With a target ε the noise is solved once for every step of every round
     (what ``make_private_with_epsilon`` does for the epochs it is given), assuming the
     hospital takes part in every round — conservative when ``fraction_fit`` < 1.
     """
-    batches = max(1, math.ceil(num_train / training.batch_size))
-    sample_rate = 1.0 / batches  # Opacus's DPDataLoader: 1 / len(data_loader)
+    if dp.unit == "patient":
+        if not num_patients:
+            raise ValueError("defences.dp_sgd.unit = 'patient' needs the hospital's patient ids (num_patients)")
+        units = num_patients
+        expected = dp.patients_per_step or max(1, round(training.batch_size * num_patients / max(num_train, 1)))
+        expected = min(expected, num_patients)
+        sample_rate = expected / num_patients
+        batches = math.ceil(num_patients / expected)
+    else:
+        units = num_train
+        batches = max(1, math.ceil(num_train / training.batch_size))
+        sample_rate = 1.0 / batches  # Opacus's DPDataLoader: 1 / len(data_loader)
     steps_per_round = batches * training.local_epochs
     total_steps = steps_per_round * rounds
-    delta = dp.delta if dp.delta is not None else default_delta(num_train)
+    delta = dp.delta if dp.delta is not None else default_delta(units)
     if dp.target_epsilon is not None:
         noise = noise_for_epsilon(
             target_epsilon=dp.target_epsilon, delta=delta, sample_rate=sample_rate, steps=total_steps, accountant=dp.accountant
         )
     else:
         noise = float(dp.noise_multiplier)
-    return DpSgdPlan(sample_rate, steps_per_round, total_steps, noise, dp.max_grad_norm, delta, dp.accountant)
+    return DpSgdPlan(
+        sample_rate, steps_per_round, total_steps, noise, dp.max_grad_norm, delta, dp.accountant,
+        unit=dp.unit, units=units, expected_batch=sample_rate * units,
+    )
+
+
+def plan_for_split(dp: DpSgdConfig, training: TrainingConfig, *, rounds: int, split: Split) -> DpSgdPlan:
+    """:func:`plan_for` a hospital's training split (its patient ids are the hospital's own)."""
+    return plan_for(dp, training, rounds=rounds, num_train=len(split), num_patients=len(np.unique(split.patient_ids)))
+
+
+def group_privacy(epsilon: float, delta: float, *, group_size: int) -> tuple[float, float]:
+    """(ε, δ) for a group of ``group_size`` records from an (ε, δ) guarantee for one record.
+
+    The textbook bound (Dwork and Roth 2014, Thm 2.2 and its (ε, δ) form): k·ε and
+    k·e^((k−1)ε)·δ. It is what slice-level DP-SGD says about a patient with k slices; its δ
+    grows so fast that it is often vacuous (capped at 1 here: no guarantee at all).
+    """
+    k = max(int(group_size), 1)
+    group_delta = min(1.0, k * math.exp(min((k - 1) * epsilon, 700.0)) * delta)
+    return k * epsilon, group_delta
 
 
 def train_local_dp(
@@ -85,16 +128,17 @@ def train_local_dp(
     assumes the server can neither subtract the noise nor tell which scans each step sampled,
     and the server holds the experiment seed.
     """
-    errors = ModuleValidator.validate(model, strict=False)
-    if errors:
-        raise ValueError(f"model is not DP-SGD compatible ({errors[0]}); set model.norm = 'groupnorm'")
-    plan = plan_for(dp, training, rounds=rounds, num_train=len(split))
-    for module in model.modules():
-        if getattr(module, "inplace", False):
-            module.inplace = False  # in-place ReLU breaks Opacus's backward hooks; weights are unchanged
-    device = model_device(model)
-    _freeze_unused(model, torch.from_numpy(split.images[:1]).to(device))
+    plan = plan_for_split(dp, training, rounds=rounds, split=split)
+    prepare_for_dp(model, split)
     torch.manual_seed(int_seed(secret, "train-dropout", *tags))
+    if plan.unit == "patient":
+        from fl_mia.defences.patient_dp_sgd import train_patient_dp
+
+        result, steps, empty = train_patient_dp(model, split, training, plan=plan, secret=secret, tags=tags)
+        new_history = _composed(history, plan, steps)
+        epsilon = epsilon_of(new_history, delta=plan.delta, accountant=plan.accountant)
+        return DpSgdRound(result, new_history, epsilon, plan, empty)
+    device = model_device(model)
     dataset = TensorDataset(torch.from_numpy(split.images), torch.from_numpy(split.masks))
     loader = DataLoader(dataset, batch_size=training.batch_size, generator=torch_generator(secret, "train-order", *tags))
     optimizer = make_optimizer(model, training)
@@ -145,6 +189,26 @@ def train_local_dp(
         num_examples=len(split),
     )
     return DpSgdRound(result, new_history, epsilon, plan, empty)
+
+
+def prepare_for_dp(model: nn.Module, split: Split) -> None:
+    """Check the model takes per-unit gradients; make ReLUs out of place; freeze unused weights."""
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ValueError(f"model is not DP-SGD compatible ({errors[0]}); set model.norm = 'groupnorm'")
+    for module in model.modules():
+        if getattr(module, "inplace", False):
+            module.inplace = False  # in-place ReLU breaks Opacus's backward hooks; weights are unchanged
+    _freeze_unused(model, torch.from_numpy(split.images[:1]).to(model_device(model)))
+
+
+def _composed(history: History, plan: DpSgdPlan, steps: int) -> History:
+    """The accountant's history with this round's ``steps`` (same σ and rate: one entry grows)."""
+    history = list(history)
+    if history and (history[-1][0], history[-1][1]) == (plan.noise_multiplier, plan.sample_rate):
+        noise, rate, before = history[-1]
+        return history[:-1] + [(noise, rate, int(before) + steps)]
+    return history + [(plan.noise_multiplier, plan.sample_rate, steps)]
 
 
 @dataclass

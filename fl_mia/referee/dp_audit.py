@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta
 
+from fl_mia.referee.scopes import headline
+
 DEFAULT_CONFIDENCE = 0.95
 
 
@@ -115,3 +117,32 @@ def empirical_epsilon(
                 "rate_upper": float(upper[i]),
             }
     return {**result, **best}
+
+
+def audit_against_accountant(privacy: dict[str, Any], *, accountant_epsilon: float, unit: str) -> dict[str, Any]:
+    """The largest empirical ε of any attack, at the accountant's unit, beside the accountant's ε.
+
+    ``unit`` 'patient': each candidate patient is one trial (its score the mean of its slices',
+    ``privacy[attack]["empirical_epsilon"]``); 'slice': each candidate slice
+    (``privacy[attack]["empirical_epsilon_slices"]``). Read on each attack's headline candidates. A
+    lower bound above the accountant's ε (both at δ = 1e-5) means the DP implementation, or its
+    accounting, is broken.
+    """
+    found = []
+    for attack, result in privacy.items():
+        if headline(result) is None:
+            continue
+        audit = result.get("empirical_epsilon") if unit == "patient" else result.get("empirical_epsilon_slices")
+        if audit and audit.get("epsilon_lower_bound") is not None:
+            found.append((audit["epsilon_lower_bound"], attack))
+    largest, attack = max(found, default=(None, None))
+    return {
+        "unit": unit,
+        "trial": "one candidate patient (mean of its slices' scores)" if unit == "patient" else "one candidate slice",
+        "delta": 1e-5,
+        "confidence": DEFAULT_CONFIDENCE,
+        "accountant_epsilon": accountant_epsilon,
+        "largest_empirical_epsilon": largest,
+        "attack": attack,
+        "empirical_below_accountant": None if largest is None else bool(largest <= accountant_epsilon),
+    }

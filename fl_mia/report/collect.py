@@ -147,10 +147,18 @@ def pooled_dice_of(run: RunRecord) -> float | None:
 def epsilon_of(run: RunRecord) -> dict[str, float]:
     report = run.metrics.get("defence_report") or {}
     found = {}
-    if (report.get("dp_sgd") or {}).get("epsilon_max") is not None:
-        found["DP-SGD"] = report["dp_sgd"]["epsilon_max"]
-    if (report.get("central_dp") or {}).get("epsilon") is not None:
-        found["central DP"] = report["central_dp"]["epsilon"]
+    # Each ε is labelled with its unit (what one neighbouring record is): patient, slice or hospital.
+    dp_sgd, central = report.get("dp_sgd") or {}, report.get("central_dp") or {}
+    if dp_sgd.get("epsilon_max") is not None:
+        found[f"DP-SGD (ε per {(dp_sgd.get('epsilon') or {}).get('unit', 'slice')})"] = dp_sgd["epsilon_max"]
+    group = dp_sgd.get("patient_by_group_privacy") or {}
+    if isinstance(group.get("epsilon"), (int, float)):  # its δ (often vacuous) is in metrics.json
+        found["DP-SGD (ε per patient by group privacy over slices)"] = group["epsilon"]
+    epsilon = central.get("epsilon")
+    if isinstance(epsilon, dict) and isinstance(epsilon.get("value"), (int, float)):
+        found[f"{'distributed' if central.get('mode') == 'distributed' else 'central'} DP (ε per hospital)"] = epsilon["value"]
+    elif isinstance(epsilon, (int, float)):  # metrics.json written before ε named its unit
+        found["central DP (ε per hospital)"] = epsilon
     return found
 
 
