@@ -120,3 +120,16 @@ def test_four_cells_over_a_localhost_head_and_worker_equal_the_same_cells_run_tw
     metrics = [json.loads((tmp_path / name / "cells" / "defence=none__seed=0" / "metrics.json").read_text()) for name in ("jobs", "cluster")]
     assert metrics[0]["privacy"] == metrics[1]["privacy"]
     assert local["cells"][0]["hostname"]
+
+
+def test_shared_ray_does_not_combine_with_cells_at_once_and_one_job_runs_cells_one_by_one():
+    from fl_mia.app.suite import SuiteError
+    from fl_mia.app.suite_cluster import cell_pool
+
+    with pytest.raises(SuiteError, match="--shared-ray"):
+        cell_pool(2, None, shared_ray=True)
+    with pytest.raises(SuiteError, match="--shared-ray"):
+        cell_pool(1, "10.0.0.1:6379", shared_ray=True)
+    submit, close = cell_pool(1, "local", shared_ray=True)  # RAY_ADDRESS=local names no cluster
+    assert submit is None
+    close()

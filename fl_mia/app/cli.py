@@ -288,11 +288,7 @@ def suite(
     from contextlib import nullcontext
 
     from fl_mia.app.suite import SuiteError, load_suite, run_suite, shared_ray_cluster
-    from fl_mia.app.suite_cluster import cells_runner, local_pool, ray_pool
-
-    ray_address = ray_address if ray_address and ray_address != "local" else None
-    if shared_ray and (jobs > 1 or ray_address):
-        _fail("--shared-ray: cells run at once (--jobs, --ray-address) each start their own Ray; drop --shared-ray")
+    from fl_mia.app.suite_cluster import cell_pool, cells_runner
 
     started = time.perf_counter()
     try:
@@ -318,11 +314,9 @@ def suite(
     console.print(f"suite {loaded.name} · {len(loaded.cells)} cells · out {out}")
     continue_suite = f"fl-mia suite {suite_file} --out {out} --resume" + "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
     try:
-        submit, close = ray_pool(ray_address) if ray_address else local_pool(jobs) if jobs > 1 else (None, lambda: None)
+        submit, close = cell_pool(jobs, ray_address, shared_ray=shared_ray)
     except SuiteError as error:
         _fail(str(error))
-    if ray_address:
-        console.print(f"cells run as Ray tasks on the cluster at {ray_address}", highlight=False)
     try:
         with shared_ray_cluster(loaded, out=out) if shared_ray else nullcontext() as address:
             if address:

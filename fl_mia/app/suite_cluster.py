@@ -25,6 +25,7 @@ environment; its writes are atomic and per-key locked, so concurrent cells are s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -35,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger("fl_mia")
 RESULT_PREFIX = "FL_MIA_CELL_RESULT "
 SubmitCell = Callable[[Any, Path, str], Future]
 
@@ -106,6 +108,19 @@ def ray_pool(address: str) -> tuple[SubmitCell, Callable[[], None]]:
         return ref.future()
 
     return submit, ray.shutdown
+
+
+def cell_pool(jobs: int, ray_address: str | None, *, shared_ray: bool) -> tuple[SubmitCell | None, Callable[[], None]]:
+    """The CLI's choice: Ray tasks with an address (``local`` is none), a local pool for ``jobs`` > 1, else one by one (None)."""
+    from fl_mia.app.suite import SuiteError
+
+    ray_address = ray_address if ray_address and ray_address != "local" else None
+    if shared_ray and (jobs > 1 or ray_address):
+        raise SuiteError("--shared-ray: cells run at once (--jobs, --ray-address) each start their own Ray; drop --shared-ray")
+    if ray_address:
+        logger.info("cells run as Ray tasks on the cluster at %s", ray_address)
+        return ray_pool(ray_address)
+    return local_pool(jobs) if jobs > 1 else (None, lambda: None)
 
 
 def cells_runner(submit: SubmitCell) -> Callable[..., None]:
