@@ -120,6 +120,8 @@ def test_four_cells_over_a_localhost_head_and_worker_equal_the_same_cells_run_tw
     metrics = [json.loads((tmp_path / name / "cells" / "defence=none__seed=0" / "metrics.json").read_text()) for name in ("jobs", "cluster")]
     assert metrics[0]["privacy"] == metrics[1]["privacy"]
     assert local["cells"][0]["hostname"]
+    for name in ("jobs", "cluster"):  # the cells shared the attacker's shadows through OUT/knowledge/
+        assert any(p.is_file() for p in (tmp_path / name / "knowledge").rglob("*")), f"{name}: no shared knowledge written"
 
 
 def test_shared_ray_does_not_combine_with_cells_at_once_and_one_job_runs_cells_one_by_one():
@@ -133,3 +135,14 @@ def test_shared_ray_does_not_combine_with_cells_at_once_and_one_job_runs_cells_o
     submit, close = cell_pool(1, "local", shared_ray=True)  # RAY_ADDRESS=local names no cluster
     assert submit is None
     close()
+
+
+def test_a_cell_process_gets_the_suites_knowledge_folder_and_a_private_ray(tmp_path):
+    from fl_mia.app.suite import shared_knowledge
+    from fl_mia.app.suite_cluster import cell_environment
+    from fl_mia.attacker.knowledge_cache import KNOWLEDGE_CACHE_ENV
+
+    with shared_knowledge(tmp_path / "knowledge"):
+        assert cell_environment() == {"RAY_ADDRESS": "local", KNOWLEDGE_CACHE_ENV: str((tmp_path / "knowledge").resolve())}
+    with shared_knowledge(None):
+        assert cell_environment() == {"RAY_ADDRESS": "local"}

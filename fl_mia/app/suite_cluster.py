@@ -67,10 +67,9 @@ def run_cell_process(config: str, folder: str, state: str, overrides: list[str],
 def local_pool(jobs: int) -> tuple[SubmitCell, Callable[[], None]]:
     """Up to ``jobs`` cell processes at once on this machine; returns (submit, close)."""
     threads = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="suite-cell")
-    env = cell_environment()
 
-    def submit(cell, folder: Path, state: str) -> Future:
-        return threads.submit(run_cell_process, str(cell.config_path), str(folder), state, cell.overrides, env)
+    def submit(cell, folder: Path, state: str) -> Future:  # the environment as run_suite has set it (knowledge)
+        return threads.submit(run_cell_process, str(cell.config_path), str(folder), state, cell.overrides, cell_environment())
 
     return submit, lambda: threads.shutdown(wait=True)
 
@@ -101,9 +100,9 @@ def ray_pool(address: str) -> tuple[SubmitCell, Callable[[], None]]:
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise SuiteError(f"--ray-address {address}: no Ray cluster answers there ({error}); start one with `ray start --head` or fix the address") from None
     task = ray.remote(max_retries=0)(_ray_cell_task)
-    env = cell_environment()
 
     def submit(cell, folder: Path, state: str) -> Future:
+        env = cell_environment()  # as run_suite has set it (the shared knowledge folder)
         ref = task.options(**cell_resources(cell)).remote(str(cell.config_path), str(folder), state, cell.overrides, env)
         return ref.future()
 
