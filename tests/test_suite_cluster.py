@@ -120,6 +120,14 @@ def test_four_cells_over_a_localhost_head_and_worker_equal_the_same_cells_run_tw
     metrics = [json.loads((tmp_path / name / "cells" / "defence=none__seed=0" / "metrics.json").read_text()) for name in ("jobs", "cluster")]
     assert metrics[0]["privacy"] == metrics[1]["privacy"]
     assert local["cells"][0]["hostname"]
+    reports = []
+    for name in ("jobs", "cluster"):  # the report does not depend on where the cells ran
+        folder = tmp_path / name
+        command = [sys.executable, "-m", "fl_mia.app.cli", "report", str(folder), "-o", str(folder / "r.html"), "--markdown", str(folder / "r.md")]
+        assert subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=600).returncode == 0
+        reports.append((folder / "r.md").read_text().replace(str(folder), "OUT"))
+    assert reports[0] == reports[1]
+    assert local["overhead"] == {"cells_at_once": True}
     for name in ("jobs", "cluster"):  # the cells shared the attacker's shadows through OUT/knowledge/
         assert any(p.is_file() for p in (tmp_path / name / "knowledge").rglob("*")), f"{name}: no shared knowledge written"
 
