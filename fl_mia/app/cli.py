@@ -278,12 +278,17 @@ def suite(
     share_knowledge: Annotated[
         bool, typer.Option("--shared-knowledge/--no-shared-knowledge", help="Cells share the attacker's shadow models (OUT/knowledge/), or each trains its own.")
     ] = True,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Run up to N cells at once on this machine.")] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Run cells as Ray tasks over this existing Ray cluster (host:port).")
+    ] = None,
 ) -> None:
     """Run a grid of experiments (threats × defences × seeds); one run folder per cell."""
     import time
     from contextlib import nullcontext
 
     from fl_mia.app.suite import SuiteError, load_suite, run_suite, shared_ray_cluster
+    from fl_mia.app.suite_cluster import cell_pool, cells_runner
 
     started = time.perf_counter()
     try:
@@ -309,13 +314,17 @@ def suite(
     console.print(f"suite {loaded.name} · {len(loaded.cells)} cells · out {out}")
     continue_suite = f"fl-mia suite {suite_file} --out {out} --resume" + "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
     try:
+        submit, close = cell_pool(jobs, ray_address, shared_ray=shared_ray)
+    except SuiteError as error:
+        _fail(str(error))
+    try:
         with shared_ray_cluster(loaded, out=out) if shared_ray else nullcontext() as address:
             if address:
                 console.print(f"cells join one Ray head at {address} (started once for the suite)", highlight=False)
             with resume_command(continue_suite):
                 summary = run_suite(
                     loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started,
-                    share_knowledge=share_knowledge,
+                    share_knowledge=share_knowledge, cells_runner=cells_runner(submit) if submit else None,
                 )
     except RunInterrupted as stopped:
         _interrupted(stopped.message(continue_suite))
@@ -323,6 +332,8 @@ def suite(
         _interrupted(f"interrupted between cells; continue with: {continue_suite}")
     except (SuiteError, *USER_ERRORS) as error:
         _fail(str(error))
+    finally:
+        close()
     failed = [c["name"] for c in summary["cells"] if c["state"] == "failed"]
     cost = summary["overhead"]
     if cost.get("cells_run"):

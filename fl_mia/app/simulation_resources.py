@@ -19,8 +19,13 @@ def available_cpus() -> int:
 
 
 def ray_cluster_address(cfg: SimulationConfig) -> str | None:
-    """The running Ray cluster to join: ``simulation.ray_address``, else ``RAY_ADDRESS``, else none."""
-    return cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    """The running Ray cluster to join: ``simulation.ray_address``, else ``RAY_ADDRESS``, else none.
+
+    ``RAY_ADDRESS=local`` (Ray's own word for "start a new local instance", set for suite cells
+    run as Ray tasks) means none: the run starts its private Ray with its own CPU count.
+    """
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
 
 
 def check_resources(cfg: SimulationConfig, *, num_hospitals: int) -> None:
