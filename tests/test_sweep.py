@@ -155,7 +155,9 @@ def test_sweep_end_to_end_two_tiny_central_dp_settings(tmp_path):
     assert [r["state"] for r in rows] == ["complete", "complete"]
     for row in rows:
         assert 0.0 <= row["dice"] <= 1.0 and row["wall_time_s"] > 0
-        assert 0.0 <= row["loss.auc"] <= 1.0 and 0.0 <= row["label_only.tpr_at_1pct_fpr"] <= 1.0
+        assert 0.0 <= row["loss.auc"] <= 1.0
+        # A tiny run has far fewer than the 100 non-members TPR at 1% FPR needs: blank, never a number.
+        assert row["label_only.tpr_at_1pct_fpr"] is None
     assert rows[0]["epsilon_central_dp"] > rows[1]["epsilon_central_dp"]  # more noise, smaller ε
     assert (out / SWEEP_CSV).is_file() and (out / SWEEP_PLOT).is_file()
 
