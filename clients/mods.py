@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitRes, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 
@@ -29,6 +29,28 @@ from fl_mia.defences.detector import DetectorThresholds, flags, round_evidence, 
 from fl_mia.defences.distributed_dp import clipped_noisy_update, noise_share_std
 
 logger = logging.getLogger("fl_mia")
+
+
+def on_train_reply(edit: Callable[[Message, Context, list[np.ndarray], FitRes], None]):
+    """A mod that lets ``edit(msg, ctxt, received, fit_res)`` change a train reply in place.
+
+    ``received``: the weights the server sent. Other messages, and replies that carry an
+    error, pass through untouched.
+    """
+
+    def mod(msg: Message, ctxt: Context, call_next) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN or not msg.content.array_records:
+            return call_next(msg, ctxt)
+        received = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
+        out = call_next(msg, ctxt)
+        if out.has_error():
+            return out
+        fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+        edit(msg, ctxt, received, fit_res)
+        out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+        return out
+
+    return mod
 
 
 def make_delta_mod(*, clipping_range: float, seed: int | None = None):
@@ -44,14 +66,7 @@ def make_delta_mod(*, clipping_range: float, seed: int | None = None):
     rounding noise protects nothing (the masks come from the key agreement, not from it).
     """
 
-    def delta_mod(msg: Message, ctxt: Context, call_next) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN or not msg.content.array_records:
-            return call_next(msg, ctxt)
-        received = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
-        out = call_next(msg, ctxt)
-        if out.has_error():
-            return out
-        fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+    def delta_mod(msg: Message, ctxt: Context, received: list[np.ndarray], fit_res: FitRes) -> None:
         returned = parameters_to_ndarrays(fit_res.parameters)
         deltas = [(np.asarray(r, np.float64) - np.asarray(s, np.float64)).astype(np.float32) for r, s in zip(returned, received)]
         largest = max((float(np.abs(d).max()) for d in deltas if d.size), default=0.0)
@@ -62,12 +77,10 @@ def make_delta_mod(*, clipping_range: float, seed: int | None = None):
             )
         fit_res.parameters = ndarrays_to_parameters(deltas)
         fit_res.metrics["max_abs_delta"] = largest
-        out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
         if seed is not None:
             np.random.seed(int_seed(seed, "secagg-rounding", msg.metadata.group_id, ctxt.node_config.get(NODE_PARTITION_KEY, 0)) % 2**32)
-        return out
 
-    return delta_mod
+    return on_train_reply(delta_mod)
 
 
 def make_consistency_mod(*, mode: str, channel_root=None):
@@ -122,14 +135,7 @@ def make_detector_mod(thresholds: DetectorThresholds):
     first-batch loss) lives in the node's own ``context.state``, never on the server.
     """
 
-    def detector_mod(msg: Message, ctxt: Context, call_next) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN or not msg.content.array_records:
-            return call_next(msg, ctxt)
-        received = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
-        out = call_next(msg, ctxt)
-        if out.has_error():
-            return out
-        fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+    def detector_mod(msg: Message, ctxt: Context, received: list[np.ndarray], fit_res: FitRes) -> None:
         kept = ctxt.state.config_records.get(DETECTOR_MEMORY_KEY)
         previous = ctxt.state.array_records.get(DETECTOR_MODEL_KEY)
         evidence = round_evidence(
@@ -159,10 +165,8 @@ def make_detector_mod(thresholds: DetectorThresholds):
         else:
             ctxt.state.array_records[DETECTOR_MODEL_KEY] = ArrayRecord(received)
         ctxt.state.config_records[DETECTOR_MEMORY_KEY] = ConfigRecord(memory)
-        out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
-        return out
 
-    return detector_mod
+    return on_train_reply(detector_mod)
 
 
 def _secagg_state(ctxt: Context) -> SecAggPlusState:
@@ -183,14 +187,7 @@ def make_distributed_dp_mod(*, noise_multiplier: float, clipping_norm: float, sa
 
     share_std = noise_share_std(noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, sampled=sampled)
 
-    def distributed_dp_mod(msg: Message, ctxt: Context, call_next) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN or not msg.content.array_records:
-            return call_next(msg, ctxt)
-        received = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
-        out = call_next(msg, ctxt)
-        if out.has_error():
-            return out
-        fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+    def distributed_dp_mod(msg: Message, ctxt: Context, received: list[np.ndarray], fit_res: FitRes) -> None:
         partition_id = int(ctxt.node_config.get(NODE_PARTITION_KEY, 0))
         secret = hospital_secret(ctxt.state, ctxt.node_config, partition_id)
         rng = np.random.default_rng(int_seed(secret, "distributed-dp", msg.metadata.group_id))
@@ -199,10 +196,8 @@ def make_distributed_dp_mod(*, noise_multiplier: float, clipping_norm: float, sa
         )
         fit_res.parameters = ndarrays_to_parameters(noisy)
         fit_res.num_examples = 1
-        out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
-        return out
 
-    return distributed_dp_mod
+    return on_train_reply(distributed_dp_mod)
 
 
 def hospital_mods(defences: DefencesConfig, *, seed: int, sampled: int = 1) -> list:
