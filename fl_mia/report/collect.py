@@ -25,7 +25,7 @@ import numpy as np
 from fl_mia.referee.metrics import membership_metrics
 from fl_mia.referee.scopes import headline, scored_attacks
 from fl_mia.referee.statistics import bootstrap_intervals, mean_interval
-from fl_mia.report.pairing import candidate_truth, paired_against, rival_attacks, utility_against
+from fl_mia.report.pairing import candidate_truth, paired_against, read_candidates, rival_attacks, utility_against
 from fl_mia.seeding import seed_sequence
 
 __all__ = ["candidate_truth", "build_report_data", "to_json", "ReportError"]
@@ -116,23 +116,33 @@ def attack_names(runs: list[RunRecord]) -> list[str]:
     return list(names)
 
 
+def scores_on(run: RunRecord, attack: str, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A run's scores, membership and patient keys on ``hospitals``' candidates (None: all);
+    None where the run has no headline figure or no scores for ``attack``."""
+    path = run.run_dir / "scores.npz"
+    if not path.is_file() or headline((run.metrics.get("privacy") or {}).get(attack)) is None:
+        return None
+    with np.load(path) as archive:
+        if attack not in archive.files:
+            return None
+        scores = archive[attack]
+    candidates = read_candidates(run.run_dir)
+    chosen = np.isin(candidates.hospital, hospitals) if hospitals is not None else np.ones(len(scores), bool)
+    return scores[chosen], candidates.is_member[chosen], candidates.patient[chosen]
+
+
 def _pooled(group: Group, attack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The seeds' headline candidates concatenated (targeted hospitals where the models differed)."""
     scores, members, units = [], [], []
     for run in group.runs:
-        path = run.run_dir / "scores.npz"
         shown = headline((run.metrics.get("privacy") or {}).get(attack))
-        if not path.is_file() or shown is None:
+        found = scores_on(run, attack, shown.get("hospitals") if shown is not None else None)
+        if found is None:
             return None
-        with np.load(path) as archive:
-            if attack not in archive.files:
-                return None
-            values = archive[attack]
-        is_member, patient = candidate_truth(run.run_dir)
-        chosen = np.isin(patient // 1_000_003, shown["hospitals"]) if "hospitals" in shown else np.ones(len(patient), bool)
-        scores.append(values[chosen])
-        members.append(is_member[chosen])
-        units.append(np.array([f"{run.seed}:{p}" for p in patient[chosen]]))
+        values, is_member, patient = found
+        scores.append(values)
+        members.append(is_member)
+        units.append(np.array([f"{run.seed}:{p}" for p in patient]))
     return np.concatenate(scores), np.concatenate(members), np.concatenate(units)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from fl_mia.referee.metrics import roc_points
 from fl_mia.referee.scopes import headline
 from fl_mia.referee.statistics import non_members_needed
-from fl_mia.report.collect import Group, RunRecord, candidate_truth
+from fl_mia.report.collect import Group, RunRecord, scores_on
 
 FRONTIER_KEYS = (("auc", "attack AUC", 0.5), ("tpr_at_1pct_fpr", "attack TPR at 1% FPR", 0.01))
 
@@ -75,20 +75,6 @@ def _targeted_hospitals(groups: list[Group], attack: str) -> list[int] | None:
     return sorted(found) or None
 
 
-def _scores_on(run: RunRecord, attack: str, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """A run's scores and membership on ``hospitals``' candidates (None: all)."""
-    path = run.run_dir / "scores.npz"
-    if not path.is_file() or headline((run.metrics.get("privacy") or {}).get(attack)) is None:
-        return None
-    with np.load(path) as archive:
-        if attack not in archive.files:
-            return None
-        scores = archive[attack]
-    is_member, patient = candidate_truth(run.run_dir)
-    chosen = np.isin(patient // 1_000_003, hospitals) if hospitals is not None else np.ones(len(patient), bool)
-    return scores[chosen], is_member[chosen]
-
-
 def roc_overlay(groups: list[Group], attack: str) -> bytes | None:
     """Log-log ROC of one attack, one curve per group (seeds pooled), with the chance line.
 
@@ -102,7 +88,7 @@ def roc_overlay(groups: list[Group], attack: str) -> bytes | None:
     x_floor, drawn = 1.0, False
     hospitals = _targeted_hospitals(groups, attack)
     for index, group in enumerate(groups):
-        parts = [p for p in (_scores_on(run, attack, hospitals) for run in group.runs) if p is not None]
+        parts = [p for p in (scores_on(run, attack, hospitals) for run in group.runs) if p is not None]
         if not parts:
             continue
         scores, members = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
