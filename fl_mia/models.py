@@ -101,15 +101,24 @@ def build_experiment_model(model: ModelConfig, data: DataConfig, *, device: torc
     return built.to(device)
 
 
+_MODELS_THAT_RAN: set[tuple] = set()
+
+
 def check_model_runs(model_cfg: ModelConfig, data: DataConfig) -> None:
     """Build the experiment's model and pass two blank scans through it; ``ValueError`` in one line.
 
     What only a forward pass reveals (a head whose output is not the input's size, an encoder
     too deep for the image) is found here, at load, instead of in a hospital's first round.
+    A shape that passed once in this process is not built again: a suite's cells mostly share
+    one model, and building it per cell made loading a 50-cell suite take ~10 s. A local
+    weights file is read every time (it may have changed).
     """
     from fl_mia.data import input_channels, num_classes
 
     size, classes = data.image_size, num_classes(data.task)
+    shape = (model_cfg.model_dump_json(), input_channels(data), classes, size)
+    if model_cfg.encoder_weights_path is None and shape in _MODELS_THAT_RAN:
+        return
     described = f"model: {model_cfg.arch} with encoder {model_cfg.encoder} at depth {model_cfg.encoder_depth}"
     try:
         model = build_experiment_model(model_cfg, data)  # its probe pass runs at the configured image size
@@ -134,6 +143,7 @@ def check_model_runs(model_cfg: ModelConfig, data: DataConfig) -> None:
             f"{described} returns maps of shape {tuple(output.shape[1:])} for {size}x{size} scans, "
             f"not ({classes}, {size}, {size}); choose another architecture or encoder_depth"
         )
+    _MODELS_THAT_RAN.add(shape)
 
 
 def default_decoder_channels(depth: int) -> list[int]:

@@ -72,3 +72,18 @@ def test_wrong_weights_file_is_refused(tmp_path):
     torch.save({"not.a.layer": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="encoder_weights_path"):
         build_model(ModelConfig(encoder_weights_path=path), in_channels=1, classes=1)
+
+
+def test_a_model_checked_once_is_not_rebuilt_but_another_size_is_still_checked(monkeypatch):
+    from fl_mia import models
+    from fl_mia.config import DataConfig
+
+    built = []
+    real = models.build_experiment_model
+    monkeypatch.setattr(models, "build_experiment_model", lambda *a, **k: built.append(1) or real(*a, **k))
+    pan = ModelConfig(arch="PAN", encoder="resnet18", encoder_depth=3, norm="groupnorm")
+    models.check_model_runs(pan, DataConfig(image_size=64))
+    models.check_model_runs(pan, DataConfig(image_size=64))  # a suite's next cell: same model, same scans
+    assert len(built) <= 1
+    with pytest.raises(ValueError, match="cannot segment 32x32"):  # its pyramid needs 64
+        models.check_model_runs(pan, DataConfig(image_size=32))

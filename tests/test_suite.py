@@ -154,6 +154,15 @@ def test_failed_cells_are_recorded_and_the_suite_goes_on(tmp_path):
     assert json.loads((tmp_path / "out" / SUITE_JSON).read_text())["cells"] == summary["cells"]
 
 
+def test_cells_run_seed_by_seed_and_are_recorded_in_listing_order(tmp_path):
+    suite = load_suite(_write_suite(tmp_path, GRID))
+    fake = FakeRuns()
+    summary = run_suite(suite, out=tmp_path / "out", run=fake.run, resume_run=fake.resume)
+    # A suite stopped after two cells has every value of the axis at seed 0, not one value at both seeds.
+    assert fake.ran == ["defence=none__seed=0", "defence=argmax__seed=0", "defence=none__seed=1", "defence=argmax__seed=1"]
+    assert [c["name"] for c in summary["cells"]] == [c.name for c in suite.cells]
+
+
 def test_resume_skips_complete_cells_resumes_interrupted_and_reruns_failed(tmp_path):
     suite = load_suite(_write_suite(tmp_path, GRID))
     out = tmp_path / "out"

@@ -48,11 +48,78 @@ def test_cells_run_at_once_are_recorded_in_suite_order_with_their_node(tmp_path)
     fake = FakeRuns(fail={"defence=none__seed=1"})
     summary = run_suite(suite, out=tmp_path / "out", run=fake.run, resume_run=fake.resume, cells_runner=cells_runner(_fake_submit(fake, order)))
     names = [cell.name for cell in suite.cells]
-    assert order == names[::-1], "the fake must finish cells out of order for this test to mean anything"
+    assert order == [cell.name for cell in suite.running_order()][::-1], "the fake must finish cells out of order for this test to mean anything"
     assert [c["name"] for c in summary["cells"]] == names
     assert {c["name"]: c["state"] for c in summary["cells"]}["defence=none__seed=1"] == "failed"
     assert all(c["hostname"] == "h" for c in summary["cells"])
     assert json.loads((tmp_path / "out" / SUITE_JSON).read_text())["cells"] == summary["cells"]
+
+
+CELL_THAT_WAITS = """
+import pathlib, signal, sys, time
+folder = pathlib.Path(sys.argv[1])
+folder.mkdir(parents=True)
+signal.signal(signal.SIGINT, lambda *_: ((folder / "stopped").write_text("SIGINT"), sys.exit(130)))
+(folder / "started").write_text("")
+time.sleep(120)
+"""
+
+
+def test_closing_the_pool_after_ctrl_c_stops_running_cells_once_and_starts_no_queued_one(tmp_path, monkeypatch):
+    import time
+
+    from fl_mia.app import suite_cluster
+
+    script = tmp_path / "cell.py"
+    script.write_text(CELL_THAT_WAITS)
+    monkeypatch.setattr(suite_cluster, "cell_command", lambda config, folder, state, overrides: [sys.executable, str(script), folder])
+    submit, close = suite_cluster.local_pool(2)
+
+    class Cell:
+        config_path, overrides = Path("c.toml"), []
+
+    futures = [submit(Cell(), tmp_path / f"cell{i}", "empty") for i in range(3)]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"cell{i}" / "started").exists() for i in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.monotonic()
+    close()  # what the CLI does when Ctrl-C reaches the suite, which alone gets it (cells have their own sessions)
+    assert time.monotonic() - started < 30
+    assert [(tmp_path / f"cell{i}" / "stopped").read_text() for i in range(2)] == ["SIGINT", "SIGINT"]
+    assert not (tmp_path / "cell2").exists(), "a queued cell started after Ctrl-C"
+    assert futures[2].cancelled()
+    assert [f.result()["label"] for f in futures[:2]] == ["failed", "failed"]  # no result line: exit 130 recorded
+
+
+def test_sigterm_to_a_suite_running_cells_at_once_stops_them_and_names_the_resume_command(tmp_path, monkeypatch):
+    import signal
+    import threading
+    import time
+
+    from typer.testing import CliRunner
+
+    from fl_mia.app import suite_cluster
+    from fl_mia.app.cli import app
+
+    script = tmp_path / "cell.py"
+    script.write_text(CELL_THAT_WAITS)
+    monkeypatch.setattr(suite_cluster, "cell_command", lambda config, folder, state, overrides: [sys.executable, str(script), folder])
+    path = _write_suite(tmp_path, GRID)
+    cells = tmp_path / "out" / "cells"
+
+    def terminate_once_two_cells_run() -> None:
+        deadline = time.monotonic() + 60
+        while len(list(cells.glob("*/started"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` does; it may land on any thread
+
+    threading.Thread(target=terminate_once_two_cells_run, daemon=True).start()
+    result = CliRunner().invoke(app, ["suite", str(path), "--out", str(tmp_path / "out"), "--jobs", "2"])
+    assert result.exit_code == 130, result.output
+    assert f"continue with: fl-mia suite {path} --out {tmp_path / 'out'} --resume --jobs 2" in " ".join(result.output.split())
+    assert sorted(p.parent.name for p in cells.glob("*/stopped")) == ["defence=argmax__seed=0", "defence=none__seed=0"]
+    assert len(list(cells.iterdir())) == 2, "a queued cell started after the suite was asked to stop"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_ray_address_local_means_a_private_ray_and_cells_ask_for_their_cpus(monkeypatch):

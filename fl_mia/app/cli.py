@@ -287,6 +287,7 @@ def suite(
     import time
     from contextlib import nullcontext
 
+    from fl_mia.app.interrupt import terminate_as_ctrl_c
     from fl_mia.app.suite import SuiteError, load_suite, run_suite, shared_ray_cluster
     from fl_mia.app.suite_cluster import cell_pool, cells_runner
 
@@ -302,7 +303,8 @@ def suite(
         if progress.state != "skipped":
             ran.append(progress.seconds)
         left = progress.total - progress.done
-        eta = f" · ~{left * sum(ran) / len(ran) / 60:.0f} min left" if ran and left else ""
+        # Cells run `jobs` at a time, each taking about as long as the mean so far.
+        eta = f" · ~{left * sum(ran) / len(ran) / jobs / 60:.0f} min left" if ran and left else ""
         console.print(
             f"[{progress.done}/{progress.total}] {progress.cell} · {progress.state}"
             + (f" in {progress.seconds:.0f} s" if progress.state != "skipped" else "")
@@ -312,13 +314,17 @@ def suite(
         )
 
     console.print(f"suite {loaded.name} · {len(loaded.cells)} cells · out {out}")
-    continue_suite = f"fl-mia suite {suite_file} --out {out} --resume" + "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
+    continue_suite = (
+        f"fl-mia suite {suite_file} --out {out} --resume"
+        + "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
+        + (f" --jobs {jobs}" if jobs > 1 and not ray_address else "")
+    )
     try:
         submit, close = cell_pool(jobs, ray_address, shared_ray=shared_ray)
     except SuiteError as error:
         _fail(str(error))
     try:
-        with shared_ray_cluster(loaded, out=out) if shared_ray else nullcontext() as address:
+        with terminate_as_ctrl_c() if submit else nullcontext(), shared_ray_cluster(loaded, out=out) if shared_ray else nullcontext() as address:
             if address:
                 console.print(f"cells join one Ray head at {address} (started once for the suite)", highlight=False)
             with resume_command(continue_suite):
@@ -329,7 +335,11 @@ def suite(
     except RunInterrupted as stopped:
         _interrupted(stopped.message(continue_suite))
     except KeyboardInterrupt:
-        _interrupted(f"interrupted between cells; continue with: {continue_suite}")
+        if submit:  # stop the running cell processes before saying so
+            close()
+            close = lambda: None  # noqa: E731  closed already
+        where = "running cells stopped at their last checkpoint" if submit else "between cells"
+        _interrupted(f"interrupted ({where}); continue with: {continue_suite}")
     except (SuiteError, *USER_ERRORS) as error:
         _fail(str(error))
     finally:

@@ -124,3 +124,22 @@ def stop_on_first_signal(run_dir: Path, *, grace_s: float = GRACE_S) -> Iterator
             timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def terminate_as_ctrl_c() -> Iterator[None]:
+    """Within this block SIGTERM raises KeyboardInterrupt, as Ctrl-C does.
+
+    For a suite whose cells are processes of their own (``--jobs``, ``--ray-address``): the
+    default SIGTERM would end the suite at once and leave its cells running, orphaned; this way
+    the suite stops them first (:func:`fl_mia.app.suite_cluster.stop_cells`).
+    """
+
+    def handle(signum: int, _frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

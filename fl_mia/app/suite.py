@@ -94,6 +94,16 @@ class Suite:
     seeds: list[int]
     cells: list[Cell] = field(default_factory=list)
 
+    def running_order(self) -> list[Cell]:
+        """Every cell of the first seed, then of the next: a suite stopped early (hours into a
+        5-seed grid) has each comparison on fewer seeds instead of some comparisons on none.
+        Records and reports keep the listing order (``cells``)."""
+        return sorted(self.cells, key=lambda cell: self.seeds.index(cell.seed))
+
+    def in_listing_order(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        position = {cell.name: index for index, cell in enumerate(self.cells)}
+        return sorted(records, key=lambda record: position[record["name"]])
+
 
 def _as_string_list(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -270,9 +280,9 @@ def shared_knowledge(folder: Path | None) -> Iterator[None]:
 
 
 def _run_cells(suite, out, states, records, summary, started, *, run, resume_run, on_cell) -> None:
-    """The cells in order: skip the complete ones, leave running ones alone, run the rest."""
+    """The cells seed by seed: skip the complete ones, leave running ones alone, run the rest."""
     done = 0
-    for cell in suite.cells:
+    for cell in suite.running_order():
         folder = out / CELLS / cell.name
         state = states[cell.name]
         cell_started = time.perf_counter()
@@ -292,10 +302,12 @@ def _run_cells(suite, out, states, records, summary, started, *, run, resume_run
         seconds = time.perf_counter() - cell_started
         record_state = "failed" if label == "failed" else "complete"
         records.append(_cell_record(cell, folder, state=record_state, skipped=False, cell_seconds=seconds, error=error, **_times(folder)))
+        records[:] = suite.in_listing_order(records)
         done += 1
         summary["wall_time_s"] = time.perf_counter() - started
         write_json(out / SUITE_JSON, summary)
         _report(on_cell, cell, label, done, len(suite.cells), seconds, error)
+    records[:] = suite.in_listing_order(records)
 
 
 def _run_cell(

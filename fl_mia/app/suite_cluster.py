@@ -27,12 +27,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -51,27 +53,75 @@ def cell_environment() -> dict[str, str]:
     return env
 
 
+def cell_command(config: str, folder: str, state: str, overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "fl_mia.app.suite_cluster", config, folder, state, json.dumps(overrides)]
+
+
+# Cell processes of this suite still running. Each runs in a session of its own, so a terminal's
+# Ctrl-C reaches the suite alone, which then asks each cell to stop exactly once (stop_cells):
+# every cell keeps its last checkpoint, and no queued cell starts.
+_live_cells: set[subprocess.Popen] = set()
+_live_cells_lock = threading.Lock()
+CELL_STOP_TIMEOUT_S = 60.0  # a cell gets GRACE_S to stop at its next message, then ends itself
+
+
 def run_cell_process(config: str, folder: str, state: str, overrides: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run one cell in a child process; return its label, error and seconds."""
     started = time.perf_counter()
-    command = [sys.executable, "-m", "fl_mia.app.suite_cluster", config, folder, state, json.dumps(overrides)]
-    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    process = subprocess.Popen(
+        cell_command(config, folder, state, overrides), env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    with _live_cells_lock:
+        _live_cells.add(process)
+    try:
+        stdout, stderr = process.communicate()
+    except KeyboardInterrupt:  # a Ray task cancelled by the suite: pass the stop on, as Ctrl-C would
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=CELL_STOP_TIMEOUT_S)
+        raise
+    finally:
+        with _live_cells_lock:
+            _live_cells.discard(process)
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if lines:
         result = json.loads(lines[-1][len(RESULT_PREFIX):])
     else:
-        result = {"label": "failed", "error": f"cell process exited {done.returncode}: {done.stderr.strip()[-800:]}"}
+        result = {"label": "failed", "error": f"cell process exited {process.returncode}: {stderr.strip()[-800:]}"}
     return {**result, "cell_seconds": time.perf_counter() - started, "hostname": socket.gethostname()}
 
 
+def stop_cells(timeout_s: float = CELL_STOP_TIMEOUT_S) -> None:
+    """Ask every running cell process to stop (one SIGINT each) and wait for them to end."""
+    with _live_cells_lock:
+        live = [process for process in _live_cells if process.poll() is None]
+    for process in live:
+        process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout_s
+    for process in live:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def local_pool(jobs: int) -> tuple[SubmitCell, Callable[[], None]]:
-    """Up to ``jobs`` cell processes at once on this machine; returns (submit, close)."""
+    """Up to ``jobs`` cell processes at once on this machine; returns (submit, close).
+
+    ``close`` drops the cells not started yet and stops the running ones: after a Ctrl-C the
+    suite ends within a cell's grace period, and ``--resume`` continues every cell it touched.
+    """
     threads = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="suite-cell")
 
     def submit(cell, folder: Path, state: str) -> Future:  # the environment as run_suite has set it (knowledge)
         return threads.submit(run_cell_process, str(cell.config_path), str(folder), state, cell.overrides, cell_environment())
 
-    return submit, lambda: threads.shutdown(wait=True)
+    def close() -> None:
+        threads.shutdown(wait=False, cancel_futures=True)
+        stop_cells()
+        threads.shutdown(wait=True)
+
+    return submit, close
 
 
 def cell_resources(cell) -> dict[str, float]:
@@ -100,13 +150,25 @@ def ray_pool(address: str) -> tuple[SubmitCell, Callable[[], None]]:
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise SuiteError(f"--ray-address {address}: no Ray cluster answers there ({error}); start one with `ray start --head` or fix the address") from None
     task = ray.remote(max_retries=0)(_ray_cell_task)
+    submitted: list = []
 
     def submit(cell, folder: Path, state: str) -> Future:
         env = cell_environment()  # as run_suite has set it (the shared knowledge folder)
         ref = task.options(**cell_resources(cell)).remote(str(cell.config_path), str(folder), state, cell.overrides, env)
+        submitted.append(ref)
         return ref.future()
 
-    return submit, ray.shutdown
+    def close() -> None:
+        # Cells still queued never start; a running one gets KeyboardInterrupt in its task,
+        # which run_cell_process passes on to the cell process as one SIGINT.
+        _, unfinished = ray.wait(submitted, num_returns=len(submitted), timeout=0) if submitted else ([], [])
+        for ref in unfinished:
+            ray.cancel(ref, force=False)
+        if unfinished:
+            ray.wait(unfinished, num_returns=len(unfinished), timeout=CELL_STOP_TIMEOUT_S)
+        ray.shutdown()
+
+    return submit, close
 
 
 def cell_pool(jobs: int, ray_address: str | None, *, shared_ray: bool) -> tuple[SubmitCell | None, Callable[[], None]]:
@@ -122,6 +184,15 @@ def cell_pool(jobs: int, ray_address: str | None, *, shared_ray: bool) -> tuple[
     return local_pool(jobs) if jobs > 1 else (None, lambda: None)
 
 
+def _as_they_end(futures: dict[Future, Any]) -> Iterator[Future]:
+    """Each future as it ends. Waits a second at a time: a signal handler (Ctrl-C, SIGTERM) runs
+    only when the main thread wakes, and a process-directed signal may land on a cell's thread."""
+    pending = set(futures)
+    while pending:
+        ended, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+        yield from ended
+
+
 def cells_runner(submit: SubmitCell) -> Callable[..., None]:
     """A ``run_suite`` cell runner that starts every cell to run through ``submit`` and records each as it ends."""
 
@@ -132,7 +203,7 @@ def cells_runner(submit: SubmitCell) -> Callable[..., None]:
         by_name: dict[str, dict[str, Any]] = {}
         running: dict[Future, Any] = {}
         done = 0
-        for cell in suite.cells:
+        for cell in suite.running_order():
             folder = out / CELLS / cell.name
             if states[cell.name] == "complete":
                 by_name[cell.name] = _cell_record(cell, folder, state="complete", skipped=True, **_times(folder))
@@ -145,7 +216,7 @@ def cells_runner(submit: SubmitCell) -> Callable[..., None]:
                 _report(on_cell, cell, "failed", done, len(suite.cells), 0.0, error)
             else:
                 running[submit(cell, folder, states[cell.name])] = cell
-        for future in as_completed(running):
+        for future in _as_they_end(running):
             cell = running[future]
             folder = out / CELLS / cell.name
             try:
@@ -153,7 +224,7 @@ def cells_runner(submit: SubmitCell) -> Callable[..., None]:
             except Exception as failure:  # the task itself failed (a node lost): record it, go on
                 result = {"label": "failed", "error": f"{type(failure).__name__}: {failure}", "cell_seconds": None}
             label, error = result.pop("label"), result.pop("error", None)
-            state = "failed" if label == "failed" else "complete"
+            state = "complete" if label in ("complete", "resumed") else "failed"
             by_name[cell.name] = _cell_record(cell, folder, state=state, skipped=False, error=error, **result, **_times(folder))
             records[:] = [by_name[c.name] for c in suite.cells if c.name in by_name]
             done += 1
@@ -173,9 +244,15 @@ def _main(config: str, folder: str, state: str, overrides: str) -> None:
     from fl_mia.app.preflight import load_experiment
     from fl_mia.app.suite import Cell, _run_cell
 
+    from fl_mia.app.interrupt import EXIT_CODE
+
     cfg = load_experiment(Path(config), json.loads(overrides))
     cell = Cell(Path(folder).name, {}, cfg.seed, Path(config), json.loads(overrides), cfg, "")
-    label, error = _run_cell(cell, Path(folder), state, run=run_experiment, resume_run=resume_experiment)
+    try:
+        label, error = _run_cell(cell, Path(folder), state, run=run_experiment, resume_run=resume_experiment)
+    except KeyboardInterrupt as stopped:  # asked to stop by the suite: status.json says where it can resume
+        print(RESULT_PREFIX + json.dumps({"label": "interrupted", "error": str(stopped)}), flush=True)
+        sys.exit(EXIT_CODE)
     print(RESULT_PREFIX + json.dumps({"label": label, "error": error}), flush=True)
 
 
