@@ -36,3 +36,13 @@ def _merge(base: dict, overlay: dict) -> None:
 @pytest.fixture
 def tiny_cfg() -> ExperimentConfig:
     return build_config(tiny_raw())
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_three_rounds(tmp_path_factory):
+    """The tiny config run for 3 rounds without a stop: what every stopped-and-resumed run of it
+    must end equal to (the kill, Ctrl-C and suite-resume tests share this one Ray run)."""
+    from fl_mia.app.experiment import run_experiment
+
+    raw = tiny_raw(federation={"rounds": 3})
+    return raw, run_experiment(build_config(raw), out=tmp_path_factory.mktemp("uninterrupted") / "run")

@@ -16,11 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fl_mia.app.cli import app
-from fl_mia.app.experiment import run_experiment
 from fl_mia.checkpoint import checkpoint_round
-from fl_mia.config.loading import build_config
 from fl_mia.run_folder import write_toml
-from tests.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_WITHIN_S = 15.0
@@ -54,8 +51,8 @@ def _rounds(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_one_sigint_stops_a_run_and_a_suite_and_resume_ends_where_an_uninterrupted_run_does(tmp_path):
-    raw = tiny_raw(federation={"rounds": 3})
+def test_one_sigint_stops_a_run_and_a_suite_and_resume_ends_where_an_uninterrupted_run_does(tmp_path, uninterrupted_three_rounds):
+    raw, full = uninterrupted_three_rounds
     write_toml(tmp_path / "base.toml", raw)
 
     run_dir = tmp_path / "run"
@@ -82,7 +79,6 @@ def test_one_sigint_stops_a_run_and_a_suite_and_resume_ends_where_an_uninterrupt
     assert again.exit_code == 0, again.output
     assert "seed=0 · resumed" in again.output, again.output
 
-    full = run_experiment(build_config(raw), out=tmp_path / "full")
     assert _rounds(run_dir) == _rounds(full.run_dir)
     assert _rounds(cell) == _rounds(full.run_dir)
     wall_clock = ("wall_time_s", "cost")

@@ -109,8 +109,8 @@ def _kill_after_first_checkpoint(config: Path, run_dir: Path, cfg) -> int:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
-    raw = tiny_raw(federation={"rounds": 3})
+def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path, uninterrupted_three_rounds):
+    raw, full = uninterrupted_three_rounds
     cfg = build_config(raw)
     config = tmp_path / "tiny.toml"
     config.write_text(tomli_w.dumps(raw))
@@ -127,7 +127,6 @@ def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path
     status = json.loads((killed / "status.json").read_text())
     assert status["state"] == "complete"
 
-    full = run_experiment(cfg, out=tmp_path / "full")
     resumed_metrics = json.loads((killed / "metrics.json").read_text())
     assert comparable(resumed_metrics) == comparable(full.metrics)
     assert (killed / "rounds.csv").read_bytes() == (full.run_dir / "rounds.csv").read_bytes()

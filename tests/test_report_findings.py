@@ -84,6 +84,23 @@ def test_each_threat_is_paired_with_its_own_baseline_on_its_targeted_hospital(th
     assert groups["threat=isolation"]["attacks"][SIGNAL]["pooled"]["members"] == 2 * 60
     assert groups["threat=isolation"]["matched_signal"] == SIGNAL
     assert groups["threat=honest"]["baseline"] is None and groups["threat=honest"]["paired_vs_baseline"] == {}
+    # Against the best the honest server had on the same targeted candidates, chosen there.
+    strongest = groups["threat=isolation"]["matched_vs_baseline_strongest"]
+    from sklearn.metrics import roc_auc_score
+
+    honest_auc = {}
+    for attack in (SIGNAL, "loss"):
+        scores, members = [], []
+        for seed in (0, 1):
+            folder = threats_suite / "cells" / f"threat=honest__seed={seed}"
+            on_0 = np.repeat([0, 1], 120) == 0
+            scores.append(np.load(folder / "scores.npz")[attack][on_0])
+            members.append((np.arange(240) // 2 % 2 == 0)[on_0])
+        honest_auc[attack] = roc_auc_score(np.concatenate(members), np.concatenate(scores))
+    assert strongest["baseline_attack"] == max(honest_auc, key=honest_auc.get) == SIGNAL
+    assert strongest["baseline_auc"] == pytest.approx(honest_auc[SIGNAL])
+    assert strongest["auc"]["difference"] == pytest.approx(paired["auc"]["difference"])
+    assert groups["threat=honest"]["matched_vs_baseline_strongest"] is None
 
 
 def test_findings_come_first_name_the_missing_cells_and_trace_to_the_json(threats_suite):

@@ -25,7 +25,14 @@ import numpy as np
 from fl_mia.referee.metrics import membership_metrics
 from fl_mia.referee.scopes import headline, scored_attacks
 from fl_mia.referee.statistics import bootstrap_intervals, mean_interval
-from fl_mia.report.pairing import candidate_truth, paired_against, read_candidates, rival_attacks, utility_against
+from fl_mia.report.pairing import (
+    candidate_truth,
+    paired_against,
+    paired_against_strongest,
+    read_candidates,
+    rival_attacks,
+    utility_against,
+)
 from fl_mia.seeding import seed_sequence
 
 __all__ = ["candidate_truth", "build_report_data", "to_json", "ReportError"]
@@ -290,6 +297,10 @@ def build_report_data(paths: list[Path]) -> dict[str, Any]:
         summary["config_difference"] = config_difference(first.config, base.config)
         summary["strongest_attack"] = strongest_attack(summary)
         summary["matched_signal"] = next((a for a in (summary["threat"] or {}).get("matched_signals", []) if a in summary["attacks"]), None)
+        summary["matched_vs_baseline_strongest"] = (
+            paired_against_strongest(group, baseline, summary["matched_signal"], attack_names(baseline.runs))
+            if summary["baseline"] and summary["matched_signal"] else None
+        )
         summary["dice_difference"] = mean_interval(
             [r["dice"] - r["baseline_dice"] for r in summary["utility_vs_baseline"] if r["dice"] is not None and r["baseline_dice"] is not None],
             bounds=(-1.0, 1.0),

@@ -45,6 +45,19 @@ def _delta(paired: dict[str, Any] | None, baseline: str) -> str:
     return text
 
 
+def _against_strongest(paired: dict[str, Any] | None, baseline: str) -> str:
+    """The threat's matched signal against the best the honest server had on the same candidates."""
+    if paired is None:
+        return ""
+    auc = paired["auc"]
+    verdict = "excludes 0" if auc["significant"] else "contains 0"
+    return (
+        f"; against {baseline}'s strongest attack on the same candidates, {paired['baseline_attack']} "
+        f"(AUC {paired['baseline_auc']:.3f}), Δ AUC {_interval(auc['difference'], auc['ci'], signed=True)} "
+        f"(interval {verdict}; half-width {auc['half_width']:.3f})"
+    )
+
+
 def _dice(summary: dict[str, Any]) -> str:
     dice = summary["dice"]
     text = f"Dice {_interval(dice['mean'], dice['ci'])}" if dice["mean"] is not None else "Dice not measured"
@@ -75,7 +88,11 @@ def threat_finding(summary: dict[str, Any]) -> str:
         return f"{head}: {what} {signal} has no seeds-pooled score. {_dice(summary)}."
     text = f"{head}: {what} {signal}, on the targeted candidates, reaches {_pooled_figures(entry)}"
     if summary.get("baseline"):
-        text += "; " + _delta((summary.get("paired_vs_baseline") or {}).get(signal), summary["baseline"])
+        same_signal = (summary.get("paired_vs_baseline") or {}).get(signal)
+        strongest = summary.get("matched_vs_baseline_strongest")
+        if same_signal is not None or strongest is None:  # an active attack's own signal has no honest twin
+            text += "; " + _delta(same_signal, summary["baseline"])
+        text += _against_strongest(strongest, summary["baseline"])
     else:
         text += "; no baseline cell to pair it with"
     return text + f". {_dice(summary)}."

@@ -125,6 +125,49 @@ def paired_against(group, baseline, attack: str, *, seed: int = 0) -> dict[str, 
     return result
 
 
+def _headline_auc(runs, attack: str, hospitals: list[int] | None) -> float | None:
+    """``attack``'s AUC on these runs' candidates (of ``hospitals``), seeds pooled."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, members = [], []
+    for run in runs:
+        truth = read_candidates(run.run_dir)
+        chosen = np.ones(len(truth.is_member), bool) if hospitals is None else np.isin(truth.hospital, hospitals)
+        with np.load(run.run_dir / "scores.npz") as saved:
+            if attack not in saved.files:
+                return None
+            scores.append(saved[attack][chosen])
+        members.append(truth.is_member[chosen])
+    score, member = np.concatenate(scores), np.concatenate(members)
+    if not np.isfinite(score).all() or member.all() or not member.any():
+        return None
+    return float(roc_auc_score(member, score))
+
+
+def paired_against_strongest(group, baseline, attack: str, baseline_attacks: list[str], *, seed: int = 0) -> dict[str, Any] | None:
+    """``attack`` on the group minus the baseline's strongest attack, on the same headline candidates.
+
+    What a dishonest server gains over an honest one is its own signal against the best the honest
+    server has, not the same signal on both (an active attack's signal does not exist without it).
+    The baseline's strongest is chosen on these very candidates and seeds, which favours the
+    baseline: a threat that beats it beats every attack the honest server ran.
+    """
+    pairs = seed_pairs(group, baseline)
+    if not pairs:
+        return None
+    scope, hospitals = pair_scope(*pairs[0])
+    theirs = [other for _, other in pairs]
+    aucs = {name: _headline_auc(theirs, name, hospitals) for name in baseline_attacks}
+    ranked = sorted(((auc, name) for name, auc in aucs.items() if auc is not None), reverse=True)
+    if not ranked:
+        return None
+    baseline_auc, strongest = ranked[0]
+    result = paired_scores(pairs, attack, strongest, hospitals=hospitals, stream=seed_sequence(seed, "report-vs-strongest", attack, strongest))
+    if result is not None:
+        result.update(scope=scope, hospitals=hospitals, attack=attack, baseline_attack=strongest, baseline_auc=baseline_auc)
+    return result
+
+
 def utility_against(group, baseline, dice_of, pooled_dice_of) -> list[dict[str, Any]]:
     """Seed by seed, the cell's Dice beside the baseline's on the same seed, and their ratio.
 
