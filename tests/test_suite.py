@@ -77,6 +77,16 @@ def test_the_threats_suite_pairs_each_threat_with_its_baseline_on_100_targeted_c
     for hospital in range(cfg.federation.num_hospitals):
         inside = candidates.hospital == hospital
         assert is_member[inside].sum() >= 100 and (~is_member[inside]).sum() >= 100, hospital
+    # Each trap can test every candidate of the hospitals it targets (at most one per detector, a
+    # target trapped once per trap round in turn): at 16% coverage the uncovered tie at 0.
+    suite = load_suite(path)
+    for cell in suite.cells:
+        threat = cell.cfg.threat
+        if threat.poisoning in ("trap_weights", "trap_inconsistency"):
+            per_target = threat.poisoner_settings().detectors_per_round * len(threat.poison_rounds) // len(threat.target_hospitals)
+            drawn, _ = draw_candidates(cell.cfg)
+            most = max(int((drawn.hospital == t).sum()) for t in threat.target_hospitals)
+            assert per_target >= most, (cell.name, per_target, most)
 
 
 @pytest.mark.parametrize(
