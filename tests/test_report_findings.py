@@ -139,3 +139,13 @@ def test_html_opens_with_findings_and_repeats_no_dash(threats_suite):
     page = render_html(build_report_data([threats_suite]))
     assert page.index('id="findings"') < page.index("<table")
     assert "—" not in page.split("<h2>Machine")[0]
+
+
+def test_a_trap_that_tested_few_candidates_says_so(threats_suite):
+    from fl_mia.report.findings import threat_finding
+
+    data = build_report_data([threats_suite])
+    summary = next(g for g in data["groups"] if g["label"] == "threat=isolation")
+    assert "tested a share" not in threat_finding(summary)
+    summary["threat"] = {**summary["threat"], "candidates_covered": 0.159}
+    assert "its detectors tested a share 0.159 of the candidates" in threat_finding(summary)

@@ -188,7 +188,11 @@ def _threat(run: RunRecord) -> dict[str, Any] | None:
     threat = run.metrics.get("threat") or {}
     if not threat.get("declaration"):
         return None
-    return {"poisoning": threat.get("poisoning"), **threat["declaration"]}
+    summary = {"poisoning": threat.get("poisoning"), **threat["declaration"]}
+    covered = (threat.get("trap") or {}).get("candidates_covered")
+    if covered is not None:  # a trap tests one candidate per detector: the rest are never tested
+        summary["candidates_covered"] = covered
+    return summary
 
 
 def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[str, Any]:

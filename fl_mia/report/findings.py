@@ -87,6 +87,9 @@ def threat_finding(summary: dict[str, Any]) -> str:
     if entry.get("pooled") is None:
         return f"{head}: {what} {signal} has no seeds-pooled score. {_dice(summary)}."
     text = f"{head}: {what} {signal}, on the targeted candidates, reaches {_pooled_figures(entry)}"
+    covered = threat.get("candidates_covered")
+    if covered is not None and covered < 1:
+        text += f" (its detectors tested a share {covered:.3f} of the candidates; the untested tie at 0, which caps the AUC)"
     if summary.get("baseline"):
         same_signal = (summary.get("paired_vs_baseline") or {}).get(signal)
         strongest = summary.get("matched_vs_baseline_strongest")
