@@ -264,6 +264,27 @@ def sweep(
     console.print(f"sweep: {out / SWEEP_CSV} · {out / SWEEP_PLOT}")
 
 
+def _suite_progress(jobs: int):
+    """One line per cell as it ends: ``[done/total] cell · state in N s · K left · ~M min left``."""
+    ran: list[float] = []
+
+    def show(progress) -> None:
+        if progress.state != "skipped":
+            ran.append(progress.seconds)
+        left = progress.total - progress.done
+        # Cells run `jobs` at a time, each taking about as long as the mean so far.
+        eta = f" · ~{left * sum(ran) / len(ran) / jobs / 60:.0f} min left" if ran and left else ""
+        console.print(
+            f"[{progress.done}/{progress.total}] {progress.cell} · {progress.state}"
+            + (f" in {progress.seconds:.0f} s" if progress.state != "skipped" else "")
+            + f" · {left} left{eta}"
+            + (f" · {progress.error}" if progress.error else ""),
+            highlight=False,
+        )
+
+    return show
+
+
 @app.command()
 def suite(
     suite_file: Annotated[Path, typer.Argument(help="Suite file (.toml), e.g. configs/suites/threats.toml.")],
@@ -297,22 +318,7 @@ def suite(
     except SuiteError as error:
         _fail(str(error))
     out = out or Path("runs") / f"suite-{loaded.name}"
-    ran: list[float] = []
-
-    def show(progress) -> None:
-        if progress.state != "skipped":
-            ran.append(progress.seconds)
-        left = progress.total - progress.done
-        # Cells run `jobs` at a time, each taking about as long as the mean so far.
-        eta = f" · ~{left * sum(ran) / len(ran) / jobs / 60:.0f} min left" if ran and left else ""
-        console.print(
-            f"[{progress.done}/{progress.total}] {progress.cell} · {progress.state}"
-            + (f" in {progress.seconds:.0f} s" if progress.state != "skipped" else "")
-            + f" · {left} left{eta}"
-            + (f" · {progress.error}" if progress.error else ""),
-            highlight=False,
-        )
-
+    show = _suite_progress(jobs)
     console.print(f"suite {loaded.name} · {len(loaded.cells)} cells · out {out}")
     continue_suite = (
         f"fl-mia suite {suite_file} --out {out} --resume"

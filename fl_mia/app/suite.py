@@ -95,9 +95,7 @@ class Suite:
     cells: list[Cell] = field(default_factory=list)
 
     def running_order(self) -> list[Cell]:
-        """Every cell of the first seed, then of the next: a suite stopped early (hours into a
-        5-seed grid) has each comparison on fewer seeds instead of some comparisons on none.
-        Records and reports keep the listing order (``cells``)."""
+        """Seed by seed: a suite stopped early has every comparison on fewer seeds, not some on none."""
         return sorted(self.cells, key=lambda cell: self.seeds.index(cell.seed))
 
     def in_listing_order(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
