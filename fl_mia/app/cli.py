@@ -329,6 +329,7 @@ def suite(
         submit, close = cell_pool(jobs, ray_address, shared_ray=shared_ray)
     except SuiteError as error:
         _fail(str(error))
+    stopped_line = None  # said once the cells have stopped (close)
     try:
         with terminate_as_ctrl_c() if submit else nullcontext(), shared_ray_cluster(loaded, out=out) if shared_ray else nullcontext() as address:
             if address:
@@ -339,17 +340,16 @@ def suite(
                     share_knowledge=share_knowledge, cells_runner=cells_runner(submit) if submit else None,
                 )
     except RunInterrupted as stopped:
-        _interrupted(stopped.message(continue_suite))
+        stopped_line = stopped.message(continue_suite)
     except KeyboardInterrupt:
-        if submit:  # stop the running cell processes before saying so
-            close()
-            close = lambda: None  # noqa: E731  closed already
         where = "running cells stopped at their last checkpoint" if submit else "between cells"
-        _interrupted(f"interrupted ({where}); continue with: {continue_suite}")
+        stopped_line = f"interrupted ({where}); continue with: {continue_suite}"
     except (SuiteError, *USER_ERRORS) as error:
         _fail(str(error))
     finally:
         close()
+    if stopped_line is not None:
+        _interrupted(stopped_line)
     failed = [c["name"] for c in summary["cells"] if c["state"] == "failed"]
     cost = summary["overhead"]
     if cost.get("cells_run"):

@@ -226,7 +226,7 @@ def cells_runner(submit: SubmitCell) -> Callable[..., None]:
             label, error = result.pop("label"), result.pop("error", None)
             state = "complete" if label in ("complete", "resumed") else "failed"
             by_name[cell.name] = _cell_record(cell, folder, state=state, skipped=False, error=error, **result, **_times(folder))
-            records[:] = [by_name[c.name] for c in suite.cells if c.name in by_name]
+            records[:] = suite.in_listing_order(list(by_name.values()))
             done += 1
             summary["wall_time_s"] = time.perf_counter() - started
             write_json(out / SUITE_JSON, summary)
@@ -241,10 +241,9 @@ def _main(config: str, folder: str, state: str, overrides: str) -> None:
     import flwr.common  # noqa: F401  Flower's console handler must exist before run_logging quiets it
 
     from fl_mia.app.experiment import resume_experiment, run_experiment
+    from fl_mia.app.interrupt import EXIT_CODE
     from fl_mia.app.preflight import load_experiment
     from fl_mia.app.suite import Cell, _run_cell
-
-    from fl_mia.app.interrupt import EXIT_CODE
 
     cfg = load_experiment(Path(config), json.loads(overrides))
     cell = Cell(Path(folder).name, {}, cfg.seed, Path(config), json.loads(overrides), cfg, "")

@@ -29,8 +29,8 @@ from fl_mia.report.pairing import (
     candidate_truth,
     paired_against,
     paired_against_strongest,
-    read_candidates,
     rival_attacks,
+    scores_on,
     utility_against,
 )
 from fl_mia.seeding import seed_sequence
@@ -121,21 +121,6 @@ def attack_names(runs: list[RunRecord]) -> list[str]:
     for run in runs:
         names.update(dict.fromkeys(scored_attacks(run.metrics.get("privacy"))))
     return list(names)
-
-
-def scores_on(run: RunRecord, attack: str, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """A run's scores, membership and patient keys on ``hospitals``' candidates (None: all);
-    None where the run has no headline figure or no scores for ``attack``."""
-    path = run.run_dir / "scores.npz"
-    if not path.is_file() or headline((run.metrics.get("privacy") or {}).get(attack)) is None:
-        return None
-    with np.load(path) as archive:
-        if attack not in archive.files:
-            return None
-        scores = archive[attack]
-    candidates = read_candidates(run.run_dir)
-    chosen = np.isin(candidates.hospital, hospitals) if hospitals is not None else np.ones(len(scores), bool)
-    return scores[chosen], candidates.is_member[chosen], candidates.patient[chosen]
 
 
 def _pooled(group: Group, attack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -10,7 +10,8 @@ import numpy as np
 from fl_mia.referee.metrics import roc_points
 from fl_mia.referee.scopes import headline
 from fl_mia.referee.statistics import non_members_needed
-from fl_mia.report.collect import Group, RunRecord, scores_on
+from fl_mia.report.collect import Group, RunRecord
+from fl_mia.report.pairing import scores_on
 
 FRONTIER_KEYS = (("auc", "attack AUC", 0.5), ("tpr_at_1pct_fpr", "attack TPR at 1% FPR", 0.01))
 

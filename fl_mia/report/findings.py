@@ -39,22 +39,22 @@ def _pooled_figures(entry: dict[str, Any]) -> str:
 def _delta(paired: dict[str, Any] | None, baseline: str) -> str:
     if paired is None:
         return f"no paired Δ against {baseline} (it lacks this attack, or the two were judged on different candidates)"
-    auc = paired["auc"]
+    return f"Δ AUC against {baseline} {_auc_difference(paired['auc'])}"
+
+
+def _auc_difference(auc: dict[str, Any]) -> str:
+    """``+0.131 [+0.07, +0.19] (interval excludes 0; half-width 0.057)`` of a paired result's AUC."""
     verdict = "excludes 0" if auc["significant"] else "contains 0"
-    text = f"Δ AUC against {baseline} {_interval(auc['difference'], auc['ci'], signed=True)} (interval {verdict}; half-width {auc['half_width']:.3f})"
-    return text
+    return f"{_interval(auc['difference'], auc['ci'], signed=True)} (interval {verdict}; half-width {auc['half_width']:.3f})"
 
 
 def _against_strongest(paired: dict[str, Any] | None, baseline: str) -> str:
     """The threat's matched signal against the best the honest server had on the same candidates."""
     if paired is None:
         return ""
-    auc = paired["auc"]
-    verdict = "excludes 0" if auc["significant"] else "contains 0"
     return (
         f"; against {baseline}'s strongest attack on the same candidates, {paired['baseline_attack']} "
-        f"(AUC {paired['baseline_auc']:.3f}), Δ AUC {_interval(auc['difference'], auc['ci'], signed=True)} "
-        f"(interval {verdict}; half-width {auc['half_width']:.3f})"
+        f"(AUC {paired['baseline_auc']:.3f}), Δ AUC {_auc_difference(paired['auc'])}"
     )
 
 

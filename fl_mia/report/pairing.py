@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_mia.referee.scopes import headline_scope
+from fl_mia.referee.scopes import headline, headline_scope
 from fl_mia.referee.statistics import paired_difference
 from fl_mia.seeding import seed_sequence
 
@@ -47,6 +47,21 @@ def candidate_truth(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def read_candidates(run_dir: Path) -> Candidates:
     is_member, patient = candidate_truth(run_dir)
     return Candidates(is_member, patient, patient // 1_000_003)
+
+
+def scores_on(run, attack: str, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A run's scores, membership and patient keys on ``hospitals``' candidates (None: all);
+    None where the run has no headline figure or no scores for ``attack``."""
+    path = run.run_dir / "scores.npz"
+    if not path.is_file() or headline((run.metrics.get("privacy") or {}).get(attack)) is None:
+        return None
+    with np.load(path) as archive:
+        if attack not in archive.files:
+            return None
+        scores = archive[attack]
+    candidates = read_candidates(run.run_dir)
+    chosen = np.isin(candidates.hospital, hospitals) if hospitals is not None else np.ones(len(scores), bool)
+    return scores[chosen], candidates.is_member[chosen], candidates.patient[chosen]
 
 
 def run_targets(metrics: dict[str, Any]) -> list[int]:
@@ -129,16 +144,10 @@ def _headline_auc(runs, attack: str, hospitals: list[int] | None) -> float | Non
     """``attack``'s AUC on these runs' candidates (of ``hospitals``), seeds pooled."""
     from sklearn.metrics import roc_auc_score
 
-    scores, members = [], []
-    for run in runs:
-        truth = read_candidates(run.run_dir)
-        chosen = np.ones(len(truth.is_member), bool) if hospitals is None else np.isin(truth.hospital, hospitals)
-        with np.load(run.run_dir / "scores.npz") as saved:
-            if attack not in saved.files:
-                return None
-            scores.append(saved[attack][chosen])
-        members.append(truth.is_member[chosen])
-    score, member = np.concatenate(scores), np.concatenate(members)
+    found = [scores_on(run, attack, hospitals) for run in runs]
+    if any(part is None for part in found):
+        return None
+    score, member = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
     if not np.isfinite(score).all() or member.all() or not member.any():
         return None
     return float(roc_auc_score(member, score))
