@@ -149,3 +149,70 @@ def test_a_trap_that_tested_few_candidates_says_so(threats_suite):
     assert "tested a share" not in threat_finding(summary)
     summary["threat"] = {**summary["threat"], "candidates_covered": 0.159}
     assert "its detectors tested a share 0.159 of the candidates" in threat_finding(summary)
+
+
+ACTIVE = "update.ascent_calibrated.accumulated"
+
+
+def _fake_round_run(folder: Path, *, seed: int, active: bool, attack_rounds: list[int], per_side: int = 60) -> None:
+    """Three observed rounds; the honest signal separates members in round 3 alone, the active one in its attack rounds."""
+    is_member = np.arange(2 * per_side) % 2 == 0
+    rng = np.random.default_rng([seed, active])
+    rounds = {r: rng.normal(size=len(is_member)) + (0.8 if r == 3 else 0.0) * is_member for r in (1, 2, 3)}
+    scores = {f"{SIGNAL}.round{r}": s for r, s in rounds.items()}
+    scores[f"{SIGNAL}.accumulated"] = sum(rounds.values())
+    if active:
+        attacked = {r: rng.normal(size=len(is_member)) + 1.2 * is_member for r in attack_rounds}
+        scores.update({f"update.ascent_calibrated.round{r}": s for r, s in attacked.items()})
+        scores[ACTIVE] = sum(attacked.values())
+    folder.mkdir(parents=True)
+    np.save(folder / "keep.npy", is_member[:, None])
+    write_csv(folder / "candidates.csv", [{"candidate": i, "hospital": 0, "patient": i, "image": i} for i in range(len(is_member))],
+              ["candidate", "hospital", "patient", "image"])  # fmt: skip
+    write_npz(folder / "scores.npz", scores)
+    scope = ScoringScope(targets=(0,), models_differed="active ascent sent hospital 0 another model" if active else None)
+    hospital = np.zeros(len(is_member), int)
+    privacy = {
+        name: scoped_metrics(s, is_member, hospital, scope=scope, groups=np.arange(len(is_member)), seed=np.random.SeedSequence(seed), threshold=None)
+        for name, s in scores.items() if ".round" not in name
+    }
+    privacy["candidate_set"] = {"targets": [0], "uniform_models": not active}
+    threat = {"poisoning": "active_ascent" if active else "none", "target_hospitals": [0]}
+    if active:
+        threat["declaration"] = {"targets": [0], "attack_rounds": attack_rounds, "matched_signals": [ACTIVE], "needs_secagg": False}
+    write_toml(folder / "config.toml", {"name": "fake", "seed": seed})
+    write_json(folder / "metrics.json", {"experiment": "fake", "seed": seed, "threat_model": threat["poisoning"], "wall_time_s": 1.0,
+                                         "utility": {"dice": 0.6, "dice_pooled": 0.5}, "privacy": privacy, "threat": threat})  # fmt: skip
+
+
+def _round_suite(out: Path, attack_rounds: list[int]) -> Path:
+    cells = []
+    for value in ("honest", "active_ascent"):
+        for seed in (0, 1):
+            name = f"threat={value}__seed={seed}"
+            _fake_round_run(out / "cells" / name, seed=seed, active=value != "honest", attack_rounds=attack_rounds)
+            cells.append({"name": name, "axes": {"threat": value}, "seed": seed, "state": "complete",
+                          "run_dir": str(out / "cells" / name), "baseline": f"threat=honest__seed={seed}"})  # fmt: skip
+    write_json(out / "suite.json", {"suite": "rounds", "axes": {"threat": ["honest", "active_ascent"]}, "seeds": [0, 1], "cells": cells})
+    return out
+
+
+def test_an_active_threat_is_also_paired_with_the_honest_signal_over_its_own_attack_rounds(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    data = build_report_data([_round_suite(tmp_path / "late", attack_rounds=[2, 3])])
+    active = next(g for g in data["groups"] if g["label"] == "threat=active_ascent")
+    same_rounds = active["matched_in_attack_rounds"]
+    assert same_rounds["baseline_attack"] == f"{SIGNAL} (rounds 2, 3)" and same_rounds["rounds"] == [2, 3]
+    summed, members = [], []
+    for seed in (0, 1):
+        with np.load(tmp_path / "late" / "cells" / f"threat=honest__seed={seed}" / "scores.npz") as archive:
+            summed.append(archive[f"{SIGNAL}.round2"] + archive[f"{SIGNAL}.round3"])
+        members.append(np.arange(120) % 2 == 0)
+    assert same_rounds["baseline_auc"] == pytest.approx(roc_auc_score(np.concatenate(members), np.concatenate(summed)))
+    # Round 1 carries no signal, so the honest sum over rounds 2-3 beats its sum over every round.
+    assert same_rounds["baseline_auc"] > active["matched_vs_baseline_strongest"]["baseline_auc"]
+    assert "over its attack rounds alone (2–3), against threat=honest's strongest update signal" in "\n".join(findings(data))
+    # Attack rounds that are every round the honest server observed add nothing to the comparison above.
+    everything = build_report_data([_round_suite(tmp_path / "all", attack_rounds=[1, 2, 3])])
+    assert next(g for g in everything["groups"] if g["label"] == "threat=active_ascent")["matched_in_attack_rounds"] is None

@@ -29,6 +29,7 @@ from fl_mia.report.pairing import (
     candidate_truth,
     paired_against,
     paired_against_strongest,
+    paired_in_attack_rounds,
     rival_attacks,
     scores_on,
     utility_against,
@@ -288,6 +289,10 @@ def build_report_data(paths: list[Path]) -> dict[str, Any]:
         summary["matched_signal"] = next((a for a in (summary["threat"] or {}).get("matched_signals", []) if a in summary["attacks"]), None)
         summary["matched_vs_baseline_strongest"] = (
             paired_against_strongest(group, baseline, summary["matched_signal"], attack_names(baseline.runs))
+            if summary["baseline"] and summary["matched_signal"] else None
+        )
+        summary["matched_in_attack_rounds"] = (
+            paired_in_attack_rounds(group, baseline, summary["matched_signal"], attack_names(baseline.runs), summary["threat"].get("attack_rounds") or [])
             if summary["baseline"] and summary["matched_signal"] else None
         )
         summary["dice_difference"] = mean_interval(

@@ -58,6 +58,18 @@ def _against_strongest(paired: dict[str, Any] | None, baseline: str) -> str:
     )
 
 
+def _in_attack_rounds(paired: dict[str, Any] | None, baseline: str) -> str:
+    """The matched signal against the honest server's best over the same rounds: does poisoning sharpen them?"""
+    if paired is None:
+        return ""
+    rounds = paired["rounds"]
+    span = f"{rounds[0]}–{rounds[-1]}" if rounds == list(range(rounds[0], rounds[-1] + 1)) else ", ".join(map(str, rounds))
+    return (
+        f"; over its attack rounds alone ({span}), against {baseline}'s strongest update signal summed over "
+        f"the same rounds, {paired['baseline_attack']} (AUC {paired['baseline_auc']:.3f}), Δ AUC {_auc_difference(paired['auc'])}"
+    )
+
+
 def _dice(summary: dict[str, Any]) -> str:
     dice = summary["dice"]
     text = f"Dice {_interval(dice['mean'], dice['ci'])}" if dice["mean"] is not None else "Dice not measured"
@@ -96,6 +108,7 @@ def threat_finding(summary: dict[str, Any]) -> str:
         if same_signal is not None or strongest is None:  # an active attack's own signal has no honest twin
             text += "; " + _delta(same_signal, summary["baseline"])
         text += _against_strongest(strongest, summary["baseline"])
+        text += _in_attack_rounds(summary.get("matched_in_attack_rounds"), summary["baseline"])
     else:
         text += "; no baseline cell to pair it with"
     return text + f". {_dice(summary)}."

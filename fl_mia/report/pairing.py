@@ -96,7 +96,29 @@ def seed_pairs(group, baseline) -> list[tuple[Any, Any]]:
     return sorted(((r, theirs[r.seed]) for r in group.runs if r.seed in theirs), key=lambda pair: pair[0].seed)
 
 
-def paired_scores(pairs, attack_a: str, attack_b: str, *, hospitals: list[int] | None, stream) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class RoundsSum:
+    """An update signal summed over some rounds only, as ``update.<signal>.accumulated`` sums every round."""
+
+    signal: str  # update.<signal>: the run's scores.npz holds update.<signal>.round<N>
+    rounds: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.signal} (rounds {', '.join(map(str, self.rounds))})"
+
+
+def read_scores(archive, attack: str | RoundsSum) -> np.ndarray | None:
+    """One score per candidate from a run's ``scores.npz``: a scored attack, or a signal's round sum."""
+    if isinstance(attack, str):
+        return archive[attack] if attack in archive.files else None
+    keys = [f"{attack.signal}.round{r}" for r in attack.rounds]
+    if not all(key in archive.files for key in keys):
+        return None
+    return np.sum([archive[key] for key in keys], axis=0)
+
+
+def paired_scores(pairs, attack_a: str, attack_b: str | RoundsSum, *, hospitals: list[int] | None, stream) -> dict[str, Any] | None:
     """``attack_a`` on each pair's first run minus ``attack_b`` on its second, pooled over the pairs.
 
     ``hospitals``: only their candidates (``None``: all). None when a pair's runs were judged
@@ -111,10 +133,11 @@ def paired_scores(pairs, attack_a: str, attack_b: str, *, hospitals: list[int] |
                 return None  # different candidates: no paired comparison
         chosen = np.ones(len(truth.is_member), bool) if hospitals is None else np.isin(truth.hospital, hospitals)
         with np.load(mine.run_dir / "scores.npz") as x, np.load(theirs.run_dir / "scores.npz") as y:
-            if attack_a not in x.files or attack_b not in y.files:
+            mine_scores, their_scores = read_scores(x, attack_a), read_scores(y, attack_b)
+            if mine_scores is None or their_scores is None:
                 return None
-            a.append(x[attack_a][chosen])
-            b.append(y[attack_b][chosen])
+            a.append(mine_scores[chosen])
+            b.append(their_scores[chosen])
         members.append(truth.is_member[chosen])
         units.append(np.array([f"{mine.seed}:{p}" for p in truth.patient[chosen]]))
     if not pairs:
@@ -140,11 +163,24 @@ def paired_against(group, baseline, attack: str, *, seed: int = 0) -> dict[str, 
     return result
 
 
-def _headline_auc(runs, attack: str, hospitals: list[int] | None) -> float | None:
+def _round_sum_on(run, attack: RoundsSum, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    with np.load(run.run_dir / "scores.npz") as archive:
+        scores = read_scores(archive, attack)
+    if scores is None:
+        return None
+    candidates = read_candidates(run.run_dir)
+    chosen = np.isin(candidates.hospital, hospitals) if hospitals is not None else np.ones(len(scores), bool)
+    return scores[chosen], candidates.is_member[chosen]
+
+
+def _headline_auc(runs, attack: str | RoundsSum, hospitals: list[int] | None) -> float | None:
     """``attack``'s AUC on these runs' candidates (of ``hospitals``), seeds pooled."""
     from sklearn.metrics import roc_auc_score
 
-    found = [scores_on(run, attack, hospitals) for run in runs]
+    if isinstance(attack, RoundsSum):
+        found = [_round_sum_on(run, attack, hospitals) for run in runs]
+    else:
+        found = [scores_on(run, attack, hospitals) for run in runs]
     if any(part is None for part in found):
         return None
     score, member = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
@@ -174,6 +210,35 @@ def paired_against_strongest(group, baseline, attack: str, baseline_attacks: lis
     result = paired_scores(pairs, attack, strongest, hospitals=hospitals, stream=seed_sequence(seed, "report-vs-strongest", attack, strongest))
     if result is not None:
         result.update(scope=scope, hospitals=hospitals, attack=attack, baseline_attack=strongest, baseline_auc=baseline_auc)
+    return result
+
+
+def paired_in_attack_rounds(group, baseline, attack: str, baseline_attacks: list[str], rounds: list[int], *, seed: int = 0) -> dict[str, Any] | None:
+    """An accumulated matched signal against the baseline's strongest update signal summed over the same rounds.
+
+    A poisoner that attacks in some rounds only (``attack_rounds``) accumulates its signal over
+    those, while the honest server accumulates over every round: this comparison asks whether the
+    poisoning sharpens what the server learns in the rounds it acts, apart from how many rounds
+    each observes. None when the matched signal is not accumulated, or the attack rounds are every
+    round the baseline observed (then it is :func:`paired_against_strongest`).
+    """
+    pairs = seed_pairs(group, baseline)
+    if not pairs or not rounds or not attack.endswith(".accumulated"):
+        return None
+    with np.load(pairs[0][1].run_dir / "scores.npz") as archive:
+        observed = {int(key.rsplit(".round", 1)[1]) for key in archive.files if ".round" in key and key.startswith("update.")}
+    if observed <= set(rounds):
+        return None
+    scope, hospitals = pair_scope(*pairs[0])
+    theirs = [other for _, other in pairs]
+    sums = [RoundsSum(name.removesuffix(".accumulated"), tuple(rounds)) for name in baseline_attacks if name.startswith("update.") and name.endswith(".accumulated")]
+    ranked = sorted(((auc, s.name, s) for s in sums if (auc := _headline_auc(theirs, s, hospitals)) is not None), reverse=True)
+    if not ranked:
+        return None
+    baseline_auc, _, strongest = ranked[0]
+    result = paired_scores(pairs, attack, strongest, hospitals=hospitals, stream=seed_sequence(seed, "report-attack-rounds", attack, strongest.name))
+    if result is not None:
+        result.update(scope=scope, hospitals=hospitals, attack=attack, baseline_attack=strongest.name, baseline_auc=baseline_auc, rounds=list(rounds))
     return result
 
 
