@@ -199,3 +199,21 @@ def test_audit_compares_the_patient_level_empirical_epsilon_with_the_accountants
     assert (patient["largest_empirical_epsilon"], patient["attack"], patient["empirical_below_accountant"]) == (2.5, "trap", True)
     slice_level = audit_against_accountant(privacy, accountant_epsilon=8.0, unit="slice")
     assert slice_level["largest_empirical_epsilon"] == 9.0 and slice_level["empirical_below_accountant"] is False
+
+
+def test_the_report_states_each_dp_cells_audit_and_flags_a_seed_above_the_accountant():
+    from fl_mia.report.collect import Group, RunRecord, _dp_audit
+    from fl_mia.report.findings import _audit
+
+    def run(seed: int, largest: float) -> RunRecord:
+        audit = {"unit": "patient", "trial": "one candidate patient", "largest_empirical_epsilon": largest, "attack": "update.trap_trace",
+                 "accountant_epsilon": 8.0, "empirical_below_accountant": largest <= 8.0}  # fmt: skip
+        return RunRecord(name=f"r{seed}", axes={}, seed=seed, run_dir=None, metrics={"privacy": {"dp_audit": audit}}, config={})
+
+    passing = _dp_audit(Group(label="dp", axes={}, runs=[run(0, 0.2), run(1, 1.4)]))
+    assert passing["closest"]["seed"] == 1 and passing["all_below"]
+    text = _audit({"dp_audit": passing})
+    assert "largest empirical ε per patient" in text and "1.400 (update.trap_trace, seed 1)" in text and "all 2 seeds" in text
+    failing = _dp_audit(Group(label="dp", axes={}, runs=[run(0, 0.2), run(1, 9.5)]))
+    assert failing["seeds_above"] == [1] and "FAILED" in _audit({"dp_audit": failing}) and "seed 1" in _audit({"dp_audit": failing})
+    assert _dp_audit(Group(label="none", axes={}, runs=[RunRecord(name="n", axes={}, seed=0, run_dir=None, metrics={}, config={})])) is None

@@ -181,6 +181,21 @@ def _threat(run: RunRecord) -> dict[str, Any] | None:
     return summary
 
 
+def _dp_audit(group: Group) -> dict[str, Any] | None:
+    """Each seed's DP audit (``metrics.json`` ``privacy.dp_audit``) and the seed where the attacks came
+    closest to the accountant: the largest empirical ε of any attack minus the accountant's ε."""
+    seeds = [{"seed": r.seed, **audit} for r in group.runs if (audit := (r.metrics.get("privacy") or {}).get("dp_audit"))]
+    if not seeds:
+        return None
+    measured = [s for s in seeds if s.get("largest_empirical_epsilon") is not None]
+    closest = max(measured, key=lambda s: s["largest_empirical_epsilon"] - s["accountant_epsilon"], default=None)
+    return {
+        "seeds": seeds, "unit": seeds[0]["unit"], "trial": seeds[0].get("trial"), "closest": closest,
+        "all_below": None if not measured else all(s["empirical_below_accountant"] for s in measured),
+        "seeds_above": [s["seed"] for s in measured if not s["empirical_below_accountant"]],
+    }  # fmt: skip
+
+
 def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[str, Any]:
     """Seed means with t-intervals, and pooled metrics with bootstrap intervals, per attack."""
     result: dict[str, Any] = {
@@ -192,6 +207,7 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
         "lesion_area_auc_ci": [_candidate_set(r).get("lesion_area_auc_ci") for r in group.runs],
         "matched_lesion_area": sorted({bool(_candidate_set(r).get("matched_lesion_area")) for r in group.runs}),
         "threat": _threat(group.runs[0]),
+        "dp_audit": _dp_audit(group),
         "attacks": {},
     }  # fmt: skip
     for attack in attacks:

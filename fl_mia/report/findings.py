@@ -70,6 +70,25 @@ def _in_attack_rounds(paired: dict[str, Any] | None, baseline: str) -> str:
     )
 
 
+def _audit(summary: dict[str, Any]) -> str:
+    """The DP audit: did any attack's empirical ε (a 95% lower bound) exceed the accountant's, in any seed?"""
+    audit = summary.get("dp_audit")
+    if not audit:
+        return ""
+    closest = audit["closest"]
+    if closest is None:
+        return f" DP audit: no attack gave an empirical ε per {audit['unit']}."
+    where = (
+        f"largest empirical ε per {audit['unit']} (one trial per {audit['unit']}, 95% lower bound, every attack) "
+        f"{closest['largest_empirical_epsilon']:.3f} ({closest['attack']}, seed {closest['seed']}) against the accountant's "
+        f"{closest['accountant_epsilon']:.3f}"
+    )
+    if audit["all_below"]:
+        return f" DP audit: {where}; at or below the accountant's ε in all {len(audit['seeds'])} seeds."
+    seeds = ", ".join(map(str, audit["seeds_above"]))
+    return f" DP audit FAILED: {where}; above the accountant's ε in seed {seeds}: the DP implementation or its accounting is broken."
+
+
 def _dice(summary: dict[str, Any]) -> str:
     dice = summary["dice"]
     text = f"Dice {_interval(dice['mean'], dice['ci'])}" if dice["mean"] is not None else "Dice not measured"
@@ -111,7 +130,7 @@ def threat_finding(summary: dict[str, Any]) -> str:
         text += _in_attack_rounds(summary.get("matched_in_attack_rounds"), summary["baseline"])
     else:
         text += "; no baseline cell to pair it with"
-    return text + f". {_dice(summary)}."
+    return text + f". {_dice(summary)}.{_audit(summary)}"
 
 
 def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
@@ -127,7 +146,7 @@ def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
     mine = summary.get("strongest_attack")
     if mine is not None:
         text += f"; the strongest attack here is {mine}, {_pooled_figures(summary['attacks'][mine])}"
-    return text + f". {_dice(summary)}."
+    return text + f". {_dice(summary)}.{_audit(summary)}"
 
 
 def baseline_finding(summary: dict[str, Any]) -> str:
@@ -136,7 +155,7 @@ def baseline_finding(summary: dict[str, Any]) -> str:
         return f"{summary['label']} (a baseline): no attack has a seeds-pooled score. {_dice(summary)}."
     entry = summary["attacks"][strongest]
     chance = " (at chance)" if _at_chance(entry) else ""
-    return f"{summary['label']} (a baseline): strongest attack {strongest}{chance}, {_pooled_figures(entry)}. {_dice(summary)}."
+    return f"{summary['label']} (a baseline): strongest attack {strongest}{chance}, {_pooled_figures(entry)}. {_dice(summary)}.{_audit(summary)}"
 
 
 def findings(data: dict[str, Any]) -> list[str]:
