@@ -30,7 +30,6 @@ from fl_mia.attacker.knowledge_cache import knowledge_cache_folder
 from fl_mia.attacker.predictions.shadows import ShadowStore, TargetRecipe
 from fl_mia.attacker.server_attacker import ServerAttacker
 from fl_mia.data import build_attacker_population, build_hospital, num_classes, patient_names
-from fl_mia.devices import process_device
 from fl_mia.referee.candidates import MembershipLedger, build_candidates
 from fl_mia.referee.evaluation import Referee
 from fl_mia.referee.scopes import ScoringScope

@@ -172,7 +172,7 @@ def test_the_mod_keeps_its_memory_in_the_node_state_and_flags_an_isolated_hospit
 
 
 def test_a_flagged_model_is_skipped_as_reference_once_and_not_for_ever():
-    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.app import Context, Message, MessageType, RecordDict
     from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
     from flwr.compat.common import recorddict_compat as compat
     from unittest.mock import MagicMock

@@ -6,8 +6,6 @@ accountant's sample rate), nothing trains.
 
 from pathlib import Path
 
-import pytest
-
 from fl_mia.config.loading import load_config
 from fl_mia.defences.accounting import REFERENCE_DELTA, epsilon_of
 from fl_mia.app.preflight import preflight

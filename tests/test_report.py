@@ -23,7 +23,6 @@ def _fake_run(
     folder: Path, *, seed: int, shift: float, defence: str, non_members: int = 60, rival_shifts: dict[str, float] | None = None
 ) -> None:
     """What a finished run leaves, with scores whose separation ``shift`` the test controls."""
-    rng = np.random.default_rng(seed)  # same seed → same candidates in every cell, as in a real suite
     members = non_members
     hospital = np.repeat([0, 1], (members + non_members) // 2)
     patient = np.arange(members + non_members) // 2

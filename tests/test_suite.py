@@ -60,8 +60,6 @@ def test_the_threats_suite_pairs_each_threat_with_its_baseline_on_100_targeted_c
     """Sized as its file says: ≥ 5 seeds, ≥ 100 + 100 lesion-matched candidates in every hospital (trap weights target all)."""
     import tomllib
 
-    import numpy as np
-
     from fl_mia.app.preflight import load_experiment
     from server.federation import draw_candidates
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from sklearn.metrics import roc_auc_score
 
 from fl_mia.config import TrainingConfig

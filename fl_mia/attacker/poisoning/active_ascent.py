@@ -176,13 +176,11 @@ class ActiveAscentPoisoner(Poisoner):
         before = candidate_losses(model, images, masks, **weights)
         probe = self._population_probe()
         probe_before = float(candidate_losses(model, *probe, **weights).mean())
-        budget = None
-        if s.stealth_loss_ratio is not None:
-            def budget() -> bool:
-                return float(candidate_losses(model, *probe, **weights).mean()) <= s.stealth_loss_ratio * probe_before
+        def within_stealth_budget() -> bool:
+            return float(candidate_losses(model, *probe, **weights).mean()) <= s.stealth_loss_ratio * probe_before
         steps = per_record_ascent(
             model, images, masks, strength=s.strength, steps=s.steps, layers=s.layers, held=probe, contrast=s.contrast,
-            within_budget=budget, **weights,
+            within_budget=within_stealth_budget if s.stealth_loss_ratio is not None else None, **weights,
         )
         poisoned = get_weights(model)
         sent = candidate_losses(model, images, masks, **weights)

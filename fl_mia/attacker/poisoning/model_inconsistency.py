@@ -11,7 +11,6 @@ recovers it from the aggregate, the models it sent and the visible example count
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import nn
 
 from fl_mia.attacker.poisoning.base import Poisoner

@@ -28,7 +28,6 @@ from fl_mia.attacker.predictions.output_signals import per_image_loss
 from fl_mia.attacker.updates.settings import LOSS_SIGNALS
 from fl_mia.devices import model_device
 from fl_mia.losses import segmentation_loss
-from fl_mia.models import set_weights
 from fl_mia.training import predict_logits
 
 _log = logging.getLogger(__name__)
