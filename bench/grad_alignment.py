@@ -4,9 +4,11 @@ Same model, same candidates, same updates, measured side by side in one run:
   (a) one hospital's update;
   (b) one honest round: every hospital received the same model, so the vectorised path
       computes the candidates' gradients once and scores all updates with one matrix
-      product, while the loop runs one backward pass per candidate and hospital.
+      product, while the loop runs one backward pass per candidate and hospital;
+  (c) the vectorised round at several chunk sizes (candidates whose gradients are held at once;
+      the default is ``MAX_GRADIENT_CHUNK``, fewer for large models).
 
-    python bench/grad_alignment.py [--candidates 128] [--hospitals 4] [--size 64]
+    python bench/grad_alignment.py [--candidates 128] [--hospitals 4] [--size 64] [--chunks 32,128]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--hospitals", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunks", default="32,128", help="chunk sizes to time the vectorised round with")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -62,6 +65,10 @@ def main() -> None:
     print(f"{'':34s}{'vectorised':>12s}{'loop':>10s}{'speed-up':>10s}")
     print(f"{'one update (s)':34s}{t_vec1:12.2f}{t_loop1:10.2f}{t_loop1 / t_vec1:9.2f}×")
     print(f"{f'one honest round, {k} hospitals (s)':34s}{t_vecK:12.2f}{t_loopK:10.2f}{t_loopK / t_vecK:9.2f}×")
+    chunks = [int(c) for c in args.chunks.split(",")]
+    seconds = {c: timed(lambda c=c: gradient_alignment(model, updates, images, masks, chunk_size=c, **kw))[0] for c in chunks}
+    for c in chunks:
+        print(f"{f'one honest round, chunk {c} (s)':34s}{seconds[c]:12.2f}{'':10s}{seconds[chunks[0]] / seconds[c]:9.2f}× chunk {chunks[0]}")
 
 
 if __name__ == "__main__":
