@@ -212,7 +212,7 @@ def test_an_active_threat_is_also_paired_with_the_honest_signal_over_its_own_att
     assert same_rounds["baseline_auc"] == pytest.approx(roc_auc_score(np.concatenate(members), np.concatenate(summed)))
     # Round 1 carries no signal, so the honest sum over rounds 2-3 beats its sum over every round.
     assert same_rounds["baseline_auc"] > active["matched_vs_baseline_strongest"]["baseline_auc"]
-    assert "over its attack rounds alone (2–3), against threat=honest's strongest update signal" in "\n".join(findings(data))
+    assert "over its attack rounds 2–3 alone, against threat=honest's strongest update signal" in "\n".join(findings(data))
     # Attack rounds that are every round the honest server observed add nothing to the comparison above.
     everything = build_report_data([_round_suite(tmp_path / "all", attack_rounds=[1, 2, 3])])
     assert next(g for g in everything["groups"] if g["label"] == "threat=active_ascent")["matched_in_attack_rounds"] is None

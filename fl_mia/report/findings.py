@@ -58,14 +58,21 @@ def _against_strongest(paired: dict[str, Any] | None, baseline: str) -> str:
     )
 
 
+def _rounds(rounds: list[int]) -> str:
+    """``round 10``, ``rounds 8–10`` or ``rounds 2, 5``."""
+    if len(rounds) == 1:
+        return f"round {rounds[0]}"
+    if rounds == list(range(rounds[0], rounds[-1] + 1)):
+        return f"rounds {rounds[0]}–{rounds[-1]}"
+    return "rounds " + ", ".join(map(str, rounds))
+
+
 def _in_attack_rounds(paired: dict[str, Any] | None, baseline: str) -> str:
     """The matched signal against the honest server's best over the same rounds: does poisoning sharpen them?"""
     if paired is None:
         return ""
-    rounds = paired["rounds"]
-    span = f"{rounds[0]}–{rounds[-1]}" if rounds == list(range(rounds[0], rounds[-1] + 1)) else ", ".join(map(str, rounds))
     return (
-        f"; over its attack rounds alone ({span}), against {baseline}'s strongest update signal summed over "
+        f"; over its attack {_rounds(paired['rounds'])} alone, against {baseline}'s strongest update signal summed over "
         f"the same rounds, {paired['baseline_attack']} (AUC {paired['baseline_auc']:.3f}), Δ AUC {_auc_difference(paired['auc'])}"
     )
 

@@ -105,7 +105,7 @@ class RoundsSum:
 
     @property
     def name(self) -> str:
-        return f"{self.signal} (rounds {', '.join(map(str, self.rounds))})"
+        return f"{self.signal} ({'round' if len(self.rounds) == 1 else 'rounds'} {', '.join(map(str, self.rounds))})"
 
 
 def read_scores(archive, attack: str | RoundsSum) -> np.ndarray | None:
