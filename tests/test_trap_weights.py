@@ -160,3 +160,21 @@ def test_stealth_compares_exactly_the_trapped_replies():
     ]
     assert stealth(rows, poisoned={0, 1}, rounds={1, 2}, pairs={(1, 0), (2, 1)})["ratio"] == 2.0
     assert stealth(rows, poisoned={0, 1}, rounds={1, 2})["ratio"] is None  # no untouched hospital by hospital alone
+
+
+def test_detectors_fitted_together_equal_each_fitted_alone():
+    """One product with every other patch per step serves all of a round's detectors: same filters, same margins."""
+    from fl_mia.attacker.poisoning.trap_weights import fit_detector_filter, fit_detector_filters
+
+    generator = torch.Generator().manual_seed(0)
+    positions, width = 16, 24
+    patches = torch.randn(30 * positions, width, generator=generator)
+    owns = [patches[k * positions : (k + 1) * positions] for k in range(3)]
+    held = torch.ones(len(patches), 3, dtype=torch.bool)
+    for k in range(3):
+        held[k * positions : (k + 1) * positions, k] = False  # a target's own slices are not held against it
+    together, together_margins = fit_detector_filters(owns, patches, held_against=held, steps=20)
+    for k, own in enumerate(owns):
+        alone, margin = fit_detector_filter(own, patches, held_against=held[:, k], steps=20)
+        assert torch.allclose(alone, together[k], atol=1e-5) and margin == pytest.approx(together_margins[k], abs=1e-5)
+    assert all(m > 0 for m in together_margins)  # random patches: each target separates from the rest

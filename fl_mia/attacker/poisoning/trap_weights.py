@@ -110,33 +110,49 @@ def centred_patches(features: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 def fit_detector_filter(
     own: torch.Tensor, others: torch.Tensor, *, held_against: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, float]:
-    """A unit filter whose response to one of ``own``'s patches beats every held-against row of ``others``.
+    """One detector's filter: :func:`fit_detector_filters` for a single target."""
+    units, margins = fit_detector_filters([own], others, held_against=held_against[:, None], steps=steps)
+    return units[0], margins[0]
 
-    ``own`` is ``[positions, d]``, ``others`` ``[rows, d]`` and ``held_against`` a ``[rows]``
-    mask (slices of the target's own patient are not held against it). Tries the
-    ``POSITIONS_TRIED`` strongest positions of the target at once, starting from the matched
-    filter, and ascends the gap to a soft maximum over the other rows. Returns the best
-    filter and its relative margin (> 0: it separates the target from every other row).
+
+def fit_detector_filters(
+    owns: list[torch.Tensor], others: torch.Tensor, *, held_against: torch.Tensor, steps: int
+) -> tuple[list[torch.Tensor], list[float]]:
+    """Per target, a unit filter whose response to one of its own patches beats every held-against row of ``others``.
+
+    ``owns[k]`` is target k's ``[positions, d]``, ``others`` ``[rows, d]`` and ``held_against`` a
+    ``[rows, targets]`` mask (slices of a target's own patient are not held against it). Tries
+    the ``POSITIONS_TRIED`` strongest positions of each target at once, starting from the
+    matched filter, and ascends the gap to a soft maximum over the other rows. Returns each
+    target's best filter and its relative margin (> 0: it separates the target from every
+    other row). The targets' objectives are independent and Adam is elementwise, so fitting
+    them together is fitting each alone; one product with ``others`` per step serves them all
+    (reading ``others`` once per step, not once per target, is what makes a round affordable).
     """
-    strongest = own.norm(dim=1).argsort(descending=True)[:POSITIONS_TRIED]
-    targets = own[strongest]
-    excluded = torch.where(held_against, 0.0, -torch.inf)[:, None]
-    filters = (targets / targets.norm(dim=1, keepdim=True).clamp_min(1e-12)).clone().requires_grad_(True)
+    targets = torch.stack([own[own.norm(dim=1).argsort(descending=True)[:POSITIONS_TRIED]] for own in owns])  # [K, P, d]
+    count, tried, width = targets.shape
+    excluded = torch.where(held_against, 0.0, -torch.inf)[:, :, None]  # [rows, K, 1]
+    filters = (targets / targets.norm(dim=2, keepdim=True).clamp_min(1e-12)).clone().requires_grad_(True)
     optimiser = torch.optim.Adam([filters], lr=0.01)
+
+    def responses(unit: torch.Tensor) -> torch.Tensor:
+        return (others @ unit.reshape(count * tried, width).T).reshape(len(others), count, tried)
+
     for _ in range(steps):
-        unit = filters / filters.norm(dim=1, keepdim=True)
-        soft_max_other = torch.logsumexp((others @ unit.T) * SOFTMAX_SHARPNESS + excluded, dim=0) / SOFTMAX_SHARPNESS
-        gap = (targets * unit).sum(1) - soft_max_other
+        unit = filters / filters.norm(dim=2, keepdim=True)
+        soft_max_other = torch.logsumexp(responses(unit) * SOFTMAX_SHARPNESS + excluded, dim=0) / SOFTMAX_SHARPNESS
+        gap = (targets * unit).sum(2) - soft_max_other
         optimiser.zero_grad(set_to_none=True)
         (-gap.sum()).backward()
         optimiser.step()
     with torch.no_grad():
-        unit = filters / filters.norm(dim=1, keepdim=True)
-        own_response = (targets * unit).sum(1)
-        other_response = ((others @ unit.T) + excluded).amax(0)
-        relative = (own_response - other_response) / own_response.abs().clamp_min(1e-12)
-        best = int(relative.argmax())
-    return unit[best].detach(), float(relative[best])
+        unit = filters / filters.norm(dim=2, keepdim=True)
+        own_response = (targets * unit).sum(2)
+        other_response = (responses(unit) + excluded).amax(0)
+        relative = (own_response - other_response) / own_response.abs().clamp_min(1e-12)  # [K, P]
+        best = relative.argmax(dim=1)
+    rows = torch.arange(count)
+    return list(unit[rows, best].detach()), [float(m) for m in relative[rows, best]]
 
 
 @torch.no_grad()
@@ -276,14 +292,9 @@ class TrapWeightsPoisoner(Poisoner):
         patches = centred_patches(features, conv) * usable.flatten()  # [scans, positions, d]
         positions = patches.shape[1]
         every_patch = patches.flatten(0, 1)
-        filters, margins = [], []
-        for target, others in zip(targets, held_against):
-            unit, margin = fit_detector_filter(
-                patches[target], every_patch, held_against=torch.as_tensor(np.repeat(others, positions)), steps=self.fit_steps
-            )
-            filters.append(unit.reshape(conv.weight.shape[1:]))
-            margins.append(margin)
-        return filters, margins
+        held = torch.as_tensor(np.stack([np.repeat(others, positions) for others in held_against], axis=1))
+        units, margins = fit_detector_filters([patches[t] for t in targets], every_patch, held_against=held, steps=self.fit_steps)
+        return [unit.reshape(conv.weight.shape[1:]) for unit in units], margins
 
     @torch.no_grad()
     def _write_detectors(
