@@ -48,14 +48,16 @@ def _auc_difference(auc: dict[str, Any]) -> str:
     return f"{_interval(auc['difference'], auc['ci'], signed=True)} (interval {verdict}; half-width {auc['half_width']:.3f})"
 
 
-def _against_strongest(paired: dict[str, Any] | None, baseline: str) -> str:
-    """The threat's matched signal against the best the honest server had on the same candidates."""
+def _against_best(paired: dict[str, Any] | None, lead: str) -> str:
+    """``; <lead> <baseline attack> (AUC …), Δ AUC …``: a matched signal against the best its baseline had."""
     if paired is None:
         return ""
-    return (
-        f"; against {baseline}'s strongest attack on the same candidates, {paired['baseline_attack']} "
-        f"(AUC {paired['baseline_auc']:.3f}), Δ AUC {_auc_difference(paired['auc'])}"
-    )
+    return f"; {lead} {paired['baseline_attack']} (AUC {paired['baseline_auc']:.3f}), Δ AUC {_auc_difference(paired['auc'])}"
+
+
+def _against_strongest(paired: dict[str, Any] | None, baseline: str) -> str:
+    """The threat's matched signal against the best the honest server had on the same candidates."""
+    return _against_best(paired, f"against {baseline}'s strongest attack on the same candidates,")
 
 
 def _rounds(rounds: list[int]) -> str:
@@ -71,10 +73,8 @@ def _in_attack_rounds(paired: dict[str, Any] | None, baseline: str) -> str:
     """The matched signal against the honest server's best over the same rounds: does poisoning sharpen them?"""
     if paired is None:
         return ""
-    return (
-        f"; over its attack {_rounds(paired['rounds'])} alone, against {baseline}'s strongest update signal summed over "
-        f"the same rounds, {paired['baseline_attack']} (AUC {paired['baseline_auc']:.3f}), Δ AUC {_auc_difference(paired['auc'])}"
-    )
+    lead = f"over its attack {_rounds(paired['rounds'])} alone, against {baseline}'s strongest update signal summed over the same rounds,"
+    return _against_best(paired, lead)
 
 
 def _audit(summary: dict[str, Any]) -> str:
