@@ -189,10 +189,10 @@ def _dp_audit(group: Group) -> dict[str, Any] | None:
         return None
     measured = [s for s in seeds if s.get("largest_empirical_epsilon") is not None]
     closest = max(measured, key=lambda s: s["largest_empirical_epsilon"] - s["accountant_epsilon"], default=None)
+    above = [s["seed"] for s in measured if not s["empirical_below_accountant"]]
     return {
         "seeds": seeds, "unit": seeds[0]["unit"], "trial": seeds[0].get("trial"), "closest": closest,
-        "all_below": None if not measured else all(s["empirical_below_accountant"] for s in measured),
-        "seeds_above": [s["seed"] for s in measured if not s["empirical_below_accountant"]],
+        "all_below": None if not measured else not above, "seeds_above": above,
     }  # fmt: skip
 
 
@@ -303,14 +303,14 @@ def build_report_data(paths: list[Path]) -> dict[str, Any]:
         summary["config_difference"] = config_difference(first.config, base.config)
         summary["strongest_attack"] = strongest_attack(summary)
         summary["matched_signal"] = next((a for a in (summary["threat"] or {}).get("matched_signals", []) if a in summary["attacks"]), None)
-        summary["matched_vs_baseline_strongest"] = (
-            paired_against_strongest(group, baseline, summary["matched_signal"], attack_names(baseline.runs))
-            if summary["baseline"] and summary["matched_signal"] else None
-        )
-        summary["matched_in_attack_rounds"] = (
-            paired_in_attack_rounds(group, baseline, summary["matched_signal"], attack_names(baseline.runs), summary["threat"].get("attack_rounds") or [])
-            if summary["baseline"] and summary["matched_signal"] else None
-        )
+        summary["matched_vs_baseline_strongest"] = summary["matched_in_attack_rounds"] = None
+        if summary["baseline"] and summary["matched_signal"]:
+            baseline_attacks = attack_names(baseline.runs)
+            summary["matched_vs_baseline_strongest"] = paired_against_strongest(group, baseline, summary["matched_signal"], baseline_attacks)
+            attack_rounds = summary["threat"].get("attack_rounds")  # a list, or "all" (every round: nothing to sum apart)
+            summary["matched_in_attack_rounds"] = paired_in_attack_rounds(
+                group, baseline, summary["matched_signal"], baseline_attacks, attack_rounds if isinstance(attack_rounds, list) else []
+            )
         summary["dice_difference"] = mean_interval(
             [r["dice"] - r["baseline_dice"] for r in summary["utility_vs_baseline"] if r["dice"] is not None and r["baseline_dice"] is not None],
             bounds=(-1.0, 1.0),

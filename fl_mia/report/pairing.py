@@ -49,16 +49,40 @@ def read_candidates(run_dir: Path) -> Candidates:
     return Candidates(is_member, patient, patient // 1_000_003)
 
 
-def scores_on(run, attack: str, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+@dataclass(frozen=True)
+class RoundsSum:
+    """An update signal summed over some rounds only, as ``update.<signal>.accumulated`` sums every round."""
+
+    signal: str  # update.<signal>: the run's scores.npz holds update.<signal>.round<N>
+    rounds: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.signal} ({'round' if len(self.rounds) == 1 else 'rounds'} {', '.join(map(str, self.rounds))})"
+
+
+def read_scores(archive, attack: str | RoundsSum) -> np.ndarray | None:
+    """One score per candidate from a run's ``scores.npz``: a scored attack, or a signal's round sum."""
+    if isinstance(attack, str):
+        return archive[attack] if attack in archive.files else None
+    keys = [f"{attack.signal}.round{r}" for r in attack.rounds]
+    if not all(key in archive.files for key in keys):
+        return None
+    return np.sum([archive[key] for key in keys], axis=0)
+
+
+def scores_on(run, attack: str | RoundsSum, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """A run's scores, membership and patient keys on ``hospitals``' candidates (None: all);
-    None where the run has no headline figure or no scores for ``attack``."""
+    None where the run has no scores for ``attack``, or no headline figure for a scored attack."""
     path = run.run_dir / "scores.npz"
-    if not path.is_file() or headline((run.metrics.get("privacy") or {}).get(attack)) is None:
+    if not path.is_file():
+        return None
+    if isinstance(attack, str) and headline((run.metrics.get("privacy") or {}).get(attack)) is None:
         return None
     with np.load(path) as archive:
-        if attack not in archive.files:
-            return None
-        scores = archive[attack]
+        scores = read_scores(archive, attack)
+    if scores is None:
+        return None
     candidates = read_candidates(run.run_dir)
     chosen = np.isin(candidates.hospital, hospitals) if hospitals is not None else np.ones(len(scores), bool)
     return scores[chosen], candidates.is_member[chosen], candidates.patient[chosen]
@@ -94,28 +118,6 @@ def seed_pairs(group, baseline) -> list[tuple[Any, Any]]:
         return []
     theirs = {r.seed: r for r in baseline.runs}
     return sorted(((r, theirs[r.seed]) for r in group.runs if r.seed in theirs), key=lambda pair: pair[0].seed)
-
-
-@dataclass(frozen=True)
-class RoundsSum:
-    """An update signal summed over some rounds only, as ``update.<signal>.accumulated`` sums every round."""
-
-    signal: str  # update.<signal>: the run's scores.npz holds update.<signal>.round<N>
-    rounds: tuple[int, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.signal} ({'round' if len(self.rounds) == 1 else 'rounds'} {', '.join(map(str, self.rounds))})"
-
-
-def read_scores(archive, attack: str | RoundsSum) -> np.ndarray | None:
-    """One score per candidate from a run's ``scores.npz``: a scored attack, or a signal's round sum."""
-    if isinstance(attack, str):
-        return archive[attack] if attack in archive.files else None
-    keys = [f"{attack.signal}.round{r}" for r in attack.rounds]
-    if not all(key in archive.files for key in keys):
-        return None
-    return np.sum([archive[key] for key in keys], axis=0)
 
 
 def paired_scores(pairs, attack_a: str, attack_b: str | RoundsSum, *, hospitals: list[int] | None, stream) -> dict[str, Any] | None:
@@ -163,24 +165,11 @@ def paired_against(group, baseline, attack: str, *, seed: int = 0) -> dict[str, 
     return result
 
 
-def _round_sum_on(run, attack: RoundsSum, hospitals: list[int] | None) -> tuple[np.ndarray, np.ndarray] | None:
-    with np.load(run.run_dir / "scores.npz") as archive:
-        scores = read_scores(archive, attack)
-    if scores is None:
-        return None
-    candidates = read_candidates(run.run_dir)
-    chosen = np.isin(candidates.hospital, hospitals) if hospitals is not None else np.ones(len(scores), bool)
-    return scores[chosen], candidates.is_member[chosen]
-
-
 def _headline_auc(runs, attack: str | RoundsSum, hospitals: list[int] | None) -> float | None:
     """``attack``'s AUC on these runs' candidates (of ``hospitals``), seeds pooled."""
     from sklearn.metrics import roc_auc_score
 
-    if isinstance(attack, RoundsSum):
-        found = [_round_sum_on(run, attack, hospitals) for run in runs]
-    else:
-        found = [scores_on(run, attack, hospitals) for run in runs]
+    found = [scores_on(run, attack, hospitals) for run in runs]
     if any(part is None for part in found):
         return None
     score, member = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
