@@ -188,6 +188,24 @@ def test_resume_skips_complete_cells_resumes_interrupted_and_reruns_failed(tmp_p
     assert sum(not c["skipped"] for c in summary["cells"]) == 1 + 1  # interrupted + failed
 
 
+def test_only_runs_the_chosen_cells_keeps_complete_ones_listed_and_leaves_the_rest_missing(tmp_path):
+    from fl_mia.report.collect import missing_cells
+
+    suite = load_suite(_write_suite(tmp_path, GRID))
+    out = tmp_path / "out"
+    first = FakeRuns()
+    run_suite(suite, out=out, run=first.run, resume_run=first.resume, only=["seed=0", "defence=none"])
+    assert first.ran == ["defence=none__seed=0"]
+    second = FakeRuns()
+    summary = run_suite(suite, out=out, resume=True, run=second.run, resume_run=second.resume, only=["defence=argmax", "seed=1"])
+    assert second.ran == ["defence=argmax__seed=1"]
+    assert [c["name"] for c in summary["cells"]] == ["defence=none__seed=0", "defence=argmax__seed=1"]
+    assert sorted(c["name"] for c in missing_cells([summary])) == ["defence=argmax__seed=0", "defence=none__seed=1"]
+    for bad, fragment in [("seed=7", "no value '7'"), ("colour=red", "keys are"), ("defence", "axis=value")]:
+        with pytest.raises(SuiteError, match=fragment):
+            run_suite(suite, out=out, resume=True, run=second.run, resume_run=second.resume, only=[bad])
+
+
 def test_a_cell_another_process_is_running_is_left_alone(tmp_path):
     import socket
 

@@ -303,6 +303,9 @@ def suite(
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Run cells as Ray tasks over this existing Ray cluster (host:port).")
     ] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only these cells now: axis=value or seed=N (repeatable); complete cells stay listed, the rest missing.")
+    ] = None,
 ) -> None:
     """Run a grid of experiments (threats × defences × seeds); one run folder per cell."""
     import time
@@ -323,6 +326,7 @@ def suite(
     continue_suite = (
         f"fl-mia suite {suite_file} --out {out} --resume"
         + "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
+        + "".join(f" --only {shlex.quote(o)}" for o in only or [])
         + (f" --jobs {jobs}" if jobs > 1 and not ray_address else "")
     )
     try:
@@ -337,7 +341,7 @@ def suite(
             with resume_command(continue_suite):
                 summary = run_suite(
                     loaded, out=out, resume=resume, on_cell=show, startup_seconds=time.perf_counter() - started,
-                    share_knowledge=share_knowledge, cells_runner=cells_runner(submit) if submit else None,
+                    share_knowledge=share_knowledge, cells_runner=cells_runner(submit) if submit else None, only=only,
                 )
     except RunInterrupted as stopped:
         stopped_line = stopped.message(continue_suite)

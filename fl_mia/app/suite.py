@@ -24,6 +24,9 @@ paired differences are computed within such matched pairs only.
 so a killed suite loses at most the cell it was running: ``--resume`` skips complete cells,
 continues an interrupted cell from its checkpoint (:func:`fl_mia.app.experiment.resume_experiment`)
 and runs failed or missing ones again. A failing cell is recorded and the suite goes on.
+``only`` (``--only threat=trap_weights --only seed=0``) runs part of the grid now: the chosen
+cells run, complete ones are still listed, the rest stay missing (the report names them), so a
+small machine can fill a suite in the order its questions need and ``--resume`` the rest later.
 
 What the attacker builds from its own knowledge (shadow and reference models) is the same in
 every cell of one seed, data and recipe: the cells share it through ``OUT/knowledge/``
@@ -165,6 +168,33 @@ def load_suite(path: Path, *, extra_overrides: list[str] | None = None) -> Suite
     return suite
 
 
+def select_cells(suite: Suite, only: list[str], states: dict[str, str]) -> Suite:
+    """The suite restricted to the cells ``only`` chooses, plus every complete cell (still listed).
+
+    ``only`` holds ``axis=value`` or ``seed=N``; several values of one key are alternatives,
+    different keys must all match.
+    """
+    if not only:
+        return suite
+    wanted: dict[str, set[str]] = {}
+    for choice in only:
+        key, sep, value = choice.partition("=")
+        key, value = key.strip(), value.strip()
+        known = {"seed": [str(s) for s in suite.seeds], **suite.axes}
+        if not sep or key not in known:
+            raise SuiteError(f"--only {choice}: give axis=value or seed=N; this suite's keys are {sorted(known)}")
+        if value not in known[key]:
+            raise SuiteError(f"--only {choice}: {key} has no value {value!r} in this suite; choose one of {known[key]}")
+        wanted.setdefault(key, set()).add(value)
+
+    def chosen(cell: Cell) -> bool:
+        values = {**cell.axes, "seed": str(cell.seed)}
+        return all(values[key] in allowed for key, allowed in wanted.items())
+
+    kept = [cell for cell in suite.cells if chosen(cell) or states[cell.name] == "complete"]
+    return Suite(suite.name, suite.description, suite.path, suite.axes, suite.seeds, kept)
+
+
 def baseline_axes(axes: dict[str, dict[str, dict[str, Any]]], chosen: dict[str, str]) -> dict[str, str]:
     """The cell a cell is compared with: the values it names as baselines, else every axis at its first value."""
     named = {axis: axes[axis][value]["baseline"] for axis, value in chosen.items() if "baseline" in axes[axis][value]}
@@ -220,8 +250,9 @@ def run_suite(
     startup_seconds: float = 0.0,
     share_knowledge: bool = True,
     cells_runner: Callable[..., None] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run every cell not complete yet; return (and keep writing) ``suite.json``.
+    """Run every cell not complete yet (of those ``only`` chooses); return (and keep writing) ``suite.json``.
 
     With ``share_knowledge`` the cells share the attacker's shadows through ``OUT/knowledge/``.
     ``cells_runner`` runs cells at once (:mod:`fl_mia.app.suite_cluster`); default one by one.
@@ -242,6 +273,7 @@ def run_suite(
     foreign = [name for name, state in states.items() if state == "foreign"]
     if foreign:
         raise SuiteError(f"{out / CELLS / foreign[0]}: holds a run of another config; remove it or choose another --out")
+    suite = select_cells(suite, only or [], states)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
