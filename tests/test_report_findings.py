@@ -48,7 +48,11 @@ def _fake_threat_run(folder: Path, *, seed: int, lift: float, poisoning: str | N
     }
     privacy["candidate_set"] = {"lesion_area_auc": 0.52, "lesion_area_auc_ci": [0.45, 0.6], "matched_lesion_area": True,
                                 "targets": [0], "uniform_models": poisoning is None}  # fmt: skip
-    threat = {"poisoning": poisoning or "none", "target_hospitals": [0]}
+    threat = {"poisoning": poisoning or "none", "target_hospitals": [0], "detection": {  # as detector.detection_summary writes it
+        "detection": {"flagged": 5 if poisoning else 0, "rounds": 6 if poisoning else 0},
+        "false_alarms": {"flagged": seed, "rounds": 30 if poisoning else 36},
+        "checks_fired_in_attack_rounds": {"loss_jump": 5} if poisoning else {},
+    }}
     if poisoning:
         threat["declaration"] = {"targets": [0], "attack_rounds": "all", "matched_signals": [SIGNAL], "needs_secagg": False}
     write_toml(folder / "config.toml", {"name": "fake", "seed": seed, "threat": {"poisoning": poisoning or "none"}})
@@ -133,6 +137,22 @@ def test_findings_come_first_name_the_missing_cells_and_trace_to_the_json(threat
         for token in re.findall(r"[+-]?\d+(?:\.\d+)?", sentence):
             digits = len(token.split(".")[1]) if "." in token else 0
             assert any(abs(round(n, digits) - float(token)) < 1e-9 for n in numbers), f"{token} in {sentence!r} is not in the JSON"
+
+
+def test_the_detectors_flags_are_pooled_over_seeds_in_findings_and_their_table(threats_suite):
+    data = build_report_data([threats_suite])
+    groups = {g["label"]: g for g in data["groups"]}
+    isolation = groups["threat=isolation"]["detection"]
+    assert isolation["detection"]["flagged"] == 10 and isolation["detection"]["rounds"] == 12
+    assert isolation["false_alarms"]["flagged"] == 0 + 1 and isolation["false_alarms"]["rounds"] == 60
+    low, high = isolation["detection"]["ci"]
+    assert low < 10 / 12 < high <= 1 and isolation["checks_fired_in_attack_rounds"] == {"loss_jump": 10}
+    sentences = findings(data)
+    assert any("flagged 10 of 12 attacked rounds (0.833 [" in s and "false alarms on 1 of 60 honest rounds" in s for s in sentences)
+    honest = next(s for s in sentences if s.startswith("threat=honest (a baseline)"))
+    assert "attacked rounds" not in honest and "false alarms on 1 of 72 honest rounds" in honest
+    page = render_markdown(data)
+    assert "| threat=isolation | 2 | 10 of 12 | 0.833 [" in page.split("## Would the hospitals notice?")[1]
 
 
 def test_html_opens_with_findings_and_repeats_no_dash(threats_suite):

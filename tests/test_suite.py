@@ -253,7 +253,7 @@ def test_tiny_suite_killed_midway_finishes_only_the_missing_cells(tmp_path):
     assert "cells join one Ray head" in again.stdout
     from fl_mia.app.experiment import run_experiment
     from fl_mia.app.ray_head import processes_mentioning
-    from fl_mia.app.suite import ray_marker
+    from fl_mia.app.suite_ray import ray_marker
 
     assert not processes_mentioning(str(ray_marker(out))), "the suite's Ray head outlived it"
     alone = run_experiment(load_suite(path).cells[1].cfg, runs_root=tmp_path / "alone").run_dir

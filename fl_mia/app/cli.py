@@ -312,7 +312,8 @@ def suite(
     from contextlib import nullcontext
 
     from fl_mia.app.interrupt import terminate_as_ctrl_c
-    from fl_mia.app.suite import SuiteError, load_suite, run_suite, shared_ray_cluster
+    from fl_mia.app.suite import SuiteError, load_suite, run_suite
+    from fl_mia.app.suite_ray import shared_ray_cluster
     from fl_mia.app.suite_cluster import cell_pool, cells_runner
 
     started = time.perf_counter()

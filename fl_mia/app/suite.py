@@ -34,7 +34,7 @@ every cell of one seed, data and recipe: the cells share it through ``OUT/knowle
 seed's shadows once. ``share_knowledge=False`` (``--no-shared-knowledge``) trains them per cell.
 
 Every cell starts Ray and stops it again (``run_simulation`` does). With ``--shared-ray`` the
-CLI starts one private Ray head instead (:func:`shared_ray_cluster`) and every cell joins it
+CLI starts one private Ray head instead (:func:`fl_mia.app.suite_ray.shared_ray_cluster`) and every cell joins it
 through ``RAY_ADDRESS``, as a run joins any cluster; cells' configs and results are unchanged.
 ``bench/suite_ray.py`` measures both ways side by side; it found no saving on the development
 machine (docs/benchmarks/suite_ray.md), so one Ray per cell stays the default.
@@ -42,7 +42,6 @@ machine (docs/benchmarks/suite_ray.md), so one Ray per cell stays the default.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
@@ -59,7 +58,6 @@ from fl_mia.config import ConfigError, ExperimentConfig
 from fl_mia.app.preflight import load_experiment
 from fl_mia.run_folder import RunFolderError, read_status, write_json
 from fl_mia.app.resume import still_running
-from fl_mia.app.simulation_resources import available_cpus
 from fl_mia.app.sweep import _completed as completed_metrics
 
 logger = logging.getLogger("fl_mia")
@@ -395,38 +393,3 @@ def overhead(records: list[dict[str, Any]], *, suite_seconds: float | None = Non
 def _report(on_cell, cell: Cell, state: str, done: int, total: int, seconds: float, error: str | None = None) -> None:
     if on_cell is not None:
         on_cell(SuiteProgress(cell=cell.name, state=state, done=done, total=total, seconds=seconds, error=error))
-
-
-def ray_marker(out: Path) -> Path:
-    """The private temp dir of the suite's Ray head: one per suite folder, short (Ray's socket paths have a length limit)."""
-    return Path("/tmp") / f"flmia-suite-{hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:10]}"
-
-
-@contextmanager
-def shared_ray_cluster(suite: Suite, *, out: Path) -> Iterator[str | None]:
-    """One private Ray head for every cell, joined through ``RAY_ADDRESS``; yields its address.
-
-    Yields None (each cell starts its own Ray, or joins the cluster it names) when the
-    user already points at a cluster, or when the cells ask for different local resources.
-    The head's marker is derived from the suite folder: a head left behind by a killed
-    suite is stopped before the next one starts.
-    """
-    from fl_mia.app.ray_head import ray_head
-
-    simulations = [cell.cfg.simulation for cell in suite.cells]
-    resources = {(s.total_cpus or available_cpus(), s.gpus_per_client > 0) for s in simulations}
-    if os.environ.get("RAY_ADDRESS") or any(s.ray_address for s in simulations) or len(resources) != 1:
-        yield None
-        return
-    ((cpus, wants_gpus),) = resources
-    num_gpus = 0
-    if wants_gpus:
-        import torch
-
-        num_gpus = torch.cuda.device_count()
-    with ray_head(ray_marker(out), num_cpus=cpus, num_gpus=num_gpus) as address:
-        os.environ["RAY_ADDRESS"] = address
-        try:
-            yield address
-        finally:
-            os.environ.pop("RAY_ADDRESS", None)

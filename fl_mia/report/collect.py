@@ -196,6 +196,26 @@ def _dp_audit(group: Group) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
+def _detection(group: Group) -> dict[str, Any] | None:
+    """The hospitals' detector over the group's seeds (``metrics.json`` ``threat.detection``): flagged
+    attacked and honest (round, hospital) pairs summed over seeds, with Wilson intervals."""
+    from fl_mia.defences.detector import wilson_interval
+
+    seeds = [d for r in group.runs if (d := (r.metrics.get("threat") or {}).get("detection"))]
+    if not seeds:
+        return None
+
+    def pooled(kind: str) -> dict[str, Any]:
+        flagged, rounds = sum(d[kind]["flagged"] for d in seeds), sum(d[kind]["rounds"] for d in seeds)
+        return {"flagged": flagged, "rounds": rounds, "rate": flagged / rounds if rounds else None, "ci": wilson_interval(flagged, rounds)}
+
+    checks: dict[str, int] = {}
+    for d in seeds:
+        for check, times in (d.get("checks_fired_in_attack_rounds") or {}).items():
+            checks[check] = checks.get(check, 0) + times
+    return {"seeds": len(seeds), "detection": pooled("detection"), "false_alarms": pooled("false_alarms"), "checks_fired_in_attack_rounds": checks}
+
+
 def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[str, Any]:
     """Seed means with t-intervals, and pooled metrics with bootstrap intervals, per attack."""
     result: dict[str, Any] = {
@@ -208,6 +228,7 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
         "matched_lesion_area": sorted({bool(_candidate_set(r).get("matched_lesion_area")) for r in group.runs}),
         "threat": _threat(group.runs[0]),
         "dp_audit": _dp_audit(group),
+        "detection": _detection(group),
         "attacks": {},
     }  # fmt: skip
     for attack in attacks:

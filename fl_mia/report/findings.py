@@ -96,6 +96,24 @@ def _audit(summary: dict[str, Any]) -> str:
     return f" DP audit FAILED: {where}; above the accountant's ε in seed {seeds}: the DP implementation or its accounting is broken."
 
 
+def _rate(part: dict[str, Any], rounds: str) -> str:
+    return f"{part['flagged']} of {part['rounds']} {rounds} ({_interval(part['rate'], part['ci'])})"
+
+
+def _detector(summary: dict[str, Any]) -> str:
+    """Would the hospitals notice? Their detector's flags over attacked and honest rounds, seeds pooled."""
+    detection = summary.get("detection")
+    if not detection:
+        return ""
+    attacked, honest = detection["detection"], detection["false_alarms"]
+    text = " Hospitals' detector (seeds pooled):"
+    if attacked["rounds"]:
+        text += f" flagged {_rate(attacked, 'attacked rounds')};"
+    if honest["rounds"]:
+        text += f" false alarms on {_rate(honest, 'honest rounds')}."
+    return text.rstrip(";") + ("" if text.endswith(".") else ".")
+
+
 def _dice(summary: dict[str, Any]) -> str:
     dice = summary["dice"]
     text = f"Dice {_interval(dice['mean'], dice['ci'])}" if dice["mean"] is not None else "Dice not measured"
@@ -137,7 +155,7 @@ def threat_finding(summary: dict[str, Any]) -> str:
         text += _in_attack_rounds(summary.get("matched_in_attack_rounds"), summary["baseline"])
     else:
         text += "; no baseline cell to pair it with"
-    return text + f". {_dice(summary)}.{_audit(summary)}"
+    return text + f". {_dice(summary)}.{_audit(summary)}{_detector(summary)}"
 
 
 def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
@@ -153,7 +171,7 @@ def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
     mine = summary.get("strongest_attack")
     if mine is not None:
         text += f"; the strongest attack here is {mine}, {_pooled_figures(summary['attacks'][mine])}"
-    return text + f". {_dice(summary)}.{_audit(summary)}"
+    return text + f". {_dice(summary)}.{_audit(summary)}{_detector(summary)}"
 
 
 def baseline_finding(summary: dict[str, Any]) -> str:
@@ -162,7 +180,7 @@ def baseline_finding(summary: dict[str, Any]) -> str:
         return f"{summary['label']} (a baseline): no attack has a seeds-pooled score. {_dice(summary)}."
     entry = summary["attacks"][strongest]
     chance = " (at chance)" if _at_chance(entry) else ""
-    return f"{summary['label']} (a baseline): strongest attack {strongest}{chance}, {_pooled_figures(entry)}. {_dice(summary)}.{_audit(summary)}"
+    return f"{summary['label']} (a baseline): strongest attack {strongest}{chance}, {_pooled_figures(entry)}. {_dice(summary)}.{_audit(summary)}{_detector(summary)}"
 
 
 def findings(data: dict[str, Any]) -> list[str]:

@@ -190,6 +190,24 @@ def confound_rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+DETECTION_HEADER = ["cell", "seeds", "attacked rounds flagged", "detection rate", "honest rounds flagged", "false-alarm rate", "checks fired in attack rounds"]
+
+
+def detection_rows(data: dict[str, Any]) -> list[list[str]]:
+    """The hospitals' detector per cell, seeds pooled: (round, hospital) pairs flagged, Wilson intervals."""
+    rows = []
+    for g in data["groups"]:
+        detection = g.get("detection")
+        if not detection:
+            continue
+        cells = []
+        for part in (detection["detection"], detection["false_alarms"]):
+            cells += [f"{part['flagged']} of {part['rounds']}" if part["rounds"] else "", _cell(part["rate"], part["ci"])]
+        checks = ", ".join(f"{name} {times}" for name, times in sorted(detection["checks_fired_in_attack_rounds"].items()))
+        rows.append([g["label"], str(detection["seeds"]), *cells, checks])
+    return rows
+
+
 CONFOUND_HEADER = ["cell", "lesion-area AUC (seed mean)", "lesion-matched", "seeds whose interval holds 0.5"]
 
 
