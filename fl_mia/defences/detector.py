@@ -119,6 +119,12 @@ def wilson_interval(successes: int, trials: int, *, z: float = 1.96) -> tuple[fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def flag_rate(flagged: int, rounds: int) -> dict[str, Any]:
+    """Flagged (round, hospital) pairs out of ``rounds``, with the rate and its Wilson interval."""
+    return {"flagged": flagged, "rounds": rounds, "rate": flagged / rounds if rounds else None,
+            "ci": wilson_interval(flagged, rounds)}
+
+
 def detection_summary(rows: list[dict[str, Any]], *, attacked: set[tuple[int, int]] | None) -> dict[str, Any] | None:
     """Detection rate over attacked (round, hospital) pairs and false-alarm rate over the others.
 
@@ -140,12 +146,8 @@ def detection_summary(rows: list[dict[str, Any]], *, attacked: set[tuple[int, in
     if counts[True][1] + counts[False][1] == 0:
         return None
 
-    def rate(flagged: int, total: int) -> dict[str, Any]:
-        return {"flagged": flagged, "rounds": total, "rate": flagged / total if total else None,
-                "ci": wilson_interval(flagged, total)}
-
     return {
-        "detection": rate(*counts[True]),
-        "false_alarms": rate(*counts[False]),
+        "detection": flag_rate(*counts[True]),
+        "false_alarms": flag_rate(*counts[False]),
         "checks_fired_in_attack_rounds": by_check,
     }

@@ -199,15 +199,14 @@ def _dp_audit(group: Group) -> dict[str, Any] | None:
 def _detection(group: Group) -> dict[str, Any] | None:
     """The hospitals' detector over the group's seeds (``metrics.json`` ``threat.detection``): flagged
     attacked and honest (round, hospital) pairs summed over seeds, with Wilson intervals."""
-    from fl_mia.defences.detector import wilson_interval
+    from fl_mia.defences.detector import flag_rate
 
     seeds = [d for r in group.runs if (d := (r.metrics.get("threat") or {}).get("detection"))]
     if not seeds:
         return None
 
     def pooled(kind: str) -> dict[str, Any]:
-        flagged, rounds = sum(d[kind]["flagged"] for d in seeds), sum(d[kind]["rounds"] for d in seeds)
-        return {"flagged": flagged, "rounds": rounds, "rate": flagged / rounds if rounds else None, "ci": wilson_interval(flagged, rounds)}
+        return flag_rate(sum(d[kind]["flagged"] for d in seeds), sum(d[kind]["rounds"] for d in seeds))
 
     checks: dict[str, int] = {}
     for d in seeds:

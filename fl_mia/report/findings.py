@@ -106,12 +106,9 @@ def _detector(summary: dict[str, Any]) -> str:
     if not detection:
         return ""
     attacked, honest = detection["detection"], detection["false_alarms"]
-    text = " Hospitals' detector (seeds pooled):"
-    if attacked["rounds"]:
-        text += f" flagged {_rate(attacked, 'attacked rounds')};"
-    if honest["rounds"]:
-        text += f" false alarms on {_rate(honest, 'honest rounds')}."
-    return text.rstrip(";") + ("" if text.endswith(".") else ".")
+    parts = [f"flagged {_rate(attacked, 'attacked rounds')}"] if attacked["rounds"] else []
+    parts += [f"false alarms on {_rate(honest, 'honest rounds')}"] if honest["rounds"] else []
+    return f" Hospitals' detector (seeds pooled): {'; '.join(parts)}." if parts else ""
 
 
 def _dice(summary: dict[str, Any]) -> str:
