@@ -4,7 +4,8 @@ across cells, and the quickstart against a plain in-process loop, side by side i
     python bench/suite_cost.py [--rounds 10] [--seed 0] [--set key=value ...] [--skip-suite | --cells N] [--write docs/benchmarks/suite_cost.md]
 
 1. Privacy step / training per round, at the quickstart's size (configs/quickstart.toml) and
-   at the threats suite's (configs/threats/honest.toml): each run as ``fl-mia run`` in a fresh
+   at the threats suite's (configs/threats/honest.toml with the suite's own ``set``, the size its
+   cells run at): each run as ``fl-mia run`` in a fresh
    process; "training" is the hospitals' summed ``fit_seconds`` per round (``timings.csv``),
    "privacy step" the server's scoring per round (update signals and per-round attacks,
    the ``privacy step round`` lines of ``run.log``), medians over the rounds.
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +46,22 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
 
+def suite_overrides() -> list[str]:
+    """The threats suite's own ``set``: the size every one of its cells runs at."""
+    return list(tomllib.loads(THREATS_SUITE.read_text()).get("set", []))
+
+
 def privacy_vs_training(record: BenchRecord, overrides: list[str], tmp: Path) -> float:
     """Part 1; returns the quickstart's wall time (part 3 compares it)."""
     record.add("| size | config | privacy step s/round | training s/round | privacy / training | wall s |")
     record.add("|---|---|---|---|---|---|")
     quickstart_wall = float("nan")
-    for label, config in (("quickstart", QUICKSTART), ("threats suite", THREATS_CELL)):
-        result = run_case(config, overrides, tmp / label.replace(" ", "_"))
+    cases = (("quickstart", QUICKSTART, []), ("threats suite", THREATS_CELL, suite_overrides()))
+    for label, config, size in cases:
+        result = run_case(config, size + overrides, tmp / label.replace(" ", "_"))
         ratio = result["privacy_per_round_s"] / result["training_per_round_s"]
         record.add(
-            f"| {label} | `{config.relative_to(ROOT)}` | {result['privacy_per_round_s']:.2f} | "
+            f"| {label} | `{config.relative_to(ROOT)}`{' + the suite’s `set`' if size else ''} | {result['privacy_per_round_s']:.2f} | "
             f"{result['training_per_round_s']:.2f} | {ratio:.2f}× | {result['wall_s']:.1f} |"
         )
         if config == QUICKSTART:
