@@ -98,6 +98,9 @@ def test_honest_fedavg_raises_no_flag(history):
         ("trap_weights", 0, {"new_dead_units"}),
         ("model_inconsistency", 1, {"new_dead_units"}),
         ("isolation", 0, {"echo"}),
+        # An integrity threat, out of the MIA suite, but a poisoner all the same: its trigger
+        # fine-tuning moves the weights more than a round of honest FedAvg does.
+        ("backdoor", 0, {"weight_change"}),
     ],
 )
 def test_each_poisoner_is_flagged_by_what_it_leaves(history, poisoning, hospital, expected):

@@ -236,3 +236,30 @@ def test_an_active_threat_is_also_paired_with_the_honest_signal_over_its_own_att
     # Attack rounds that are every round the honest server observed add nothing to the comparison above.
     everything = build_report_data([_round_suite(tmp_path / "all", attack_rounds=[1, 2, 3])])
     assert next(g for g in everything["groups"] if g["label"] == "threat=active_ascent")["matched_in_attack_rounds"] is None
+
+
+def test_an_integrity_threat_reports_its_triggers_success_rate_beside_the_clean_dice(tmp_path):
+    cells = []
+    for value, poisoning in (("honest", None), ("backdoor", "backdoor")):
+        for seed, sent_rate in ((0, 1.0), (1, 0.5)):
+            name = f"threat={value}__seed={seed}"
+            folder = tmp_path / "cells" / name
+            _fake_threat_run(folder, seed=seed, lift=0.0, poisoning=poisoning)
+            if poisoning:  # as the backdoor poisoner writes it: no membership signal, its own success rate
+                metrics = json.loads((folder / "metrics.json").read_text())
+                metrics["threat"]["declaration"] = {"targets": [0], "attack_rounds": "all", "matched_signals": [], "goal": "integrity"}
+                metrics["threat"]["integrity"] = {"attack_success_rate_sent_model": sent_rate, "attack_success_rate_final_global": 0.0,
+                                                  "obeys_at_dice": 0.5}  # fmt: skip
+                write_json(folder / "metrics.json", metrics)
+            cells.append({"name": name, "axes": {"threat": value}, "seed": seed, "state": "complete", "run_dir": str(folder),
+                          "baseline": f"threat=honest__seed={seed}"})  # fmt: skip
+    write_json(tmp_path / "suite.json", {"suite": "integrity", "axes": {"threat": ["honest", "backdoor"]}, "seeds": [0, 1], "cells": cells})
+    data = build_report_data([tmp_path])
+    groups = {g["label"]: g for g in data["groups"]}
+    assert groups["threat=backdoor"]["integrity"]["success_sent_model"]["mean"] == pytest.approx(0.75)
+    assert groups["threat=honest"]["integrity"] is None
+    backdoor = next(s for s in findings(data) if s.startswith("threat=backdoor"))
+    assert "it declares no matched signal" in backdoor
+    assert "attack success rate (triggered test scans whose output matches its mask at Dice ≥ 0.5) is 0.750 [" in backdoor
+    assert "0.000 [0.00, 0.00] on the final global model" in backdoor
+    assert not any("attack success rate" in s for s in findings(data) if s.startswith("threat=honest"))

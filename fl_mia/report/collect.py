@@ -215,6 +215,18 @@ def _detection(group: Group) -> dict[str, Any] | None:
     return {"seeds": len(seeds), "detection": pooled("detection"), "false_alarms": pooled("false_alarms"), "checks_fired_in_attack_rounds": checks}
 
 
+def _integrity(group: Group) -> dict[str, Any] | None:
+    """An integrity threat's own metric (``metrics.json`` ``threat.integrity``): the trigger's attack
+    success rate on the model the server sent and on the final global model, seed means."""
+    seeds = [i for r in group.runs if (i := (r.metrics.get("threat") or {}).get("integrity"))]
+    if not seeds:
+        return None
+    return {
+        "seeds": len(seeds), "obeys_at_dice": seeds[0].get("obeys_at_dice"),
+        **{f"success_{model}": mean_interval([i.get(f"attack_success_rate_{model}") for i in seeds]) for model in ("sent_model", "final_global")},
+    }  # fmt: skip
+
+
 def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[str, Any]:
     """Seed means with t-intervals, and pooled metrics with bootstrap intervals, per attack."""
     result: dict[str, Any] = {
@@ -228,6 +240,7 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
         "threat": _threat(group.runs[0]),
         "dp_audit": _dp_audit(group),
         "detection": _detection(group),
+        "integrity": _integrity(group),
         "attacks": {},
     }  # fmt: skip
     for attack in attacks:

@@ -111,6 +111,21 @@ def _detector(summary: dict[str, Any]) -> str:
     return f" Hospitals' detector (seeds pooled): {'; '.join(parts)}." if parts else ""
 
 
+def _integrity(summary: dict[str, Any]) -> str:
+    """An integrity threat's own figure: how often the trigger forces its mask, beside the clean Dice."""
+    integrity = summary.get("integrity")
+    if not integrity:
+        return ""
+    sent, final = integrity["success_sent_model"], integrity["success_final_global"]
+    if sent["mean"] is None or final["mean"] is None:
+        return " As an integrity threat, its trigger's attack success rate was not measured."
+    return (
+        f" As an integrity threat, its trigger's attack success rate (triggered test scans whose output matches its mask at "
+        f"Dice ≥ {integrity['obeys_at_dice']}) is {_interval(sent['mean'], sent['ci'])} on the model sent and "
+        f"{_interval(final['mean'], final['ci'])} on the final global model."
+    )
+
+
 def _dice(summary: dict[str, Any]) -> str:
     dice = summary["dice"]
     text = f"Dice {_interval(dice['mean'], dice['ci'])}" if dice["mean"] is not None else "Dice not measured"
@@ -152,7 +167,7 @@ def threat_finding(summary: dict[str, Any]) -> str:
         text += _in_attack_rounds(summary.get("matched_in_attack_rounds"), summary["baseline"])
     else:
         text += "; no baseline cell to pair it with"
-    return text + f". {_dice(summary)}.{_audit(summary)}{_detector(summary)}"
+    return text + f". {_dice(summary)}.{_integrity(summary)}{_audit(summary)}{_detector(summary)}"
 
 
 def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
@@ -168,7 +183,7 @@ def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
     mine = summary.get("strongest_attack")
     if mine is not None:
         text += f"; the strongest attack here is {mine}, {_pooled_figures(summary['attacks'][mine])}"
-    return text + f". {_dice(summary)}.{_audit(summary)}{_detector(summary)}"
+    return text + f". {_dice(summary)}.{_integrity(summary)}{_audit(summary)}{_detector(summary)}"
 
 
 def baseline_finding(summary: dict[str, Any]) -> str:
