@@ -9,7 +9,7 @@ across cells, and the quickstart against a plain in-process loop, side by side i
    process; "training" is the hospitals' summed ``fit_seconds`` per round (``timings.csv``),
    "privacy step" the server's scoring per round (update signals and per-round attacks,
    the ``privacy step round`` lines of ``run.log``), medians over the rounds.
-2. The threats suite's 6 cells for one seed, as ``fl-mia suite`` with the attacker's
+2. The threats suite's first cells for one seed (``fl-mia suite --only seed=S --only threat=…``), with the attacker's
    knowledge shared (``OUT/knowledge/``) and with ``--no-shared-knowledge`` (every cell
    trains its own shadows, as a cell run alone does); each cell's ``scores.npz`` compared
    between the two.
@@ -69,18 +69,10 @@ def privacy_vs_training(record: BenchRecord, overrides: list[str], tmp: Path) ->
     return quickstart_wall
 
 
-def one_seed_suite(tmp: Path, seed: int, cells: int | None) -> Path:
-    """The threats suite's cells for one seed, the first ``cells`` threats (None: all); other keys unchanged."""
-    lines = THREATS_SUITE.read_text().splitlines()
-    threats = [i for i, line in enumerate(lines) if "= {" in line and not line.startswith("#")]
-    dropped = set(threats[cells:]) if cells else set()
-    body = "\n".join(
-        f"seeds = [{seed}]" if line.startswith("seeds =") else line for i, line in enumerate(lines) if i not in dropped
-    )
-    body = body.replace('"../threats/', f'"{ROOT / "configs" / "threats"}/')
-    path = tmp / "threats_one_seed.toml"
-    path.write_text(body + "\n")
-    return path
+def one_seed_cells(seed: int, cells: int | None) -> list[str]:
+    """``--only`` choices for the threats suite's first ``cells`` threats (None: all) at one seed."""
+    threats = list(tomllib.loads(THREATS_SUITE.read_text())["axes"]["threat"])
+    return [f"seed={seed}", *(f"threat={name}" for name in threats[:cells])]
 
 
 def timed_suite(suite: Path, out: Path, overrides: list[str], *extra: str) -> float:
@@ -100,9 +92,9 @@ def same_scores(a: Path, b: Path) -> bool:
 
 
 def shared_vs_one_by_one(record: BenchRecord, overrides: list[str], tmp: Path, seed: int, cells: int | None) -> None:
-    suite = one_seed_suite(tmp, seed, cells)
-    shared = timed_suite(suite, tmp / "shared", overrides)
-    alone = timed_suite(suite, tmp / "alone", overrides, "--no-shared-knowledge")
+    only = [arg for choice in one_seed_cells(seed, cells) for arg in ("--only", choice)]
+    shared = timed_suite(THREATS_SUITE, tmp / "shared", overrides, *only)
+    alone = timed_suite(THREATS_SUITE, tmp / "alone", overrides, "--no-shared-knowledge", *only)
     cells = sorted(p.name for p in (tmp / "shared" / "cells").iterdir())
     equal = [c for c in cells if same_scores(tmp / "shared" / "cells" / c / "scores.npz", tmp / "alone" / "cells" / c / "scores.npz")]
     record.add("")
