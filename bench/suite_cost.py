@@ -106,7 +106,8 @@ def shared_vs_one_by_one(record: BenchRecord, overrides: list[str], tmp: Path, s
     record.add(f"| one by one (`--no-shared-knowledge`) | {alone:.1f} |")
     record.add(f"| shared / one by one | {shared / alone:.2f} |")
     record.add("")
-    record.add(f"scores.npz equal both ways: {len(equal)} of {len(cells)} cells")
+    differing = [c for c in cells if c not in equal]
+    record.add(f"scores.npz equal both ways: {len(equal)} of {len(cells)} cells" + (f" (differ: {', '.join(differing)})" if differing else ""))
 
 
 def plain_loop(config: Path, overrides: list[str]) -> None:
