@@ -46,17 +46,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
 
-def suite_overrides() -> list[str]:
-    """The threats suite's own ``set``: the size every one of its cells runs at."""
-    return list(tomllib.loads(THREATS_SUITE.read_text()).get("set", []))
+def threats_suite() -> dict:
+    """The threats suite's file as a table: its ``set`` (the size its cells run at) and its threats."""
+    return tomllib.loads(THREATS_SUITE.read_text())
 
 
-def privacy_vs_training(record: BenchRecord, overrides: list[str], tmp: Path) -> float:
+def privacy_vs_training(record: BenchRecord, overrides: list[str], tmp: Path, suite_size: list[str]) -> float:
     """Part 1; returns the quickstart's wall time (part 3 compares it)."""
     record.add("| size | config | privacy step s/round | training s/round | privacy / training | wall s |")
     record.add("|---|---|---|---|---|---|")
     quickstart_wall = float("nan")
-    cases = (("quickstart", QUICKSTART, []), ("threats suite", THREATS_CELL, suite_overrides()))
+    cases = (("quickstart", QUICKSTART, []), ("threats suite", THREATS_CELL, suite_size))
     for label, config, size in cases:
         result = run_case(config, size + overrides, tmp / label.replace(" ", "_"))
         ratio = result["privacy_per_round_s"] / result["training_per_round_s"]
@@ -69,9 +69,8 @@ def privacy_vs_training(record: BenchRecord, overrides: list[str], tmp: Path) ->
     return quickstart_wall
 
 
-def one_seed_cells(seed: int, cells: int | None) -> list[str]:
-    """``--only`` choices for the threats suite's first ``cells`` threats (None: all) at one seed."""
-    threats = list(tomllib.loads(THREATS_SUITE.read_text())["axes"]["threat"])
+def one_seed_cells(threats: list[str], seed: int, cells: int | None) -> list[str]:
+    """``--only`` choices for the suite's first ``cells`` threats (None: all) at one seed."""
     return [f"seed={seed}", *(f"threat={name}" for name in threats[:cells])]
 
 
@@ -93,12 +92,14 @@ def same_scores(a: Path, b: Path) -> bool:
         )
 
 
-def shared_vs_one_by_one(record: BenchRecord, overrides: list[str], tmp: Path, seed: int, cells: int | None) -> None:
-    only = [arg for choice in one_seed_cells(seed, cells) for arg in ("--only", choice)]
+def shared_vs_one_by_one(
+    record: BenchRecord, overrides: list[str], tmp: Path, threats: list[str], seed: int, cells: int | None
+) -> None:
+    only = [arg for choice in one_seed_cells(threats, seed, cells) for arg in ("--only", choice)]
     shared = timed_suite(THREATS_SUITE, tmp / "shared", overrides, *only)
     alone = timed_suite(THREATS_SUITE, tmp / "alone", overrides, "--no-shared-knowledge", *only)
     cells = sorted(p.name for p in (tmp / "shared" / "cells").iterdir())
-    equal = [c for c in cells if same_scores(tmp / "shared" / "cells" / c / "scores.npz", tmp / "alone" / "cells" / c / "scores.npz")]
+    differing = [c for c in cells if not same_scores(tmp / "shared" / "cells" / c / "scores.npz", tmp / "alone" / "cells" / c / "scores.npz")]
     record.add("")
     record.add(f"The threats suite's {len(cells)} cells, seed {seed} (`{THREATS_SUITE.relative_to(ROOT)}`):")
     record.add("")
@@ -108,8 +109,7 @@ def shared_vs_one_by_one(record: BenchRecord, overrides: list[str], tmp: Path, s
     record.add(f"| one by one (`--no-shared-knowledge`) | {alone:.1f} |")
     record.add(f"| shared / one by one | {shared / alone:.2f} |")
     record.add("")
-    differing = [c for c in cells if c not in equal]
-    record.add(f"scores.npz equal both ways: {len(equal)} of {len(cells)} cells" + (f" (differ: {', '.join(differing)})" if differing else ""))
+    record.add(f"scores.npz equal both ways: {len(cells) - len(differing)} of {len(cells)} cells" + (f" (differ: {', '.join(differing)})" if differing else ""))
 
 
 def plain_loop(config: Path, overrides: list[str]) -> None:
@@ -182,9 +182,10 @@ def main() -> None:
         return
     record = BenchRecord("bench/suite_cost.py", "What a suite costs", write=args.write)
     with tempfile.TemporaryDirectory() as tmp:
-        quickstart_wall = privacy_vs_training(record, overrides, Path(tmp))
+        suite = threats_suite()
+        quickstart_wall = privacy_vs_training(record, overrides, Path(tmp), list(suite.get("set", [])))
         if not args.skip_suite:
-            shared_vs_one_by_one(record, overrides, Path(tmp), args.seed, args.cells)
+            shared_vs_one_by_one(record, overrides, Path(tmp), list(suite["axes"]["threat"]), args.seed, args.cells)
         quickstart_vs_plain(record, overrides, quickstart_wall)
     record.add("")
     record.add(f"load average {os.getloadavg()[0]:.1f} at the end (the machine's other work counts in every figure).")
