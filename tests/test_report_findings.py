@@ -263,3 +263,29 @@ def test_an_integrity_threat_reports_its_triggers_success_rate_beside_the_clean_
     assert "attack success rate (triggered test scans whose output matches its mask at Dice ≥ 0.5) is 0.750 [" in backdoor
     assert "0.000 [0.00, 0.00] on the final global model" in backdoor
     assert not any("attack success rate" in s for s in findings(data) if s.startswith("threat=honest"))
+
+
+def test_a_dp_cell_names_its_epsilon_by_unit_and_its_pooled_dice_as_a_share_of_the_baseline(tmp_path):
+    """The DP frontier's Findings say what DP costs (pooled Dice / the no-DP cell's, seed by seed) and at which unit."""
+    cells = []
+    for value, pooled_dice in (("none", 0.5), ("patient_eps8", 0.4)):
+        for seed in (0, 1):
+            name = f"arm={value}__seed={seed}"
+            folder = tmp_path / "cells" / name
+            _fake_threat_run(folder, seed=seed, lift=0.0, poisoning=None)
+            metrics = json.loads((folder / "metrics.json").read_text())
+            metrics["utility"]["dice_pooled"] = pooled_dice + 0.01 * seed
+            if value != "none":
+                metrics["defence_report"] = {"dp_sgd": {"epsilon_max": 7.99, "epsilon": {"unit": "patient", "value": 7.99}}}
+            write_json(folder / "metrics.json", metrics)
+            cells.append({"name": name, "axes": {"arm": value}, "seed": seed, "state": "complete", "run_dir": str(folder),
+                          "baseline": f"arm=none__seed={seed}"})  # fmt: skip
+    write_json(tmp_path / "suite.json", {"suite": "dp", "axes": {"arm": ["none", "patient_eps8"]}, "seeds": [0, 1], "cells": cells})
+    data = build_report_data([tmp_path])
+    (sentence,) = [s for s in findings(data) if s.startswith("arm=patient_eps8 against arm=none")]
+    assert "Privacy spent: DP-SGD (ε per patient) 7.990" in sentence
+    ratio = data["groups"][1]["dice_pooled_ratio"]["mean"]
+    assert ratio == pytest.approx(np.mean([0.4 / 0.5, 0.41 / 0.51]))
+    assert f"pooled Dice {ratio:.3f}" in sentence and "× the baseline's" in sentence
+    (baseline,) = [s for s in findings(data) if s.startswith("arm=none")]
+    assert "Privacy spent" not in baseline and "× the baseline's" not in baseline

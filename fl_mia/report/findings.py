@@ -132,7 +132,18 @@ def _dice(summary: dict[str, Any]) -> str:
     difference = summary.get("dice_difference") or {}
     if difference.get("mean") is not None:
         text += f", Δ Dice {_interval(difference['mean'], difference['ci'], signed=True)}"
+    ratio = summary.get("dice_pooled_ratio") or {}
+    if ratio.get("mean") is not None:
+        text += f", pooled Dice {_interval(ratio['mean'], ratio['ci'])}× the baseline's (seed by seed)"
     return text
+
+
+def _privacy_budget(summary: dict[str, Any]) -> str:
+    """`` At ε per patient (DP-SGD) 7.990.``: every ε the cell spent, each named by the unit it protects."""
+    budgets = [(name, figure) for name, figure in sorted((summary.get("epsilon") or {}).items()) if figure.get("mean") is not None]
+    if not budgets:
+        return ""
+    return " Privacy spent: " + "; ".join(f"{name} {_interval(figure['mean'], figure['ci'])}" for name, figure in budgets) + "."
 
 
 def _at_chance(entry: dict[str, Any] | None) -> bool:
@@ -167,7 +178,7 @@ def threat_finding(summary: dict[str, Any]) -> str:
         text += _in_attack_rounds(summary.get("matched_in_attack_rounds"), summary["baseline"])
     else:
         text += "; no baseline cell to pair it with"
-    return text + f". {_dice(summary)}.{_integrity(summary)}{_audit(summary)}{_detector(summary)}"
+    return text + f". {_dice(summary)}.{_privacy_budget(summary)}{_integrity(summary)}{_audit(summary)}{_detector(summary)}"
 
 
 def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
@@ -183,7 +194,7 @@ def defence_finding(summary: dict[str, Any], baseline: dict[str, Any]) -> str:
     mine = summary.get("strongest_attack")
     if mine is not None:
         text += f"; the strongest attack here is {mine}, {_pooled_figures(summary['attacks'][mine])}"
-    return text + f". {_dice(summary)}.{_integrity(summary)}{_audit(summary)}{_detector(summary)}"
+    return text + f". {_dice(summary)}.{_privacy_budget(summary)}{_integrity(summary)}{_audit(summary)}{_detector(summary)}"
 
 
 def baseline_finding(summary: dict[str, Any]) -> str:

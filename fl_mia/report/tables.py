@@ -237,6 +237,7 @@ def normalised(data: dict[str, Any]) -> dict[str, Any]:
         group.setdefault("threat", None)
         group.setdefault("utility_vs_baseline", [])
         group.setdefault("dice_difference", None)
+        group.setdefault("dice_pooled_ratio", None)
         group.setdefault("strongest_attack", strongest_attack(group))
         for entry in group["attacks"].values():
             if "balanced_accuracy_oracle" not in entry:
