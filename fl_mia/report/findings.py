@@ -143,7 +143,12 @@ def _privacy_budget(summary: dict[str, Any]) -> str:
     budgets = [(name, figure) for name, figure in sorted((summary.get("epsilon") or {}).items()) if figure.get("mean") is not None]
     if not budgets:
         return ""
-    return " Privacy spent: " + "; ".join(f"{name} {_interval(figure['mean'], figure['ci'])}" for name, figure in budgets) + "."
+    return " Privacy spent: " + "; ".join(f"{_named_unit(name)} {_interval(figure['mean'], figure['ci'])}" for name, figure in budgets) + "."
+
+
+def _named_unit(name: str) -> str:
+    # Reports written before ε named its unit label DP-SGD alone; DP-SGD was slice-level then.
+    return name if "ε per" in name else f"{name} (ε per slice: recorded before ε named its unit)"
 
 
 def _at_chance(entry: dict[str, Any] | None) -> bool:
