@@ -79,7 +79,7 @@ def test_html_is_complete_and_self_contained(suite_folder):
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) >= 4  # two ROC overlays, the frontier, privacy by round
     for section in ("Findings", "Strongest attack per cell", "Every attack, every cell", "Paired differences", "ROC curves",
-                    "Privacy–utility frontier", "ε per defence", "Mask-only confound", "Configuration of each cell",
+                    "Privacy–utility frontier", "ε spent, Dice kept, strongest attack", "Mask-only confound", "Configuration of each cell",
                     "Cells without a result", "Machine, versions, seeds"):  # fmt: skip
         assert f">{section}" in page, section
     # Findings first; the cell that has no result named at the very top.

@@ -289,3 +289,10 @@ def test_a_dp_cell_names_its_epsilon_by_unit_and_its_pooled_dice_as_a_share_of_t
     assert f"pooled Dice {ratio:.3f}" in sentence and "× the baseline's" in sentence
     (baseline,) = [s for s in findings(data) if s.startswith("arm=none")]
     assert "Privacy spent" not in baseline and "× the baseline's" not in baseline
+    # The curve on one page: a row per cell in the suite's order, ε by unit, pooled Dice and its share, strongest attack.
+    page = render_markdown(data)
+    table = page.split("## ε spent, Dice kept, strongest attack")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| arm=")]
+    assert [row.split(" | ")[0] for row in rows] == ["| arm=none", "| arm=patient_eps8"]
+    assert "| none | 0.505 " in rows[0]
+    assert "DP-SGD (ε per patient) 7.990" in rows[1] and f"| {ratio:.3f} [" in rows[1]

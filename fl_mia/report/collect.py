@@ -147,6 +147,11 @@ def pooled_dice_of(run: RunRecord) -> float | None:
     return (run.metrics.get("utility") or {}).get("dice_pooled")
 
 
+def epsilon_label(kind: str) -> str:
+    """An ``epsilon_of`` key as shown; reports written before ε named its unit say only "DP-SGD" (slice-level then)."""
+    return kind if "ε per" in kind else f"{kind} (ε per slice: recorded before ε named its unit)"
+
+
 def epsilon_of(run: RunRecord) -> dict[str, float]:
     report = run.metrics.get("defence_report") or {}
     found = {}
@@ -232,6 +237,7 @@ def summarise_group(group: Group, attacks: list[str], *, seed: int = 0) -> dict[
     result: dict[str, Any] = {
         "label": group.label, "axes": group.axes, "seeds": sorted(r.seed for r in group.runs),
         "dice": mean_interval([dice_of(r) for r in group.runs]),
+        "dice_pooled": mean_interval([pooled_dice_of(r) for r in group.runs]),
         "epsilon": {k: mean_interval([epsilon_of(r).get(k) for r in group.runs], bounds=(0.0, float("inf"))) for k in {k for r in group.runs for k in epsilon_of(r)}},
         "lesion_area_auc": mean_interval([_candidate_set(r).get("lesion_area_auc") for r in group.runs]),
         # Per seed: does the mask-only AUC's patient-bootstrap interval contain 0.5 (no lesion confound)?

@@ -19,7 +19,8 @@ from fl_mia.report import figures
 from fl_mia.report.collect import build_report_data, to_json
 from fl_mia.report.findings import findings, status_line, strongest_matrix
 from fl_mia.report.tables import (
-    CONFOUND_HEADER, DETECTION_HEADER, count, accuracy_rows, detection_rows, audit_rows, confound_rows, epsilon_rows, paired_rows, rival_rows,
+    CONFOUND_HEADER, DETECTION_HEADER, FRONTIER_HEADER, count, accuracy_rows, detection_rows, audit_rows, confound_rows, frontier_rows,
+    paired_rows, rival_rows,
     normalised, seeds_text, significance_note, summary_rows, unresolved_caption, utility_rows,
 )
 
@@ -89,7 +90,8 @@ def _sections(data: dict[str, Any]) -> list[tuple[str, str | None, list[str], li
         (f"Every attack against AUC {AUC_BAR}, and its empirical ε", "A defence is judged on every attack, update attacks "
          "(accumulated included) as much as prediction ones. Empirical ε: a 95% lower bound from the attack's ROC, one trial "
          "per patient (docs/science.md).", *audit_rows(data)),
-        ("ε per defence", None, ["cell", "mechanism", "ε (seed mean)"], epsilon_rows(data)),
+        ("ε spent, Dice kept, strongest attack", "Each cell's ε, named by the unit it protects, beside the pooled Dice it kept (as a share "
+         "of its baseline's, seed by seed) and its strongest attack, every attack counted.", FRONTIER_HEADER, frontier_rows(data)),
         ("Would the hospitals notice?", "The hospitals' detector (defences.detector): (round, hospital) pairs it flagged, "
          "seeds pooled, with 95% Wilson intervals; a hospital's first round has nothing to compare with and is not counted. "
          "Detection is over the rounds the server attacked, false alarms over the others.", DETECTION_HEADER, detection_rows(data)),

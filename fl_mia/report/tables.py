@@ -10,7 +10,7 @@ from typing import Any
 
 from fl_mia.referee.statistics import format_with_interval, non_members_needed
 from fl_mia.referee.verdict import AUC_BAR
-from fl_mia.report.collect import strongest_attack
+from fl_mia.report.collect import epsilon_label, strongest_attack
 
 
 def _cell(value: float | None, ci: list[float] | None) -> str:
@@ -149,11 +149,25 @@ def utility_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def epsilon_rows(data: dict[str, Any]) -> list[list[str]]:
+FRONTIER_HEADER = ["cell", "ε spent (mechanism, unit: seed mean)", "pooled Dice (seed mean)", "pooled Dice ÷ baseline's",
+                   "strongest attack", "its AUC (pooled)"]  # fmt: skip
+
+
+def frontier_rows(data: dict[str, Any]) -> list[list[str]]:
+    """The privacy–utility curve as a table, cells in the suite's order: what each spent, kept and leaked.
+
+    Only for reports where some cell spent an ε (a DP frontier); its baselines are listed too, as "none"."""
+    if not any(group["epsilon"] for group in data["groups"]):
+        return []
     rows = []
     for group in data["groups"]:
-        for kind, value in sorted(group["epsilon"].items()):
-            rows.append([group["label"], kind, _cell(value["mean"], value["ci"])])
+        spent = "; ".join(f"{epsilon_label(kind)} {_cell(value['mean'], value['ci'])}" for kind, value in sorted(group["epsilon"].items()))
+        dice, ratio = group.get("dice_pooled") or {}, group.get("dice_pooled_ratio") or {}
+        strongest = group.get("strongest_attack")
+        rows.append([
+            group["label"], spent or "none", _cell(dice.get("mean"), dice.get("ci")), _cell(ratio.get("mean"), ratio.get("ci")),
+            strongest or "", _pooled_cell(group["attacks"][strongest], "auc") if strongest else "",
+        ])  # fmt: skip
     return rows
 
 
@@ -238,6 +252,7 @@ def normalised(data: dict[str, Any]) -> dict[str, Any]:
         group.setdefault("utility_vs_baseline", [])
         group.setdefault("dice_difference", None)
         group.setdefault("dice_pooled_ratio", None)
+        group.setdefault("dice_pooled", None)
         group.setdefault("strongest_attack", strongest_attack(group))
         for entry in group["attacks"].values():
             if "balanced_accuracy_oracle" not in entry:
