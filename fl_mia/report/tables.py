@@ -116,7 +116,7 @@ def significance_note(data: dict[str, Any]) -> str:
     """The closing note: which cells differ from the baseline beyond their 95% paired interval."""
     significant, total = [], 0
     for group in data["groups"]:
-        for attack, result in (group.get("paired_vs_baseline") or {}).items():
+        for attack, result in sorted((group.get("paired_vs_baseline") or {}).items()):  # JSON keeps keys sorted
             if result is None:
                 continue
             for key, label in (("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR@1%FPR")):
