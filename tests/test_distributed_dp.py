@@ -13,9 +13,9 @@ from tests.flower_doubles import known_update, run_rounds
 SIZES = [16, 10, 6]
 
 
-def distributed_cfg(noise_multiplier: float, clipping_norm: float):
+def distributed_cfg(noise_multiplier: float, clipping_norm: float, clipping_range: float = 1.0):
     raw = tiny_raw(defences={
-        "secagg": {"enabled": True},
+        "secagg": {"enabled": True, "clipping_range": clipping_range},
         "central_dp": {"mode": "distributed", "noise_multiplier": noise_multiplier, "clipping_norm": clipping_norm},
     })  # fmt: skip
     raw["federation"].update(num_hospitals=3, patients_per_hospital=8)
@@ -66,7 +66,9 @@ def test_secure_sum_through_secagg_is_the_uniform_mean_of_clipped_updates():
 def test_distributed_dp_needs_secagg_and_reports_epsilon_per_hospital():
     with pytest.raises(ConfigError, match="central_dp.mode"):
         build_config(tiny_raw(defences={"central_dp": {"mode": "distributed"}}))
-    cfg = distributed_cfg(noise_multiplier=1.0, clipping_norm=1.0)
+    with pytest.raises(ConfigError, match=r"defences.secagg.clipping_range=1 is below .* set it to at least 4.46"):
+        distributed_cfg(noise_multiplier=1.0, clipping_norm=1.0)  # 1 + 6 · 1/√3: SecAgg+ would have to clip the noise
+    cfg = distributed_cfg(noise_multiplier=1.0, clipping_norm=1.0, clipping_range=4.5)
     shape = RunShape(num_hospitals=3, sampled_per_round=3, rounds=2, secagg_max_weight=1.0)
     block = privacy_section(cfg.defences, shape, {})["central_dp"]
     assert block["mode"] == "distributed" and block["epsilon"]["unit"] == "hospital"

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fl_mia.config.base import Section
+from fl_mia.defences.distributed_dp import noise_share_std
 
 
 class SecAggConfig(Section):
@@ -175,6 +176,9 @@ class DefencesConfig(Section):
         return names
 
 
+DISTRIBUTED_NOISE_STDS = 6  # the largest of ~10⁹ Gaussian values is about 6 std
+
+
 def check_defences(defences: DefencesConfig, *, num_hospitals: int, sampled: int, norm: str) -> None:
     """Cross-section checks (defences against federation and model); ``ValueError`` naming the field."""
     secagg = defences.secagg
@@ -191,6 +195,18 @@ def check_defences(defences: DefencesConfig, *, num_hospitals: int, sampled: int
             raise ValueError(
                 f"defences.secagg.reconstruction_threshold={secagg.reconstruction_threshold} exceeds the "
                 f"{secagg.num_shares or sampled} shares per secret (num_shares, or the {sampled} sampled hospitals)"
+            )
+    central = defences.central_dp
+    if central.mode == "distributed" and sampled >= 1:
+        # Each update sent is the clipped delta (at most C in any value) plus a noise share; over a
+        # model's weights the share's largest values pass 5 std, and SecAgg+ would clip them.
+        share = noise_share_std(noise_multiplier=central.noise_multiplier, clipping_norm=central.clipping_norm, sampled=sampled)
+        needed = central.clipping_norm + DISTRIBUTED_NOISE_STDS * share
+        if secagg.clipping_range < needed:
+            raise ValueError(
+                f"defences.secagg.clipping_range={secagg.clipping_range:g} is below what a hospital's distributed-DP update "
+                f"reaches (its clipped delta up to central_dp.clipping_norm={central.clipping_norm:g} plus a noise share of "
+                f"std {share:.3g}, whose largest values over a model pass {DISTRIBUTED_NOISE_STDS} std): set it to at least {needed:.3g}"
             )
     if defences.dp_sgd.enabled and norm != "groupnorm":
         raise ValueError(
