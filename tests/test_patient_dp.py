@@ -163,7 +163,7 @@ def test_show_and_report_name_each_epsilons_unit():
     from server.defences import RunShape, privacy_section
 
     cfg = build_config(tiny_raw(defences={
-        "dp_sgd": {"enabled": True, "unit": "slice"}, "secagg": {"enabled": True}, "central_dp": {"mode": "distributed"},
+        "dp_sgd": {"enabled": True, "unit": "slice"}, "secagg": {"enabled": True, "clipping_range": 8.0}, "central_dp": {"mode": "distributed"},
     }))  # fmt: skip
     fits = {(2, 0): {
         "dp_unit": "slice", "dp_epsilon": 3.0, "dp_delta": 1e-6, "dp_epsilon_at_reference_delta": 2.5,
