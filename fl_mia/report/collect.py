@@ -152,6 +152,13 @@ def epsilon_label(kind: str) -> str:
     return kind if "ε per" in kind else f"{kind} (ε per slice: recorded before ε named its unit)"
 
 
+def epsilon_text(figure: dict, interval) -> str:
+    """An ε's seed mean with its interval, or "∞" for clipping without noise (no interval to give)."""
+    if figure["mean"] == float("inf"):
+        return "∞ (no noise: no guarantee)"
+    return interval(figure["mean"], figure["ci"])
+
+
 def epsilon_of(run: RunRecord) -> dict[str, float]:
     report = run.metrics.get("defence_report") or {}
     found = {}

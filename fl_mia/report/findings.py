@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fl_mia.referee.statistics import non_members_needed
-from fl_mia.report.collect import epsilon_label
+from fl_mia.report.collect import epsilon_label, epsilon_text
 
 ONE_PERCENT_NEEDS = non_members_needed(0.01)
 
@@ -144,7 +144,7 @@ def _privacy_budget(summary: dict[str, Any]) -> str:
     budgets = [(name, figure) for name, figure in sorted((summary.get("epsilon") or {}).items()) if figure.get("mean") is not None]
     if not budgets:
         return ""
-    return " Privacy spent: " + "; ".join(f"{epsilon_label(name)} {_interval(figure['mean'], figure['ci'])}" for name, figure in budgets) + "."
+    return " Privacy spent: " + "; ".join(f"{epsilon_label(name)} {epsilon_text(figure, _interval)}" for name, figure in budgets) + "."
 
 
 def _at_chance(entry: dict[str, Any] | None) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 from fl_mia.referee.statistics import format_with_interval, non_members_needed
 from fl_mia.referee.verdict import AUC_BAR
-from fl_mia.report.collect import epsilon_label, strongest_attack
+from fl_mia.report.collect import epsilon_label, epsilon_text, strongest_attack
 
 
 def _cell(value: float | None, ci: list[float] | None) -> str:
@@ -161,7 +161,7 @@ def frontier_rows(data: dict[str, Any]) -> list[list[str]]:
         return []
     rows = []
     for group in data["groups"]:
-        spent = "; ".join(f"{epsilon_label(kind)} {_cell(value['mean'], value['ci'])}" for kind, value in sorted(group["epsilon"].items()))
+        spent = "; ".join(f"{epsilon_label(kind)} {epsilon_text(value, _cell)}" for kind, value in sorted(group["epsilon"].items()))
         dice, ratio = group.get("dice_pooled") or {}, group.get("dice_pooled_ratio") or {}
         strongest = group.get("strongest_attack")
         rows.append([
