@@ -212,7 +212,10 @@ def test_shared_forward_passes_give_the_scores_of_a_plain_computation(setting):
         alignment = gradient_alignment_loop(
             model, update_vector(model, sent, weights), images, masks, dice_weight=1.0, ce_weight=1.0
         )
-        np.testing.assert_allclose(recorder.scores["gradient_alignment"][1, :, h], alignment, rtol=1e-4, atol=1e-5)
+        # atol 1e-3 on a cosine: against a float64 reference the batched float32 gradients (vmap over
+        # CPU conv kernels chosen per batch) err by up to ~2e-4 on some machines, the per-candidate
+        # loop by ~5e-6; a wrong alignment (other model, other update, no normalisation) errs by far more.
+        np.testing.assert_allclose(recorder.scores["gradient_alignment"][1, :, h], alignment, rtol=1e-4, atol=1e-3)
 
 
 def test_a_hardened_view_hardens_the_shared_logits_as_it_hardens_its_own():
