@@ -43,6 +43,7 @@ from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
 from strategies.malicious import PoisoningFedAvg
 from strategies.round_offset import RoundOffsetStrategy
+from strategies.server_momentum import ServerMomentum, ServerMomentumStrategy
 
 logger = logging.getLogger("fl_mia")
 
@@ -272,7 +273,8 @@ def log_progress(progress: RoundProgress) -> None:
 
 
 def _checkpointer(
-    cfg: ExperimentConfig, run_dir: Path, resume: Checkpoint | None, *, round_log: RoundLog, client_manager, attacker, poisoner
+    cfg: ExperimentConfig, run_dir: Path, resume: Checkpoint | None, *, round_log: RoundLog, client_manager, attacker, poisoner,
+    server_momentum: ServerMomentum | None,
 ) -> Checkpointer:
     """The per-round checkpoint of everything a resume must restore, in a fixed order."""
     checkpointer = Checkpointer(
@@ -280,6 +282,8 @@ def _checkpointer(
     )
     checkpointer.register("round_log", round_log)
     checkpointer.register("client_manager", client_manager)
+    if server_momentum is not None:
+        checkpointer.register("server_momentum", server_momentum)
     if attacker is not None:
         checkpointer.register("privacy", attacker)
     if poisoner is not None:
@@ -287,6 +291,16 @@ def _checkpointer(
         if attacker is not None and attacker.updates is not None:
             attacker.updates.add_signal_source(poisoner)  # e.g. the trap's trace, before a resume restores it
     return checkpointer
+
+
+def layered_strategy(cfg: ExperimentConfig, strategy, *, server_momentum: ServerMomentum | None):
+    """The honest (or poisoning) strategy inside the defences' wrappers, inside server momentum if any.
+
+    Momentum is outermost: it steps with the released aggregate (noised under DP), so it is
+    post-processing; inside a DP wrapper it would carry un-noised updates into later rounds.
+    """
+    strategy = wrap_strategy(cfg.defences, strategy, sampled_per_round=cfg.sampled_per_round())
+    return strategy if server_momentum is None else ServerMomentumStrategy(strategy, server_momentum)
 
 
 def _train_rounds(
@@ -336,8 +350,14 @@ def run_federation(
     forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
     poisoner = make_server_poisoner(cfg, attacker)
+    server_momentum = (
+        ServerMomentum(learning_rate=cfg.federation.server_learning_rate, momentum=cfg.federation.server_momentum)
+        if cfg.federation.uses_server_momentum()
+        else None
+    )
     checkpointer = _checkpointer(
-        cfg, run_dir, resume, round_log=round_log, client_manager=client_manager, attacker=attacker, poisoner=poisoner
+        cfg, run_dir, resume, round_log=round_log, client_manager=client_manager, attacker=attacker, poisoner=poisoner,
+        server_momentum=server_momentum,
     )
     done = checkpointer.restore(resume) if resume is not None else 0
 
@@ -346,8 +366,8 @@ def run_federation(
             attacker.observe_round(server_round, weights)
         checkpointer.save(server_round=server_round, weights=weights, wall_time_s=time.perf_counter() - started)
 
-    strategy = wrap_strategy(
-        cfg.defences,
+    strategy = layered_strategy(
+        cfg,
         build_strategy(
             cfg, directory, round_log, evaluator,
             initial=resume.weights if resume is not None else None,
@@ -360,7 +380,7 @@ def run_federation(
             update_observer=attacker.updates if attacker is not None else None,
             poisoner=poisoner,
         ),
-        sampled_per_round=cfg.sampled_per_round(),
+        server_momentum=server_momentum,
     )
     shape = run_shape(cfg)
     final = _train_rounds(

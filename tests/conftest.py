@@ -41,8 +41,9 @@ def tiny_cfg() -> ExperimentConfig:
 @pytest.fixture(scope="session")
 def uninterrupted_three_rounds(tmp_path_factory):
     """The tiny config run for 3 rounds without a stop: what every stopped-and-resumed run of it
-    must end equal to (the kill, Ctrl-C and suite-resume tests share this one Ray run)."""
+    must end equal to (the kill, Ctrl-C and suite-resume tests share this one Ray run). Server
+    momentum is on, so a resume must also restore the server's momentum buffer from the checkpoint."""
     from fl_mia.app.experiment import run_experiment
 
-    raw = tiny_raw(federation={"rounds": 3})
+    raw = tiny_raw(federation={"rounds": 3, "server_momentum": 0.5})
     return raw, run_experiment(build_config(raw), out=tmp_path_factory.mktemp("uninterrupted") / "run")

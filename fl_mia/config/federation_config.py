@@ -49,6 +49,18 @@ class FederationConfig(Section):
     dirichlet_alpha: float = Field(0.5, gt=0.0, le=1000.0, description="partition='dirichlet': concentration (small = skewed).")
     rounds: int = Field(5, ge=1, le=10_000, description="Federated rounds.")
     fraction_fit: float = Field(1.0, gt=0.0, le=1.0, description="Share of hospitals sampled each round.")
+    server_learning_rate: float = Field(
+        1.0, gt=0.0, le=100.0, description="FedAvgM's server step on the aggregated update (1 with momentum 0 = FedAvg)."
+    )
+    server_momentum: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "FedAvgM's server momentum (0 = FedAvg). Applied to the released aggregate, after any DP noise: "
+            "post-processing, so it costs no privacy."
+        ),
+    )
 
     @field_validator("patients_per_hospital")
     @classmethod
@@ -70,6 +82,10 @@ class FederationConfig(Section):
                 f"but num_hospitals is {self.num_hospitals}"
             )
         return self
+
+    def uses_server_momentum(self) -> bool:
+        """Whether the server steps the aggregate with FedAvgM instead of taking it as the new model."""
+        return self.server_momentum > 0.0 or self.server_learning_rate != 1.0
 
     def hospital_sizes(self) -> list[int]:
         """Number of patients of every hospital, in partition order."""
