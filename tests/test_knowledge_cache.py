@@ -42,6 +42,21 @@ def test_a_second_cell_loads_the_first_cells_shadow_which_equals_one_trained_alo
     assert torch.equal(flat(loaded), flat(trained)) and torch.equal(flat(alone), flat(trained))
 
 
+def test_training_or_loading_a_shadow_leaves_the_run_the_same_random_stream(cfg, data, tmp_path, monkeypatch):
+    """A cell that loads its shadows from the suite must draw what a cell that trained them draws
+    afterwards (a poisoner's initialisation, say): both leave torch's generator where it was."""
+    monkeypatch.setenv(KNOWLEDGE_CACHE_ENV, str(tmp_path / "knowledge"))
+    after = {}
+    for cell in ("trains", "loads"):
+        torch.manual_seed(123)
+        store = make_shadow_store(cfg, tmp_path / cell / "shadows")
+        store.train("reference", data)
+        after[cell] = (torch.get_rng_state(), "reference" in store.train_seconds)
+    assert after["trains"][1] and not after["loads"][1]
+    torch.manual_seed(123)
+    assert torch.equal(after["trains"][0], after["loads"][0]) and torch.equal(after["trains"][0], torch.get_rng_state())
+
+
 def test_the_key_covers_the_images_not_only_their_ids(cfg, data, tmp_path, monkeypatch):
     monkeypatch.setenv(KNOWLEDGE_CACHE_ENV, str(tmp_path / "knowledge"))
     make_shadow_store(cfg, None).train("reference", data)

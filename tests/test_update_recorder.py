@@ -194,7 +194,9 @@ def test_shared_forward_passes_give_the_scores_of_a_plain_computation(setting):
     final_view = TargetView(global_model, None, shared_logits=forwards.for_view(sent))
     final_view.logits(images)
     other = images[:3].copy()  # not the candidates: the view runs its own model
-    np.testing.assert_allclose(final_view.logits(other).numpy(), view.logits(images)[:3].numpy(), rtol=1e-5, atol=1e-6)
+    # The shared passes run in the channels-last layout, the view's own model in the default one:
+    # the same logits up to ~2e-5 (another model's differ by orders of magnitude more).
+    np.testing.assert_allclose(final_view.logits(other).numpy(), view.logits(images)[:3].numpy(), rtol=1e-4, atol=1e-4)
     assert forwards.passes == 1 + len(returned)
 
     sent_losses = _reference_losses(model, sent, images, masks)
@@ -230,5 +232,9 @@ def test_a_hardened_view_hardens_the_shared_logits_as_it_hardens_its_own():
     noisy = OutputConfig(mode="noisy_probabilities", noise_std=0.1)
     shared = target_view(model, 2, noisy, seed=0, shared_logits=forwards.for_view(get_weights(model)))
     alone = target_view(model, 2, noisy, seed=0)
-    assert torch.allclose(shared.logits(images), alone.logits(images), atol=1e-5)
+    # The same released probabilities: the same noise draws on logits that agree to ~2e-5 (the
+    # shared passes run channels-last). Compared as probabilities, because the logits of a
+    # probability near the release floor magnify that float difference; unhardened or
+    # differently seeded outputs would differ by ~0.1, the noise's own scale.
+    assert torch.allclose(torch.sigmoid(shared.logits(images)), torch.sigmoid(alone.logits(images)), atol=1e-4)
     assert forwards.passes == 1

@@ -7,6 +7,12 @@ model is the last round's. :class:`CandidateForwards` keys the candidates' logit
 fingerprint of the weights, so each distinct model runs over the candidates once, batched,
 under ``torch.inference_mode``; the update signals, the per-round and the final prediction
 attacks all read the same tensors.
+
+The scratch model and the candidates run in the channels-last memory layout: on CPU the
+convolutions of a U-Net take about two thirds of the time they take in the default layout
+(0.43 s → 0.28 s for 92 scans of 64×64, 2 cores), and the logits agree with the default
+layout's to ~2e-5. Every pass here uses that layout, so a resumed run computes what the
+uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class CandidateForwards:
     """
 
     def __init__(self, model: nn.Module, images: np.ndarray, *, keep: int = 3, batch_size: int = 64) -> None:
-        self.model = model
+        self.model = model.to(memory_format=torch.channels_last)
         self.images = images
         self.keep = keep
         self.batch_size = batch_size
@@ -55,11 +61,7 @@ class CandidateForwards:
         if cached is not None:
             self._logits.move_to_end(key)
             return cached
-        set_weights(self.model, weights)
-        with torch.inference_mode():
-            logits = predict_logits(self.model, self.images, batch_size=self.batch_size)
-        logits = logits.clone()  # a normal tensor: attacks may feed it to code that records gradients
-        self.passes += 1
+        logits = self._run(weights, self.images)
         self._logits[key] = logits
         while len(self._logits) > self.keep:
             self._logits.popitem(last=False)
@@ -73,11 +75,16 @@ class CandidateForwards:
         nothing kept) must compute exactly what the uninterrupted one did."""
         if rows is None or np.array_equal(rows, np.arange(len(self.images))):
             return self.logits(weights, fingerprint=fingerprint)
+        return self._run(weights, self.images[rows])
+
+    def _run(self, weights: list[np.ndarray], images: np.ndarray) -> torch.Tensor:
         set_weights(self.model, weights)
+        stack = torch.as_tensor(images).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            logits = predict_logits(self.model, self.images[rows], batch_size=self.batch_size)
+            logits = predict_logits(self.model, stack, batch_size=self.batch_size)
         self.passes += 1
-        return logits.clone()
+        # A normal, contiguous tensor: attacks may feed it to code that records gradients.
+        return logits.contiguous().clone()
 
     def for_view(self, weights: list[np.ndarray]) -> Callable[[np.ndarray], torch.Tensor]:
         """A prediction attack's source of raw logits for a model holding ``weights``: the

@@ -185,6 +185,16 @@ class ShadowStore:
         return self.make_model()
 
     def train(self, name: str, split: Split) -> nn.Module:
+        """The shadow ``name`` trained on ``split``: loaded when this run or the suite has it.
+
+        Torch's global generator is left as it was: training a shadow seeds and draws from it,
+        loading one does not, so without this a cell that trained its shadows and one that
+        loaded them from the suite's folder would hand the rest of the run (a poisoner's draws,
+        say) different random streams, and their scores would differ."""
+        with torch.random.fork_rng():
+            return self._train_or_load(name, split)
+
+    def _train_or_load(self, name: str, split: Split) -> nn.Module:
         fingerprint = self._fingerprint(split)
         if name in self._loaded and self._loaded[name][0] == fingerprint:
             return self._loaded[name][1]

@@ -68,9 +68,10 @@ def update_vector(model: nn.Module, sent: list[np.ndarray], returned: list[np.nd
 # Per-sample gradients of one chunk are held at once: chunk × parameters floats. Keep that under
 # ~1 GB, so a large model (DPT: 35M parameters) takes a few candidates at a time, not 32.
 PER_SAMPLE_GRADIENT_FLOATS = 256 * 2**20
-# Larger chunks keep the batched convolutions busy: on 2 CPU cores, 128 candidates at a time took
-# about half the time of 32 for the threats suite's model (878k parameters, 32×32 scans).
-MAX_GRADIENT_CHUNK = 128
+# Beyond a few dozen candidates a chunk only adds memory traffic: on 2 quiet CPU cores, with the
+# quickstart's and threats suite's model (878k parameters), chunks of 32 took 1.16 s for 92
+# scans of 64×64 (128: 1.7-1.9 s) and 5.4-5.5 s for 1006 scans of 32×32 (128: 6.0-6.5 s).
+MAX_GRADIENT_CHUNK = 32
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -103,10 +104,14 @@ def gradient_alignment(
     frozen = {name: p.detach() for name, p in model.named_parameters() if name not in updates[0]}
     buffers = dict(model.named_buffers())
     device = model_device(model)
-    flat_updates = torch.stack([torch.cat([u[name].flatten() for name in names]) for u in updates]).to(device)  # [U, P]
-    update_norms = flat_updates.norm(dim=1)
+    # Per parameter, the updates as rows [U, numel]: dot products and norms are summed parameter
+    # by parameter, so a chunk's per-sample gradients are never copied into one [B, P] matrix
+    # (that copy took a sixth of the alignment's time at the threats suite's size).
+    update_rows = {name: torch.stack([u[name].flatten() for u in updates]).to(device) for name in names}
+    update_norms = torch.stack([rows.square().sum(1) for rows in update_rows.values()]).sum(0).sqrt()  # [U]
+    total_parameters = sum(rows.shape[1] for rows in update_rows.values())
     if chunk_size is None:
-        chunk_size = max(1, min(MAX_GRADIENT_CHUNK, PER_SAMPLE_GRADIENT_FLOATS // max(1, flat_updates.shape[1])))
+        chunk_size = max(1, min(MAX_GRADIENT_CHUNK, PER_SAMPLE_GRADIENT_FLOATS // max(1, total_parameters)))
 
     def loss_of_one(p: dict[str, torch.Tensor], image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, ({**p, **frozen}, buffers), (image[None],))
@@ -126,8 +131,9 @@ def gradient_alignment(
             _log_fallback_once(model, error)
             per_sample_grad = one_at_a_time
             grads = per_sample_grad(params, images_t[part], masks_t[part])
-        flat = torch.cat([grads[name].flatten(1) for name in names], dim=1)  # [B, P]
-        cosine = (flat @ flat_updates.T) / (flat.norm(dim=1, keepdim=True) * update_norms[None] + 1e-12)
+        dots = sum(grads[name].flatten(1) @ update_rows[name].T for name in names)  # [B, U]
+        norms = torch.stack([grads[name].flatten(1).square().sum(1) for name in names]).sum(0).sqrt()  # [B]
+        cosine = dots / (norms[:, None] * update_norms[None] + 1e-12)
         scores.append(cosine.detach().cpu())
     return torch.cat(scores).numpy() if scores else np.zeros((0, len(updates)))
 
