@@ -83,8 +83,8 @@ class CandidateForwards:
         with torch.inference_mode():
             logits = predict_logits(self.model, stack, batch_size=self.batch_size)
         self.passes += 1
-        # A normal, contiguous tensor: attacks may feed it to code that records gradients.
-        return logits.contiguous().clone()
+        # One copy to a normal, contiguous tensor: attacks may feed it to code that records gradients.
+        return logits.clone(memory_format=torch.contiguous_format)
 
     def for_view(self, weights: list[np.ndarray]) -> Callable[[np.ndarray], torch.Tensor]:
         """A prediction attack's source of raw logits for a model holding ``weights``: the
