@@ -13,7 +13,7 @@ runs made before devices existed.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -55,3 +55,14 @@ def autocast(device: torch.device, amp: str):
     if amp == "off":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` CPU threads, then restore the process's count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -129,3 +129,21 @@ def test_vectorised_alignment_equals_the_per_candidate_loop(hospital_round):
     loop_other = gradient_alignment_loop(model, other, images, masks, dice_weight=1.0, ce_weight=1.0)
     assert both.shape == (6, 2)
     assert np.allclose(both[:, 0], loop, atol=1e-4) and np.allclose(both[:, 1], loop_other, atol=1e-4)
+
+
+def test_alignment_scores_do_not_depend_on_the_thread_count(hospital_round):
+    """A cell run in a Ray cluster (1 CPU, so 1 thread) must score what it scores run locally
+    (every core): a threaded skinny matrix product split its sums differently and moved scores."""
+    _, hospital, model, sent, returned = hospital_round
+    set_weights(model, sent)
+    update = update_vector(model, sent, returned)
+    images, masks = hospital.train.images[:16], hospital.train.masks[:16]
+    previous = torch.get_num_threads()
+    scores = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            scores.append(gradient_alignment(model, [update], images, masks, dice_weight=1.0, ce_weight=1.0))
+    finally:
+        torch.set_num_threads(previous)
+    assert all(np.array_equal(scores[0], other) for other in scores[1:])

@@ -25,7 +25,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,24 +36,10 @@ from fl_mia.attacker.knowledge_cache import content_key, locked
 from fl_mia.attacker.predictions.shadow_federation import train_federated_shadow
 from fl_mia.config import DpSgdConfig, FederationConfig, ModelConfig, OutputConfig, ShadowSettings, TrainingConfig
 from fl_mia.data import Split
+from fl_mia.devices import torch_threads
 from fl_mia.run_folder import atomic_write_bytes, write_json
 from fl_mia.seeding import int_seed, torch_generator
 from fl_mia.training import train_local
-
-
-@contextmanager
-def torch_threads(count: int):
-    """Train with as many threads as a hospital does.
-
-    The server process otherwise uses every core; on a small, shared machine its threads then
-    wait on each other (we saw shadow training at 2 threads run several times slower than at 1).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # One round of the target's DP-SGD in place on a model: (model, shard, secret=, tags=).
@@ -223,6 +208,9 @@ class ShadowStore:
 
     def _train(self, model: nn.Module, split: Split, name: str) -> None:
         started = time.perf_counter()
+        # As many threads as a hospital: the server process otherwise uses every core, and on a
+        # small, shared machine its threads wait on each other (shadow training at 2 threads ran
+        # several times slower than at 1).
         with torch_threads(self.recipe.threads_per_client):
             SHADOW_TRAINERS[self.mode](self, model, split, name)
         self.train_seconds[name] = time.perf_counter() - started
