@@ -19,6 +19,7 @@ from fl_mia.config import ExperimentConfig
 from fl_mia.app.flwr_run import flwr_run_logging, log_round
 from fl_mia.app.preflight import preflight
 from fl_mia.console_logging import flower_lines_once
+from fl_mia.devices import torch_threads
 from fl_mia.run_folder import set_status
 from server.federation import run_federation
 
@@ -35,8 +36,12 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        # The server computes with simulation.server_threads, not the process's default (every core
+        # locally, the task's CPUs on a Ray node), so that a run scores the same wherever it runs;
+        # hospitals do the same with threads_per_client.
         if cfg is not None and run_dir is not None:
-            run_federation(grid, context, cfg, run_dir, on_round_end, resume=resume)
+            with torch_threads(cfg.simulation.server_threads):
+                run_federation(grid, context, cfg, run_dir, on_round_end, resume=resume)
             return
         # `flwr run .`: this process owns the run folder from start to finish.
         # The one place under `flwr run` where the experiment is checked beyond its schema;
@@ -46,7 +51,8 @@ def make_server_app(
         with flwr_run_logging(folder):
             logger.info("run folder: %s", folder.resolve())
             try:
-                run_federation(grid, context, experiment, folder, log_round)
+                with torch_threads(experiment.simulation.server_threads):
+                    run_federation(grid, context, experiment, folder, log_round)
             except BaseException as error:
                 set_status(folder, "failed", error=f"{type(error).__name__}: {error}")
                 logger.error("the run failed (%s: %s); details in %s", type(error).__name__, error, folder / "run.log")

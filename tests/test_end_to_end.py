@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,13 +59,23 @@ def test_a_second_run_gets_its_own_folder(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_same_rounds_csv_other_seed_different(tiny_run, tmp_path):
-    again = run_experiment(build_config(tiny_raw()), runs_root=tmp_path)
+    # Again with the process at 3 threads (tiny_run's server ran at conftest's 1): a machine with
+    # more cores, or a Ray node that gives the run fewer, must not change a single score.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        again = run_experiment(build_config(tiny_raw()), runs_root=tmp_path)
+    finally:
+        torch.set_num_threads(previous)
     assert (again.run_dir / "rounds.csv").read_bytes() == (tiny_run.run_dir / "rounds.csv").read_bytes()
     # metrics.json too, except what measures the wall clock (README, "Reproducibility").
     wall_clock = ("wall_time_s", "cost")
     assert {k: v for k, v in again.metrics.items() if k not in wall_clock} == {
         k: v for k, v in tiny_run.metrics.items() if k not in wall_clock
     }
+    with np.load(tiny_run.run_dir / "scores.npz") as first, np.load(again.run_dir / "scores.npz") as second:
+        assert sorted(first.files) == sorted(second.files)
+        assert all(np.array_equal(first[k], second[k], equal_nan=True) for k in first.files)
     first, second = (torch.load(r / "global_model.pt", weights_only=True) for r in (tiny_run.run_dir, again.run_dir))
     assert all(torch.equal(first[k], second[k]) for k in first)
     other = run_experiment(build_config(tiny_raw(seed=1)), runs_root=tmp_path)

@@ -18,6 +18,14 @@ class SimulationConfig(Section):
         None, ge=1, description="CPUs Ray may use in all (default: every core of the machine)."
     )
     threads_per_client: int = Field(1, ge=1, le=64, description="torch threads inside each hospital actor.")
+    server_threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="torch threads of the server process (evaluation, attacks, poisoning). A fixed count, not "
+        "'every core', so that a run scores the same on any machine or Ray node: float sums split over more "
+        "threads round differently in the last bits.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="Where tensors go: 'cuda' needs a GPU (hospitals: gpus_per_client > 0); 'auto' uses one when there is one.",
