@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -142,6 +140,7 @@ def train_local_dp(
     dataset = TensorDataset(torch.from_numpy(split.images), torch.from_numpy(split.masks))
     loader = DataLoader(dataset, batch_size=training.batch_size, generator=torch_generator(secret, "train-order", *tags))
     optimizer = make_optimizer(model, training)
+    from opacus import PrivacyEngine  # here, not at the top: a hospital without DP never imports Opacus
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(accountant=plan.accountant)
@@ -193,6 +192,8 @@ def train_local_dp(
 
 def prepare_for_dp(model: nn.Module, split: Split) -> None:
     """Check the model takes per-unit gradients; make ReLUs out of place; freeze unused weights."""
+    from opacus.validators import ModuleValidator
+
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ValueError(f"model is not DP-SGD compatible ({errors[0]}); set model.norm = 'groupnorm'")
