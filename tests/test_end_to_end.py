@@ -11,6 +11,7 @@ import torch
 
 from fl_mia.config.loading import build_config
 from fl_mia.app.experiment import run_experiment
+from fl_mia.devices import torch_threads
 from tests.conftest import tiny_raw
 
 
@@ -61,12 +62,8 @@ def test_a_second_run_gets_its_own_folder(tiny_run, tmp_path):
 def test_same_seed_same_rounds_csv_other_seed_different(tiny_run, tmp_path):
     # Again with the process at 3 threads (tiny_run's server ran at conftest's 1): a machine with
     # more cores, or a Ray node that gives the run fewer, must not change a single score.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with torch_threads(3):
         again = run_experiment(build_config(tiny_raw()), runs_root=tmp_path)
-    finally:
-        torch.set_num_threads(previous)
     assert (again.run_dir / "rounds.csv").read_bytes() == (tiny_run.run_dir / "rounds.csv").read_bytes()
     # metrics.json too, except what measures the wall clock (README, "Reproducibility").
     wall_clock = ("wall_time_s", "cost")

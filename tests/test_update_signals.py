@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from fl_mia.config import TrainingConfig
 from fl_mia.config.loading import build_config
 from fl_mia.data import build_hospital
+from fl_mia.devices import torch_threads
 from fl_mia.models import build_model, get_weights, set_weights
 from fl_mia.training import train_local
 from fl_mia.attacker.updates.signals import (
@@ -138,12 +139,8 @@ def test_alignment_scores_do_not_depend_on_the_thread_count(hospital_round):
     set_weights(model, sent)
     update = update_vector(model, sent, returned)
     images, masks = hospital.train.images[:16], hospital.train.masks[:16]
-    previous = torch.get_num_threads()
     scores = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
             scores.append(gradient_alignment(model, [update], images, masks, dice_weight=1.0, ce_weight=1.0))
-    finally:
-        torch.set_num_threads(previous)
     assert all(np.array_equal(scores[0], other) for other in scores[1:])
