@@ -20,7 +20,7 @@ from fl_mia.console_logging import flower_lines_once
 from fl_mia.contracts import NODE_PARTITION_KEY
 from fl_mia.data import build_hospital, input_channels, num_classes
 from fl_mia.devices import process_device
-from fl_mia.models import build_model
+from fl_mia.models import model_to_load
 from fl_mia.run_config import experiment_from_run_config
 from clients.hospital import HospitalClient
 from clients.mods import defences_mod
@@ -51,7 +51,7 @@ def hospital_client(
     hospital = build_hospital(cfg.data, cfg.federation, partition_id, seed=cfg.seed)
     classes = num_classes(cfg.data.task)
     device = process_device(cfg.simulation, role="hospital")  # the GPU Ray gave this actor, if any
-    model = build_model(cfg.model, in_channels=input_channels(cfg.data), classes=classes, image_size=cfg.data.image_size)
+    model = model_to_load(cfg.model, in_channels=input_channels(cfg.data), classes=classes, image_size=cfg.data.image_size)
     model.to(device)
     return HospitalClient(
         partition_id, hospital, model, classes=classes, training=cfg.training, dp_sgd=cfg.defences.dp_sgd,

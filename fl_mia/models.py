@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections import OrderedDict
 from functools import lru_cache
@@ -189,6 +190,23 @@ def build_model(cfg: ModelConfig, *, in_channels: int, classes: int, image_size:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = cfg.bn_momentum
     return model
+
+
+def model_to_load(cfg: ModelConfig, *, in_channels: int, classes: int, image_size: int = 64) -> nn.Module:
+    """A model of this shape for weights the caller loads into it before use (a hospital's).
+
+    Flower builds a new client for every message a hospital gets (properties, fit, evaluate),
+    and :func:`build_model`'s probe pass, pruning and GroupNorm swap cost ~0.2 s each time: a
+    quarter of a small hospital's round. So the model is built once per process and each caller
+    gets its own copy. Its initial weights are the first build's, not a fresh draw: never use it
+    where the initialisation matters (shadow and reference models train from scratch).
+    """
+    return copy.deepcopy(_model_template(cfg.model_dump_json(), in_channels, classes, image_size))
+
+
+@lru_cache(maxsize=4)
+def _model_template(model_json: str, in_channels: int, classes: int, image_size: int) -> nn.Module:
+    return build_model(ModelConfig.model_validate_json(model_json), in_channels=in_channels, classes=classes, image_size=image_size)
 
 
 def _probe_and_prune(model: nn.Module, *, in_channels: int, image_size: int) -> None:

@@ -19,7 +19,6 @@ from flwr.serverapp.grid import Grid
 
 from fl_mia.checkpoint import Checkpoint, Checkpointer, config_fingerprint
 from fl_mia.config import ExperimentConfig
-from fl_mia.data import forget_rendered_hospitals
 from fl_mia.devices import process_device
 from fl_mia.global_eval import GlobalModelEvaluator
 from fl_mia.models import build_experiment_model, get_weights
@@ -29,7 +28,7 @@ from fl_mia.attacker.knowledge import CandidateSet
 from fl_mia.attacker.knowledge_cache import knowledge_cache_folder
 from fl_mia.attacker.predictions.shadows import ShadowStore, TargetRecipe
 from fl_mia.attacker.server_attacker import ServerAttacker
-from fl_mia.data import build_attacker_population, build_hospital, num_classes, patient_names
+from fl_mia.data import build_attacker_population, build_hospital, forget_rendered_hospitals, num_classes, patient_names
 from fl_mia.referee.candidates import MembershipLedger, build_candidates
 from fl_mia.referee.evaluation import Referee
 from fl_mia.referee.scopes import ScoringScope
@@ -38,7 +37,7 @@ from fl_mia.round_log import RoundLog, RoundProgress
 from fl_mia.seeding import int_seed
 from server.defences import RunShape, defence_outputs, fit_workflow, wrap_strategy
 from fl_mia.contracts import DP_PRIOR_STEPS_KEY
-from server.hospital_directory import discover_hospitals
+from server.hospital_directory import HospitalDiscovery
 from server.round_timeout import RoundDeadlines, RoundTimeoutGrid
 from strategies.honest import HonestFedAvg, PartitionSeededClientManager, fit_config_fn
 from strategies.malicious import PoisoningFedAvg
@@ -342,12 +341,15 @@ def run_federation(
     """
     started = time.perf_counter()
     k = cfg.federation.num_hospitals
-    directory = discover_hospitals(grid, expected=k)
+    discovery = HospitalDiscovery(grid, expected=k)  # the hospitals start up while the server prepares below
     round_log = RoundLog(num_hospitals=k, total_rounds=cfg.federation.rounds, on_round_end=on_round_end or log_progress)
     evaluator = global_evaluator(cfg)
     candidates, ledger = draw_candidates(cfg) if cfg.referee.enabled else (None, None)
     attacker = make_server_attacker(cfg, candidates, run_dir) if candidates is not None else None
+    if attacker is not None:
+        attacker.fit_attacks()  # shadows and calibrations need only the attacker's knowledge
     forget_rendered_hospitals()  # the server keeps the test splits and candidates, not every hospital's data
+    directory = discovery.directory()
     client_manager = PartitionSeededClientManager(seed=cfg.seed, directory=directory)
     poisoner = make_server_poisoner(cfg, attacker)
     server_momentum = (
@@ -391,8 +393,7 @@ def run_federation(
     write_federation_outputs(
         run_dir, round_log, final_weights=final, model=evaluator.model,
         experiment=cfg.name, seed=cfg.seed, threat_model=cfg.threat.threat_model, num_hospitals=k,
-        wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started,
-        privacy=privacy_section,
+        wall_time_s=checkpointer.wall_time_before_s + time.perf_counter() - started, privacy=privacy_section,
         threat=threat_report(cfg.threat, round_log, poisoner, num_hospitals=k, secure_aggregation=shape.secure_aggregation,
                              final_weights=final, evaluator=evaluator),
         defences=defence_outputs(cfg.defences, shape, round_log, run_id=context.run_id),

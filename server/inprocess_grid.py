@@ -34,6 +34,8 @@ from flwr.supercore.task_identity import TaskIdentity
 class InProcessGrid(Grid):
     """``num_nodes`` nodes with random 64-bit ids and ``partition-id`` 0..num_nodes-1."""
 
+    runs_hospitals_in_process = True  # server.hospital_directory asks them at once, not on a thread
+
     def __init__(self, client_app: ClientApp, num_nodes: int, *, run_id: int | None = None, seed: int | None = None) -> None:
         rng = random.Random(seed)
         self.client_app = client_app

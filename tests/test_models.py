@@ -87,3 +87,26 @@ def test_a_model_checked_once_is_not_rebuilt_but_another_size_is_still_checked(m
     assert len(built) <= 1
     with pytest.raises(ValueError, match="cannot segment 32x32"):  # its pyramid needs 64
         models.check_model_runs(pan, DataConfig(image_size=32))
+
+
+def test_a_hospital_model_is_an_independent_copy_of_one_build(monkeypatch):
+    """model_to_load builds once per shape; each copy is the build's structure, and training one leaves the others."""
+    import fl_mia.models as models
+
+    cfg = ModelConfig(norm="groupnorm")
+    builds = []
+    real_build = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    models._model_template.cache_clear()
+    first = models.model_to_load(cfg, in_channels=1, classes=1, image_size=32)
+    second = models.model_to_load(cfg, in_channels=1, classes=1, image_size=32)
+    assert len(builds) == 1
+    reference = real_build(cfg, in_channels=1, classes=1, image_size=32)
+    assert [(k, v.shape) for k, v in first.state_dict().items()] == [(k, v.shape) for k, v in reference.state_dict().items()]
+    before = [w.copy() for w in get_weights(second)]
+    with torch.no_grad():
+        for parameter in first.parameters():
+            parameter.add_(1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, get_weights(second)))
+    models.model_to_load(cfg, in_channels=1, classes=1, image_size=64)
+    assert len(builds) == 2  # another shape is another build

@@ -132,6 +132,10 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, on_round_end, *, resume: Che
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray prestarts one idle worker per CPU when the driver connects; Flower's hospitals run in
+    # actors, which get processes of their own, so those workers only took start-up CPU (~0.6 s
+    # of ray.init here, bench/suite_cost.py part 3).
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
     run_simulation(
         server_app=make_server_app(cfg, run_dir, progress, resume=resume),

@@ -104,6 +104,12 @@ class ServerAttacker:
     def candidates(self) -> CandidateSet:
         return self.knowledge.candidates
 
+    def fit_attacks(self) -> None:
+        """Fit every prediction attack now (shadows, calibrations): they read only the attacker's
+        knowledge, so the server can do it before the federation needs it, e.g. while hospitals start."""
+        for name in self.attacks:
+            self._fitted(name)
+
     def _fitted(self, name: str) -> MembershipAttack:
         attack = self.attacks[name]
         if name not in self.fit_seconds:
